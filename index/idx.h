@@ -1,0 +1,228 @@
+/* index/idx.h - the document index: one SQLite database (WAL) holding documents, passages
+ * (with an FTS5 table for BM25) and sparse feature postings; scoring and span retrieval.
+ *
+ * The index knows nothing of tensors, models or HTTP. A scan driver hands it, chunk by
+ * chunk, the (feature id, activation) pairs an SAE produced for every token at every
+ * (layer, kv head) "slot", plus sentence-aligned passages with character offsets; a query
+ * hands it weighted query features and the question text and gets evidence spans back.
+ *
+ * Usage (writer):
+ *     struct idx_db *db;  struct idx_writer *w;  int64_t id;
+ *     idx_open("docs.db", NULL, &db, &err);
+ *     idx_writer_begin(db, &meta, &w, &err);          // document row, status 'scanning'
+ *     idx_writer_add(w, &chunk, &err);                // one transaction per chunk
+ *     ...
+ *     idx_writer_finish(w, &err);                     // status 'ready': now visible
+ *     id = idx_writer_doc(w);  idx_writer_free(w);
+ * Usage (reader):
+ *     struct idx_query q = {.mode = IDX_MODE_HYBRID, .budget = 1024, .text = question,
+ *                           .feats = qf, .n_feats = n, .docs = &id, .n_docs = 1};
+ *     struct idx_result r;  idx_retrieve(db, &q, &r, &err);  ...  idx_result_deinit(&r);
+ *
+ * Threads: an idx_db is one SQLite connection and belongs to one thread at a time. Open one
+ * per thread; any number of readers may run while one writer writes (WAL). A document is
+ * visible to readers only once finished; a crash mid-scan leaves it in status 'scanning',
+ * from where idx_writer_resume() continues after the last committed chunk, or
+ * idx_doc_delete() removes it.
+ *
+ * Errors: 0 or a negative S3_E* code; S3_EBUSY when the database stays locked past the busy
+ * timeout, S3_EFORMAT when the file is not a database (or is corrupt, or of a newer schema),
+ * S3_ENOTFOUND for an unknown or unfinished document, S3_EINVAL for bad arguments, S3_EDB for
+ * other SQLite failures. Nothing is written to a database that failed to open. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "s3.h"
+
+struct idx_db;
+struct idx_writer;
+
+/* ---- database ----------------------------------------------------------------------------- */
+
+struct idx_open_opts {
+    int busy_ms;   /* wait this long for a lock before S3_EBUSY; 0 = 5000, < 0 = do not wait */
+    int readonly;  /* open read-only (the file must exist and have the schema) */
+};
+
+/* Open or create the index at path (":memory:" works for tests). opts may be NULL. Creates
+ * or migrates the schema (PRAGMA user_version). *out is new; free with idx_close(). */
+int idx_open(const char *path, const struct idx_open_opts *opts, struct idx_db **out,
+             struct s3_errinfo *err);
+/* Accepts NULL. Does not finish open writers: free them first. */
+void idx_close(struct idx_db *db);
+
+enum idx_status { IDX_DOC_SCANNING = 0, IDX_DOC_READY = 1, IDX_DOC_FAILED = 2 };
+
+struct idx_doc_info {
+    int64_t id;
+    int status;           /* enum idx_status */
+    char tenant[64];
+    char name[256];
+    char text_sha256[65]; /* of the source text, "" if not given */
+    char model_hash[65];
+    char sae_hash[65];
+    int64_t n_tokens;     /* committed positions (all of them once ready) */
+    int64_t n_bytes;      /* source text size */
+    int64_t n_passages;
+    int64_t n_chunks;     /* committed chunks */
+    int64_t created;      /* unix seconds */
+};
+
+/* Fill *info for document id (any status). S3_ENOTFOUND if there is none. */
+int idx_doc_get(struct idx_db *db, int64_t id, struct idx_doc_info *info,
+                struct s3_errinfo *err);
+/* Documents, newest first: tenant NULL = all; only_ready = skip unfinished ones. *out is new
+ * (free()), *n its length. */
+int idx_doc_list(struct idx_db *db, const char *tenant, int only_ready,
+                 struct idx_doc_info **out, size_t *n, struct s3_errinfo *err);
+/* Find an unfinished document of this tenant made from the same text with the same model and
+ * SAE (a scan to resume). *id = 0 if there is none. */
+int idx_doc_find_scanning(struct idx_db *db, const char *tenant, const char *text_sha256,
+                          const char *model_hash, const char *sae_hash, int64_t *id,
+                          struct s3_errinfo *err);
+/* Remove a document and everything it owns, in one transaction. */
+int idx_doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err);
+/* Bytes of the database in use (pages not on the free list times the page size). */
+int idx_db_bytes(struct idx_db *db, int64_t *bytes, struct s3_errinfo *err);
+
+/* ---- writer ------------------------------------------------------------------------------- */
+
+struct idx_doc_meta {
+    const char *tenant;       /* NULL = "" */
+    const char *name;         /* NULL = "" */
+    const char *text_sha256;  /* hash of the source text (used to find a scan to resume) */
+    const char *model_hash;
+    const char *sae_hash;
+    int64_t n_bytes;
+};
+
+/* A (layer, kv head) pair whose keys an SAE encoded. */
+struct idx_slot {
+    int layer;
+    int kv_head;
+};
+
+/* One sentence-aligned passage. Passages tile the text: the first starts at (token 0,
+ * char 0) and each starts where the previous one ended. Sentence starts inside the passage
+ * (not counting its own start) snap spans; give every sentence a bounded length (the scan
+ * driver splits long ones). */
+struct idx_passage {
+    int64_t start_tok, end_tok;     /* token positions [start, end) */
+    int64_t start_char, end_char;   /* byte offsets into the source text [start, end) */
+    const char *text;               /* borrowed; end_char - start_char bytes of UTF-8 */
+    size_t n_sent;
+    const int64_t *sent_tok;        /* (n_sent) increasing, inside (start_tok, end_tok) */
+    const int64_t *sent_char;       /* (n_sent) matching byte offsets */
+};
+
+/* One chunk of a scan. Positions tok0 .. tok0+n_tok-1 must continue exactly where the last
+ * committed chunk ended (a re-read overlap prefix is not passed). For every slot s, token i
+ * and j < k: feat[(s*n_tok + i)*k + j] is a feature id (< 2^24; -1 = none) and act[...] its
+ * activation (values <= 0 are dropped). Passages are those that end within what has been
+ * scanned so far; n_tok may be 0 (e.g. a last chunk with only passages). */
+struct idx_chunk {
+    int64_t tok0;
+    int n_tok;
+    int n_slot;
+    const struct idx_slot *slots;   /* (n_slot), borrowed */
+    int k;
+    const int32_t *feat;            /* (n_slot, n_tok, k), borrowed */
+    const float *act;               /* (n_slot, n_tok, k), borrowed */
+    size_t n_passages;
+    const struct idx_passage *passages; /* (n_passages), borrowed */
+};
+
+/* Where a scan stands (after the last committed chunk). */
+struct idx_scan_state {
+    int64_t next_tok;       /* first position of the next chunk */
+    int64_t pass_tok;       /* next passage starts at this token ... */
+    int64_t pass_char;      /* ... and this byte */
+    int64_t n_passages;
+    int64_t n_chunks;
+};
+
+/* Insert a document row (status 'scanning') and return a writer for it (*out new). */
+int idx_writer_begin(struct idx_db *db, const struct idx_doc_meta *meta, struct idx_writer **out,
+                     struct s3_errinfo *err);
+/* Continue an unfinished document (S3_EINVAL if it is ready or failed). */
+int idx_writer_resume(struct idx_db *db, int64_t doc, struct idx_writer **out,
+                      struct s3_errinfo *err);
+/* Write one chunk (postings, passages, FTS rows, progress) in one transaction; on error the
+ * transaction is rolled back and the document is as before the call. */
+int idx_writer_add(struct idx_writer *w, const struct idx_chunk *c, struct s3_errinfo *err);
+/* Mark the document ready (visible). Passages must cover every committed position. */
+int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err);
+/* Mark the document failed (kept invisible, with the message). */
+int idx_writer_fail(struct idx_writer *w, const char *why, struct s3_errinfo *err);
+int64_t idx_writer_doc(const struct idx_writer *w);
+void idx_writer_state(const struct idx_writer *w, struct idx_scan_state *st);
+/* Accepts NULL. An unfinished document stays 'scanning' (resumable). */
+void idx_writer_free(struct idx_writer *w);
+
+/* ---- retrieval ---------------------------------------------------------------------------- */
+
+enum idx_mode { IDX_MODE_HYBRID = 0, IDX_MODE_S3 = 1, IDX_MODE_BM25 = 2, IDX_MODE_FULL = 3 };
+
+/* Parse "hybrid", "s3", "bm25", "full"; -1 if unknown. */
+int idx_mode_parse(const char *s);
+const char *idx_mode_name(int mode);
+
+/* A weighted query feature of one slot. */
+struct idx_qfeat {
+    int layer, kv_head;
+    int32_t feature;
+    float weight;           /* w_q(f) > 0 */
+};
+
+struct idx_query {
+    int mode;               /* enum idx_mode */
+    int budget;             /* evidence tokens, > 0 */
+    const char *text;       /* question for BM25 (NULL: no BM25) */
+    const struct idx_qfeat *feats; /* (n_feats) for S3 scoring, borrowed */
+    size_t n_feats;
+    const int64_t *docs;    /* (n_docs) documents to search, all must be ready */
+    size_t n_docs;
+    const char *tenant;     /* non-NULL: every document must belong to this tenant */
+    /* tuning; 0 = default */
+    int smooth_radius;      /* box filter half width, default 2 (window 5) */
+    int nms_radius;         /* peaks closer than this are suppressed, default 48 */
+    int max_span;           /* longest span grown from a peak, default 64 tokens */
+    int edge_tokens;        /* lead and tail size, default min(64, budget / 8) */
+    int rrf_k;              /* reciprocal rank fusion constant, default 60 */
+};
+
+enum idx_source {
+    IDX_SRC_S3 = 1,
+    IDX_SRC_BM25 = 2,
+    IDX_SRC_LEAD = 4,
+    IDX_SRC_TAIL = 8,
+    IDX_SRC_FULL = 16,
+};
+
+struct idx_span {
+    int64_t doc;
+    int64_t start_tok, end_tok;     /* [start, end) */
+    int64_t start_char, end_char;   /* byte offsets into the source text */
+    double score;                   /* fused (RRF) score; 1 for full */
+    unsigned sources;               /* enum idx_source bits */
+    char *text;                     /* owned by the result, NUL-terminated */
+};
+
+struct idx_result {
+    struct idx_span *spans;         /* (n_spans) in (query doc order, position) order */
+    size_t n_spans;
+    int64_t n_tokens;               /* sum of span lengths, <= budget (except full) */
+    double ms;                      /* time spent */
+};
+
+/* Retrieve evidence for q. *out is filled (release with idx_result_deinit()). Mode full
+ * returns every document whole, S3_ETOOBIG if they exceed the budget. */
+int idx_retrieve(struct idx_db *db, const struct idx_query *q, struct idx_result *out,
+                 struct s3_errinfo *err);
+/* Accepts a zeroed struct. */
+void idx_result_deinit(struct idx_result *r);
+
+/* Write source names joined by '+' ("s3+bm25") into buf; returns buf. */
+const char *idx_source_str(unsigned sources, char *buf, size_t n);

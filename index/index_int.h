@@ -1,0 +1,139 @@
+/* index/index_int.h - internals of the index module: schema, posting format, helpers.
+ * Only the index sources and the index tests include this.
+ *
+ * ## Schema (PRAGMA user_version = IDX_SCHEMA_VERSION)
+ *
+ *   documents(id, tenant, name, status, n_tokens, n_bytes, text_sha256, created, finished,
+ *             model_hash, sae_hash, n_chunks, n_passages, pass_tok, pass_char, fts_words,
+ *             seg_start, error)
+ *       one row per document; status 'scanning' until idx_writer_finish() sets 'ready'.
+ *       n_tokens / pass_tok / pass_char / n_passages / n_chunks are the scan's progress,
+ *       updated in the same transaction as the chunk they describe; seg_start = the first
+ *       position whose postings are still in `pending`. fts_words is the sum
+ *       of the FTS5 token counts of the document's passages (for BM25's avgdl).
+ *   passages(id, doc, start_tok, end_tok, start_char, end_char, sents, text)
+ *       id = IDX_PASSAGE_ID(doc, i): the passages of one document are one rowid range,
+ *       which FTS5 can restrict a MATCH to. sents = sentence starts inside the passage as
+ *       varint pairs (tokens since the previous start, bytes since the previous start).
+ *   passages_fts: FTS5 (tokenize 'porter unicode61'), external content = passages.text.
+ *   pending(doc, tok0, layer, head, blob) WITHOUT ROWID: the postings of one chunk of a
+ *       document being scanned, one row per (chunk, slot), appended in key order (cheap: a
+ *       chunk writes n_slot rows at the end of the tree). blob = groups, one per feature in
+ *       increasing order: varint (feature - previous feature - 1, the first from -1), varint
+ *       byte length of the entries, entries (see below) relative to base = tok0.
+ *   postings(doc, seg, layer, head, feature, n, blob) WITHOUT ROWID: the postings of a
+ *       finished segment of the document: tokens [seg, end) with end from `segments`;
+ *       n = the number of entries in blob (df without decoding).
+ *       When the pending chunks reach IDX_SEG_TOKENS positions (and at finish), the chunk
+ *       that crosses the mark merges them in its own transaction: one row per (slot,
+ *       feature), entries relative to base = seg, pending rows deleted. Rows are written
+ *       once, segment after segment, so the tree grows at its end.
+ *   segments(doc, seg, end) WITHOUT ROWID: the merged segments of a document.
+ *
+ * ## Posting entries (a postings blob; a pending group)
+ *
+ * A sequence of entries, one per position, positions strictly increasing:
+ *
+ *   | offset | size   | field                                                        |
+ *   |--------|--------|--------------------------------------------------------------|
+ *   | 0      | 1..5   | varint (LEB128, 7 bits a byte, low first) gap:                |
+ *   |        |        |   first entry: p - base                                       |
+ *   |        |        |   later ones:  p - previous p - 1                             |
+ *   | +n     | 1      | activation code q in 1..255                                   |
+ *
+ * repeated until the end of the blob. Activations are log-quantised, so no per-row scale is
+ * needed and a merge copies codes unchanged: a = 2^((q - IDX_Q_ZERO) / IDX_Q_STEPS),
+ * q = 1..255 covers 2^-11.9 .. 2^9.25 with a relative step of 2^(1/12) (error <= 2.9%);
+ * values outside are clamped. A gap under 128 takes one byte, so a typical entry is 2 bytes.
+ *
+ * ## Scores
+ *
+ * idf(f) = 1 / (ln(1 + df(f)) + 1) where df(f) is the number of positions of this document
+ * carrying feature f in that (layer, head): a per-document statistic, so other documents in
+ * the database never change a document's scores. A feature on more than 1/IDX_STOP_FRAC of
+ * the positions says nothing about where the answer is (its idf is near the floor and it
+ * would cost most of the decoding time); such "stop features" are skipped. S[t] = sum over query features of
+ * w_q(f) * idf(f) * a_t(f), then a box filter of half width smooth_radius.
+ *
+ * ## BM25
+ *
+ * FTS5's own bm25() uses table-wide statistics (N, avgdl, per-term document frequency), so
+ * one document's ranking would move when another document is added. Instead FTS5 only finds
+ * the matching passages (MATCH restricted to the document's rowid range) and an auxiliary
+ * function s3_tf() returns each row's token count and per-term frequencies; BM25 (k1 = 1.2,
+ * b = 0.75, idf = ln(1 + (N - df + 0.5) / (df + 0.5))) is then computed with N, avgdl and
+ * df of that document alone. */
+#pragma once
+
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "idx.h"
+
+#define IDX_SCHEMA_VERSION 1
+#define IDX_SEG_TOKENS     65536        /* merge pending chunks at this many positions */
+#define IDX_MAX_SPAN       (1LL << 32)  /* positions of one blob lie in [base, base + this) */
+#define IDX_Q_ZERO         144
+#define IDX_Q_STEPS        12.0f
+#define IDX_MAX_FEATURE    (1 << 24)
+#define IDX_STOP_FRAC      8
+#define IDX_MAX_SLOTS      256
+#define IDX_PASSAGE_ID(doc, i) (((int64_t)(doc) << 32) | (int64_t)(i))
+
+struct idx_db {
+    sqlite3 *db;
+    int readonly;
+    int fts_api_ok;        /* s3_tf registered */
+};
+
+/* ---- errors (store.c) ---- */
+/* Map a SQLite rc to S3_E*, record "what: sqlite message" in err, log it. */
+int idx__sqlerr(struct idx_db *db, int rc, const char *what, struct s3_errinfo *err);
+int idx__exec(struct idx_db *db, const char *sql, struct s3_errinfo *err);
+int idx__prepare(struct idx_db *db, const char *sql, sqlite3_stmt **st, struct s3_errinfo *err);
+
+/* ---- varints and activation codes (posting.c) ---- */
+/* Append v to buf (at most 10 bytes); returns bytes written. */
+size_t idx__varint_put(uint8_t *buf, uint64_t v);
+/* Read a varint from [p, end); returns bytes read, 0 if truncated or over 64 bits. */
+size_t idx__varint_get(const uint8_t *p, const uint8_t *end, uint64_t *v);
+uint8_t idx__act_encode(float a);           /* a > 0 */
+float idx__act_decode(uint8_t q);           /* q 1..255 */
+
+struct idx_post {
+    int64_t pos;
+    uint8_t q;             /* activation code, 1..255 */
+};
+/* Encode positions (strictly increasing, >= base, after prev_pos if prev_pos >= 0) into buf
+ * (room for 11 bytes per entry). Returns the byte count or S3_EINVAL. */
+int idx__post_encode(int64_t base, int64_t prev_pos, const struct idx_post *p, size_t n,
+                     uint8_t *buf);
+/* Call fn(ud, pos, code, lut[code]) for every entry of a blob whose positions lie in
+ * [base, lim). S3_EFORMAT if malformed (truncated varint, code 0, a position outside).
+ * lut may be NULL (activations 0). Returns the entry count. */
+typedef void (*idx_post_fn)(void *ud, int64_t pos, uint8_t q, float act);
+int64_t idx__post_decode(int64_t base, int64_t lim, const uint8_t *blob, size_t n,
+                         const float *lut, idx_post_fn fn, void *ud);
+/* lut[256] of decoded activation codes (lut[0] = 0). */
+void idx__act_lut(float lut[256]);
+
+/* ---- BM25 (bm25.c) ---- */
+int idx__bm25_register(struct idx_db *db, struct s3_errinfo *err);
+/* Number of FTS5 tokens in passages [id_lo, id_hi] (for fts_words). */
+int idx__fts_words(struct idx_db *db, int64_t id_lo, int64_t id_hi, int64_t *words,
+                   struct s3_errinfo *err);
+struct idx_bm25_hit {
+    int64_t passage;       /* index within the document */
+    double score;
+};
+/* Top n_top passages of doc for text, best first, BM25 with per-document statistics.
+ * *hits new (free()). No terms in text: *n_hits = 0. */
+int idx__bm25_doc(struct idx_db *db, int64_t doc, int64_t n_passages, int64_t fts_words,
+                  const char *text, size_t n_top, struct idx_bm25_hit **hits, size_t *n_hits,
+                  struct s3_errinfo *err);
+
+/* ---- scoring (query.c) ---- */
+/* Dense S[t] (n_tokens floats, zeroed by the callee) of one document before smoothing. */
+int idx__score_positions(struct idx_db *db, int64_t doc, int64_t n_tokens,
+                         const struct idx_qfeat *f, size_t n, float *S, struct s3_errinfo *err);

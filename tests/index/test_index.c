@@ -1,0 +1,963 @@
+/* tests/index/test_index.c - the index: posting format, writer, crash safety, BM25 per
+ * document, S3 scores and spans, fusion, error paths. Synthetic documents whose answers are
+ * known by construction; temp-file or in-memory SQLite. */
+#include <check.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "idx.h"
+#include "index_int.h"
+
+/* ---- synthetic documents ------------------------------------------------------------------
+ * Token t is 4 bytes of text: a 3-letter pseudo-word and a separator ('.' ends a sentence
+ * every sent_len tokens, else ' '), so token t starts at byte 4t. Passages are pass_len tokens.
+ * Slot (3, 1), k = 2: feature 100 + t % 50 with activation 1 on every token, and the planted
+ * feature with activation 2 at the planted positions. */
+#define SYN_LAYER 3
+#define SYN_HEAD  1
+#define SYN_FEAT  7
+
+struct syn {
+    int64_t n_tok;
+    int chunk, sent_len, pass_len;
+    uint32_t seed;
+    const int64_t *plant_pos;   /* planted feature positions */
+    size_t n_plant;
+    const int64_t *word_pos;    /* positions whose word is `word` */
+    size_t n_word;
+    const char *word;           /* 3 letters */
+    const char *tenant;
+};
+
+static void syn_word(const struct syn *s, int64_t t, char out[4])
+{
+    static const char cons[] = "bdfgklmnprstvz", vow[] = "aeiou";
+    for (size_t i = 0; i < s->n_word; i++)
+        if (s->word_pos[i] == t) {
+            memcpy(out, s->word, 3);
+            goto sep;
+        }
+    uint32_t h = (uint32_t)t * 2654435761u ^ s->seed;
+    h ^= h >> 13;
+    h *= 0x5bd1e995u;
+    h ^= h >> 15;
+    /* a small vocabulary (300 words) so terms repeat */
+    h %= 300;
+    out[0] = cons[h % 14];
+    out[1] = vow[(h / 14) % 5];
+    out[2] = cons[(h / 70) % 14];
+sep:
+    out[3] = (t + 1) % s->sent_len == 0 ? '.' : ' ';
+}
+
+static char *syn_text(const struct syn *s)
+{
+    char *txt = malloc((size_t)s->n_tok * 4 + 1);
+    for (int64_t t = 0; t < s->n_tok; t++)
+        syn_word(s, t, txt + 4 * t);
+    txt[4 * s->n_tok] = 0;
+    return txt;
+}
+
+static int is_planted(const struct syn *s, int64_t t)
+{
+    for (size_t i = 0; i < s->n_plant; i++)
+        if (s->plant_pos[i] == t)
+            return 1;
+    return 0;
+}
+
+/* Write chunks from the writer's current position; stop after max_chunks (-1: all) and
+ * call after(ud) after each commit. Finishes the document when everything is written. */
+static void syn_write(struct idx_writer *w, const struct syn *s, const char *txt, int max_chunks,
+                      void (*after)(void *), void *ud)
+{
+    struct s3_errinfo err = {0};
+    struct idx_scan_state st;
+    const struct idx_slot slot = {SYN_LAYER, SYN_HEAD};
+    int32_t *feat = malloc((size_t)s->chunk * 2 * sizeof *feat);
+    float *act = malloc((size_t)s->chunk * 2 * sizeof *act);
+    struct idx_passage *ps = calloc((size_t)s->chunk / s->pass_len + 2, sizeof *ps);
+    int64_t *stok = malloc(sizeof(int64_t) * (size_t)(s->chunk + 2) * 2);
+    int64_t *schar = stok + s->chunk + 2;
+    for (int done = 0; max_chunks < 0 || done < max_chunks; done++) {
+        idx_writer_state(w, &st);
+        if (st.next_tok >= s->n_tok)
+            break;
+        int64_t t0 = st.next_tok;
+        int n = (int)(s->n_tok - t0 < s->chunk ? s->n_tok - t0 : s->chunk);
+        for (int i = 0; i < n; i++) {
+            int64_t t = t0 + i;
+            feat[2 * i] = 100 + (int32_t)(t % 50);
+            act[2 * i] = 1.0f;
+            feat[2 * i + 1] = is_planted(s, t) ? SYN_FEAT : -1;
+            act[2 * i + 1] = 2.0f;
+        }
+        /* passages ending within [0, t0 + n) */
+        size_t np = 0, ns = 0;
+        for (int64_t p0 = st.pass_tok; p0 < t0 + n;) {
+            int64_t p1 = p0 + s->pass_len < s->n_tok ? p0 + s->pass_len : s->n_tok;
+            if (p1 > t0 + n)
+                break;
+            struct idx_passage *p = &ps[np++];
+            p->start_tok = p0;
+            p->end_tok = p1;
+            p->start_char = 4 * p0;
+            p->end_char = 4 * p1;
+            p->text = txt + 4 * p0;
+            p->sent_tok = stok + ns;
+            p->sent_char = schar + ns;
+            p->n_sent = 0;
+            for (int64_t b = (p0 / s->sent_len + 1) * s->sent_len; b < p1; b += s->sent_len) {
+                stok[ns] = b;
+                schar[ns] = 4 * b;
+                ns++;
+                p->n_sent++;
+            }
+            p0 = p1;
+        }
+        struct idx_chunk c = {.tok0 = t0, .n_tok = n, .n_slot = 1, .slots = &slot, .k = 2,
+                              .feat = feat, .act = act, .n_passages = np, .passages = ps};
+        int rc = idx_writer_add(w, &c, &err);
+        ck_assert_msg(rc == 0, "add: %s", err.msg);
+        if (after)
+            after(ud);
+    }
+    idx_writer_state(w, &st);
+    if (st.next_tok == s->n_tok)
+        ck_assert_msg(idx_writer_finish(w, &err) == 0, "finish: %s", err.msg);
+    free(feat);
+    free(act);
+    free(ps);
+    free(stok);
+}
+
+static int64_t syn_new(struct idx_db *db, const struct syn *s)
+{
+    struct s3_errinfo err = {0};
+    struct idx_writer *w;
+    char *txt = syn_text(s);
+    struct idx_doc_meta m = {.tenant = s->tenant, .name = "syn", .n_bytes = 4 * s->n_tok};
+    ck_assert_msg(idx_writer_begin(db, &m, &w, &err) == 0, "%s", err.msg);
+    syn_write(w, s, txt, -1, NULL, NULL);
+    int64_t id = idx_writer_doc(w);
+    idx_writer_free(w);
+    free(txt);
+    return id;
+}
+
+static struct idx_db *open_mem(void)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db;
+    ck_assert_msg(idx_open(":memory:", NULL, &db, &err) == 0, "%s", err.msg);
+    return db;
+}
+
+static void tmp_path(char *buf, size_t n, const char *tag)
+{
+    snprintf(buf, n, "%s/s3idx-%s-%d.db", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", tag,
+             (int)getpid());
+}
+
+static void rm_db(const char *path)
+{
+    char b[512];
+    unlink(path);
+    snprintf(b, sizeof b, "%s-wal", path);
+    unlink(b);
+    snprintf(b, sizeof b, "%s-shm", path);
+    unlink(b);
+}
+
+/* ---- posting format ------------------------------------------------------------------------ */
+
+START_TEST(test_varint)
+{
+    uint8_t b[16];
+    const uint64_t v[] = {0, 1, 127, 128, 300, 16383, 16384, (1ull << 32) + 5, UINT64_MAX};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        size_t n = idx__varint_put(b, v[i]);
+        uint64_t r = 42;
+        ck_assert_uint_eq(idx__varint_get(b, b + n, &r), n);
+        ck_assert_uint_eq(r, v[i]);
+        if (n > 1) /* truncated */
+            ck_assert_uint_eq(idx__varint_get(b, b + n - 1, &r), 0);
+    }
+    ck_assert_uint_eq(idx__varint_put(b, 127), 1);
+    ck_assert_uint_eq(idx__varint_put(b, 128), 2);
+    ck_assert_uint_eq(b[0], 0x80);
+    ck_assert_uint_eq(b[1], 0x01);
+    ck_assert_uint_eq(idx__varint_put(b, UINT64_MAX), 10);
+    b[9] = 0x02; /* 65th bit */
+    uint64_t r;
+    ck_assert_uint_eq(idx__varint_get(b, b + 10, &r), 0);
+}
+END_TEST
+
+START_TEST(test_act_quant)
+{
+    ck_assert_uint_eq(idx__act_encode(1.0f), IDX_Q_ZERO);
+    ck_assert_float_eq(idx__act_decode(IDX_Q_ZERO), 1.0f);
+    ck_assert_float_eq(idx__act_decode(IDX_Q_ZERO + 12), 2.0f);
+    ck_assert_uint_eq(idx__act_encode(1e-9f), 1);
+    ck_assert_uint_eq(idx__act_encode(1e9f), 255);
+    ck_assert_uint_eq(idx__act_encode(0.0f), 1);
+    ck_assert_uint_eq(idx__act_encode(NAN), 1);
+    for (float a = 0.001f; a < 500.0f; a *= 1.07f) {
+        float r = idx__act_decode(idx__act_encode(a));
+        ck_assert_msg(fabsf(r - a) / a <= 0.0295f, "a=%g -> %g", a, r);
+    }
+}
+END_TEST
+
+struct collect {
+    int64_t pos[64];
+    uint8_t q[64];
+    float act[64];
+    int n;
+};
+
+static void collect_fn(void *ud, int64_t pos, uint8_t q, float a)
+{
+    struct collect *c = ud;
+    c->pos[c->n] = pos;
+    c->q[c->n] = q;
+    c->act[c->n++] = a;
+}
+
+START_TEST(test_blob_roundtrip)
+{
+    float lut[256];
+    idx__act_lut(lut);
+    int64_t base = 3LL << 16, end = base + 65535;
+    struct idx_post p[] = {{base, 144},       {base + 1, 156},  {base + 129, 132},
+                           {base + 20000, 255}, {end - 1, 1},   {end, 144}};
+    uint8_t buf[128];
+    int n = idx__post_encode(base, -1, p, 6, buf);
+    /* gaps: 0, 0, 127, 19870 (3 bytes), 45533 (3 bytes), 0 => 1+1+1+3+3+1 varint bytes + 6 */
+    ck_assert_int_eq(n, 16);
+    ck_assert_uint_eq(buf[0], 0);
+    ck_assert_uint_eq(buf[1], 144);
+    ck_assert_uint_eq(buf[4], 127);
+    struct collect c = {0};
+    ck_assert_int_eq(idx__post_decode(base, end + 1, buf, (size_t)n, lut, collect_fn, &c), 6);
+    for (int i = 0; i < 6; i++) {
+        ck_assert_int_eq(c.pos[i], p[i].pos);
+        ck_assert_uint_eq(c.q[i], p[i].q);
+        ck_assert_float_eq(c.act[i], idx__act_decode(p[i].q));
+    }
+    ck_assert_float_eq(c.act[0], 1.0f);
+    ck_assert_float_eq(c.act[1], 2.0f);
+    /* the last position must stay below lim */
+    ck_assert_int_eq(idx__post_decode(base, end, buf, (size_t)n, lut, NULL, NULL), S3_EFORMAT);
+    /* continuing after prev_pos */
+    struct idx_post q1[] = {{base + 10, 144}}, q2[] = {{base + 11, 156}, {base + 400, 144}};
+    int a = idx__post_encode(base, -1, q1, 1, buf);
+    int b = idx__post_encode(base, base + 10, q2, 2, buf + a);
+    ck_assert_int_eq(b, 5); /* gap 0, gap 388 (2 bytes), two codes */
+    c.n = 0;
+    ck_assert_int_eq(idx__post_decode(base, end, buf, (size_t)(a + b), lut, collect_fn, &c), 3);
+    ck_assert_int_eq(c.pos[0], base + 10);
+    ck_assert_int_eq(c.pos[1], base + 11);
+    ck_assert_int_eq(c.pos[2], base + 400);
+    /* large positions: gaps over 32 bits of the format's span are refused */
+    struct idx_post far[] = {{base + (1LL << 31), 9}};
+    ck_assert_int_eq(idx__post_encode(base, -1, far, 1, buf), 6); /* 5-byte varint */
+    c.n = 0;
+    ck_assert_int_eq(idx__post_decode(base, base + (1LL << 32), buf, 6, lut, collect_fn, &c), 1);
+    ck_assert_int_eq(c.pos[0], base + (1LL << 31));
+    struct idx_post toofar[] = {{base + (1LL << 32), 9}};
+    ck_assert_int_eq(idx__post_encode(base, -1, toofar, 1, buf), S3_EINVAL);
+    /* empty blob */
+    ck_assert_int_eq(idx__post_decode(base, end, buf, 0, lut, collect_fn, &c), 0);
+    /* bad input to the encoder */
+    struct idx_post bad1[] = {{base - 1, 1}}, bad2[] = {{base + 5, 1}, {base + 5, 1}};
+    struct idx_post bad3[] = {{base + 5, 0}};
+    ck_assert_int_eq(idx__post_encode(base, -1, bad1, 1, buf), S3_EINVAL);
+    ck_assert_int_eq(idx__post_encode(base, -1, bad2, 2, buf), S3_EINVAL);
+    ck_assert_int_eq(idx__post_encode(base, -1, bad3, 1, buf), S3_EINVAL);       /* code 0 */
+    ck_assert_int_eq(idx__post_encode(base, base + 10, q1, 1, buf), S3_EINVAL); /* not after */
+    ck_assert_int_eq(idx__post_encode(base, base - 9, q1, 1, buf), S3_EINVAL);  /* before base */
+    /* malformed blobs */
+    const uint8_t trunc[] = {0x80};               /* varint cut short */
+    const uint8_t noact[] = {0x05};               /* gap without its code */
+    const uint8_t zero[] = {0x05, 0x00};          /* code 0 */
+    const uint8_t over[] = {0xff, 0xff, 0x03, 1}; /* gap 65535 */
+    const uint8_t leave[] = {0xff, 0xff, 0x03, 1, 0x00, 1}; /* 65535, then past the end */
+    const uint8_t huge[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 1};
+    ck_assert_int_eq(idx__post_decode(base, end + 1, trunc, 1, lut, NULL, NULL), S3_EFORMAT);
+    ck_assert_int_eq(idx__post_decode(base, end + 1, noact, 1, lut, NULL, NULL), S3_EFORMAT);
+    ck_assert_int_eq(idx__post_decode(base, end + 1, zero, 2, lut, NULL, NULL), S3_EFORMAT);
+    ck_assert_int_eq(idx__post_decode(base, end + 1, over, 4, lut, NULL, NULL), 1);
+    ck_assert_int_eq(idx__post_decode(base, end + 1, leave, 6, lut, NULL, NULL), S3_EFORMAT);
+    ck_assert_int_eq(idx__post_decode(base, end + 1, huge, 11, lut, NULL, NULL), S3_EFORMAT);
+}
+END_TEST
+
+/* ---- writer, scores, spans ------------------------------------------------------------------- */
+
+static const int64_t plant70k[] = {5000, 5001, 5002, 65535, 65536};
+
+static struct syn syn70k(void)
+{
+    struct syn s = {.n_tok = 70000, .chunk = 2048, .sent_len = 16, .pass_len = 64, .seed = 1,
+                    .plant_pos = plant70k, .n_plant = 5};
+    return s;
+}
+
+START_TEST(test_scores_exact)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    struct syn s = syn70k();
+    int64_t id = syn_new(db, &s);
+    struct idx_doc_info info;
+    ck_assert_int_eq(idx_doc_get(db, id, &info, &err), 0);
+    ck_assert_int_eq(info.status, IDX_DOC_READY);
+    ck_assert_int_eq(info.n_tokens, 70000);
+    ck_assert_int_eq(info.n_passages, (70000 + 63) / 64);
+    ck_assert_int_eq(info.n_chunks, (70000 + 2047) / 2048);
+
+    float *S = malloc(70000 * sizeof *S);
+    /* planted feature: df = 5, a = 2 */
+    struct idx_qfeat f = {SYN_LAYER, SYN_HEAD, SYN_FEAT, 1.0f};
+    ck_assert_int_eq(idx__score_positions(db, id, 70000, &f, 1, S, &err), 0);
+    float want = (float)(2.0 / (log(6.0) + 1.0));
+    for (int64_t t = 0; t < 70000; t++) {
+        float e = is_planted(&s, t) ? want : 0.0f;
+        ck_assert_msg(fabsf(S[t] - e) < 1e-6f, "t=%lld S=%g want %g", (long long)t, S[t], e);
+    }
+    /* a background feature written across 35 chunks and two segments: df = 1400, a = 1 */
+    struct idx_qfeat g = {SYN_LAYER, SYN_HEAD, 105, 0.5f};
+    ck_assert_int_eq(idx__score_positions(db, id, 70000, &g, 1, S, &err), 0);
+    want = (float)(0.5 / (log(1401.0) + 1.0));
+    for (int64_t t = 0; t < 70000; t++) {
+        float e = t % 50 == 5 ? want : 0.0f;
+        ck_assert_msg(fabsf(S[t] - e) < 1e-6f, "t=%lld S=%g want %g", (long long)t, S[t], e);
+    }
+    /* a feature of another slot or an absent feature scores nothing */
+    struct idx_qfeat h[] = {{SYN_LAYER, 0, SYN_FEAT, 1.0f}, {SYN_LAYER, SYN_HEAD, 999, 1.0f}};
+    ck_assert_int_eq(idx__score_positions(db, id, 70000, h, 2, S, &err), 0);
+    for (int64_t t = 0; t < 70000; t++)
+        ck_assert(S[t] == 0.0f);
+    free(S);
+    idx_close(db);
+}
+END_TEST
+
+START_TEST(test_s3_spans)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    struct syn s = syn70k();
+    int64_t id = syn_new(db, &s);
+    char *txt = syn_text(&s);
+    struct idx_qfeat f = {SYN_LAYER, SYN_HEAD, SYN_FEAT, 1.0f};
+    struct idx_query q = {.mode = IDX_MODE_S3, .budget = 128, .feats = &f, .n_feats = 1,
+                          .docs = &id, .n_docs = 1};
+    struct idx_result r;
+    ck_assert_msg(idx_retrieve(db, &q, &r, &err) == 0, "%s", err.msg);
+    /* plateau 5000..5002 of the smoothed score (3x/5): the peak is its first position 5000,
+     * sentence [4992, 5008) grows to [4976, 5040); plants 65535 and 65536 give a plateau
+     * 65534..65536 (2x/5): peak 65534, sentence [65520, 65536) grows to [65504, 65568). */
+    ck_assert_uint_eq(r.n_spans, 2);
+    ck_assert_int_eq(r.spans[0].start_tok, 4976);
+    ck_assert_int_eq(r.spans[0].end_tok, 5040);
+    ck_assert_int_eq(r.spans[0].start_char, 4 * 4976);
+    ck_assert_int_eq(r.spans[0].end_char, 4 * 5040);
+    ck_assert_int_eq(r.spans[1].start_tok, 65504);
+    ck_assert_int_eq(r.spans[1].end_tok, 65568);
+    ck_assert_int_eq(r.n_tokens, 128);
+    ck_assert_uint_eq(r.spans[0].sources, IDX_SRC_S3);
+    /* rank 1 is the three-token plant (higher smoothed peak) */
+    ck_assert(fabs(r.spans[0].score - 1.0 / 61) < 1e-12);
+    ck_assert(fabs(r.spans[1].score - 1.0 / 62) < 1e-12);
+    ck_assert_mem_eq(r.spans[0].text, txt + 4 * 4976, 4 * 64);
+    ck_assert_uint_eq(strlen(r.spans[0].text), 4 * 64);
+    ck_assert_mem_eq(r.spans[1].text, txt + 4 * 65504, 4 * 64);
+    idx_result_deinit(&r);
+
+    /* a budget of 100 keeps the best span only; 63 fits none */
+    q.budget = 100;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), 0);
+    ck_assert_uint_eq(r.n_spans, 1);
+    ck_assert_int_eq(r.spans[0].start_tok, 4976);
+    idx_result_deinit(&r);
+    q.budget = 63;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), 0);
+    ck_assert_uint_eq(r.n_spans, 0);
+    ck_assert_int_eq(r.n_tokens, 0);
+    idx_result_deinit(&r);
+    /* smaller max span: the peak's own sentence plus neighbours up to 32 */
+    q.budget = 128;
+    q.max_span = 32;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), 0);
+    ck_assert_uint_eq(r.n_spans, 2);
+    ck_assert_int_eq(r.spans[0].start_tok, 4992);
+    ck_assert_int_eq(r.spans[0].end_tok, 5024);
+    idx_result_deinit(&r);
+    free(txt);
+    idx_close(db);
+}
+END_TEST
+
+/* ---- BM25 ------------------------------------------------------------------------------------ */
+
+static int64_t add_text_doc(struct idx_db *db, const char *const *pass, size_t n)
+{
+    struct s3_errinfo err = {0};
+    struct idx_writer *w;
+    struct idx_doc_meta m = {.name = "t"};
+    struct idx_passage ps[16];
+    int64_t c = 0;
+    ck_assert(n <= 16);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(pass[i]);
+        ps[i] = (struct idx_passage){.start_tok = (int64_t)i * 10, .end_tok = (int64_t)i * 10 + 10,
+                                     .start_char = c, .end_char = c + (int64_t)len,
+                                     .text = pass[i]};
+        c += (int64_t)len;
+    }
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    struct idx_chunk ch = {.tok0 = 0, .n_tok = (int)n * 10, .n_passages = n, .passages = ps};
+    ck_assert_msg(idx_writer_add(w, &ch, &err) == 0, "%s", err.msg);
+    ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
+    int64_t id = idx_writer_doc(w);
+    idx_writer_free(w);
+    return id;
+}
+
+static double bm25_ref(int tf, int dl, double avgdl, int N, int df)
+{
+    double idf = log(1.0 + (N - df + 0.5) / (df + 0.5));
+    return idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl));
+}
+
+START_TEST(test_bm25_exact)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    const char *const pass[] = {"Alpha beta gamma. ", "Alpha alpha delta. ",
+                                "Epsilon zeta eta theta."};
+    int64_t id = add_text_doc(db, pass, 3);
+    struct idx_bm25_hit *h;
+    size_t nh;
+    ck_assert_int_eq(idx__bm25_doc(db, id, 3, 10, "the ALPHA?", 10, &h, &nh, &err), 0);
+    ck_assert_uint_eq(nh, 2);
+    ck_assert_int_eq(h[0].passage, 1);
+    ck_assert_int_eq(h[1].passage, 0);
+    ck_assert(fabs(h[0].score - bm25_ref(2, 3, 10 / 3.0, 3, 2)) < 1e-9);
+    ck_assert(fabs(h[1].score - bm25_ref(1, 3, 10 / 3.0, 3, 2)) < 1e-9);
+    free(h);
+    /* two terms: theta only in passage 2 */
+    ck_assert_int_eq(idx__bm25_doc(db, id, 3, 10, "alpha theta", 1, &h, &nh, &err), 0);
+    ck_assert_uint_eq(nh, 1);
+    ck_assert_int_eq(h[0].passage, 2);
+    ck_assert(fabs(h[0].score - bm25_ref(1, 4, 10 / 3.0, 3, 1)) < 1e-9);
+    free(h);
+    /* stop words only, punctuation, FTS syntax: no hits, no error */
+    ck_assert_int_eq(idx__bm25_doc(db, id, 3, 10, "the of and", 5, &h, &nh, &err), 0);
+    ck_assert_uint_eq(nh, 0);
+    ck_assert_int_eq(idx__bm25_doc(db, id, 3, 10, "\"NEAR( * ) OR", 5, &h, &nh, &err), 0);
+    free(h);
+    idx_close(db);
+}
+END_TEST
+
+START_TEST(test_bm25_per_document)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    const char *const a[] = {"The zebra ran fast over the hill. ", "A lion slept in shade. ",
+                             "The zebra and the lion met a zebra herd. ", "Rain fell. "};
+    const char *const b[] = {"lion lion lion. ", "lion zebra. ", "lion. ", "lion. ", "lion. ",
+                             "zebra zebra zebra zebra. ", "lion hill. "};
+    int64_t ida = add_text_doc(db, a, 4);
+    struct idx_query q = {.mode = IDX_MODE_BM25, .budget = 20, .text = "zebra lion hill",
+                          .docs = &ida, .n_docs = 1};
+    struct idx_result r1, r2;
+    struct idx_bm25_hit *h1, *h2;
+    size_t n1, n2;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r1, &err), 0);
+    ck_assert_int_eq(idx__bm25_doc(db, ida, 4, 23, q.text, 10, &h1, &n1, &err), 0);
+    sqlite3_stmt *st;
+    /* FTS5 token counts 7 + 5 + 9 + 2, recorded at write time */
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT fts_words FROM documents WHERE id = ?",
+                                        -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, ida);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_int_eq(sqlite3_column_int(st, 0), 23);
+    sqlite3_finalize(st);
+    /* the builtin, table-wide bm25() of passage 0, for contrast */
+    double builtin1, builtin2;
+    const char *sql = "SELECT bm25(passages_fts) FROM passages_fts WHERE passages_fts MATCH"
+                      " 'zebra OR lion OR hill' AND rowid = ?";
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, sql, -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(ida, 0));
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    builtin1 = sqlite3_column_double(st, 0);
+    sqlite3_reset(st);
+
+    add_text_doc(db, b, 7); /* another document full of the query's words */
+
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    builtin2 = sqlite3_column_double(st, 0);
+    sqlite3_finalize(st);
+    ck_assert_msg(fabs(builtin1 - builtin2) > 1e-6, "builtin bm25 did not move (%g)", builtin1);
+
+    ck_assert_int_eq(idx_retrieve(db, &q, &r2, &err), 0);
+    ck_assert_int_eq(idx__bm25_doc(db, ida, 4, 23, q.text, 10, &h2, &n2, &err), 0);
+    ck_assert_uint_eq(n1, n2);
+    ck_assert_uint_eq(n1, 3);
+    for (size_t i = 0; i < n1; i++) {
+        ck_assert_int_eq(h1[i].passage, h2[i].passage);
+        ck_assert(h1[i].score == h2[i].score);
+    }
+    /* hill is rare (df 1): passage 0 beats two zebras and a lion */
+    ck_assert_int_eq(h1[0].passage, 0);
+    ck_assert_int_eq(h1[1].passage, 2);
+    ck_assert_int_eq(h1[2].passage, 1);
+    ck_assert_uint_eq(r1.n_spans, r2.n_spans);
+    for (size_t i = 0; i < r1.n_spans; i++) {
+        ck_assert_int_eq(r1.spans[i].start_tok, r2.spans[i].start_tok);
+        ck_assert(r1.spans[i].score == r2.spans[i].score);
+        ck_assert_str_eq(r1.spans[i].text, r2.spans[i].text);
+    }
+    /* budget 20 = two 10-token passages: ranks 1 and 2 (passages 2 and 0) */
+    ck_assert_uint_eq(r1.n_spans, 2);
+    ck_assert_int_eq(r1.spans[0].start_tok, 0);
+    ck_assert_int_eq(r1.spans[1].start_tok, 20);
+    ck_assert_str_eq(r1.spans[1].text, a[2]);
+    ck_assert_uint_eq(r1.spans[1].sources, IDX_SRC_BM25);
+    free(h1);
+    free(h2);
+    idx_result_deinit(&r1);
+    idx_result_deinit(&r2);
+    idx_close(db);
+}
+END_TEST
+
+/* ---- fusion ---------------------------------------------------------------------------------- */
+
+START_TEST(test_hybrid_fusion)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    /* feature planted at 3000; the word "qux" at 3005 (same region) and at 9000 */
+    static const int64_t plant[] = {3000, 3001}, words[] = {3005, 9000};
+    struct syn s = {.n_tok = 12000, .chunk = 1024, .sent_len = 16, .pass_len = 64, .seed = 7,
+                    .plant_pos = plant, .n_plant = 2, .word_pos = words, .n_word = 2,
+                    .word = "qux"};
+    int64_t id = syn_new(db, &s);
+    struct idx_qfeat f = {SYN_LAYER, SYN_HEAD, SYN_FEAT, 1.0f};
+    struct idx_query q = {.mode = IDX_MODE_HYBRID, .budget = 256, .text = "qux", .feats = &f,
+                          .n_feats = 1, .docs = &id, .n_docs = 1, .edge_tokens = 32};
+    struct idx_result r;
+    ck_assert_msg(idx_retrieve(db, &q, &r, &err) == 0, "%s", err.msg);
+    char src[64];
+    /* lead [0,32), s3 span around 3000 merged with the bm25 passage [2944, 3008)... */
+    ck_assert_uint_eq(r.n_spans, 4);
+    ck_assert_int_eq(r.spans[0].start_tok, 0);
+    ck_assert_int_eq(r.spans[0].end_tok, 32);
+    ck_assert_str_eq(idx_source_str(r.spans[0].sources, src, sizeof src), "lead");
+    /* s3: sentence [2992, 3008) grown to [2976, 3040); bm25 passage [2944, 3008) */
+    ck_assert_int_eq(r.spans[1].start_tok, 2944);
+    ck_assert_int_eq(r.spans[1].end_tok, 3040);
+    ck_assert_str_eq(idx_source_str(r.spans[1].sources, src, sizeof src), "s3+bm25");
+    /* the region both found ranks first: 1/61 + 1/61 (bm25 ties break on position) */
+    ck_assert(fabs(r.spans[1].score - 2.0 / 61) < 1e-12);
+    ck_assert_int_eq(r.spans[2].start_tok, 8960);
+    ck_assert_int_eq(r.spans[2].end_tok, 9024);
+    ck_assert_str_eq(idx_source_str(r.spans[2].sources, src, sizeof src), "bm25");
+    ck_assert_int_eq(r.spans[3].start_tok, 12000 - 32);
+    ck_assert_int_eq(r.spans[3].end_tok, 12000);
+    ck_assert_str_eq(idx_source_str(r.spans[3].sources, src, sizeof src), "tail");
+    ck_assert_int_eq(r.n_tokens, 32 + 96 + 64 + 32);
+    ck_assert(r.n_tokens <= q.budget);
+    idx_result_deinit(&r);
+
+    /* full: the whole document when it fits */
+    q.mode = IDX_MODE_FULL;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), S3_ETOOBIG);
+    q.budget = 12000;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), 0);
+    ck_assert_uint_eq(r.n_spans, 1);
+    ck_assert_int_eq(r.n_tokens, 12000);
+    ck_assert_uint_eq(strlen(r.spans[0].text), 48000);
+    ck_assert_str_eq(idx_source_str(r.spans[0].sources, src, sizeof src), "full");
+    idx_result_deinit(&r);
+    idx_close(db);
+}
+END_TEST
+
+START_TEST(test_multi_doc)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    static const int64_t p1[] = {500}, p2[] = {1500};
+    struct syn s1 = {.n_tok = 4000, .chunk = 1000, .sent_len = 16, .pass_len = 64, .seed = 2,
+                     .plant_pos = p1, .n_plant = 1, .tenant = "acme"};
+    struct syn s2 = s1;
+    s2.plant_pos = p2;
+    s2.seed = 3;
+    s2.tenant = "other";
+    int64_t ids[2] = {syn_new(db, &s1), syn_new(db, &s2)};
+    struct idx_qfeat f = {SYN_LAYER, SYN_HEAD, SYN_FEAT, 1.0f};
+    struct idx_query q = {.mode = IDX_MODE_S3, .budget = 128, .feats = &f, .n_feats = 1,
+                          .docs = ids, .n_docs = 2, .max_span = 16};
+    struct idx_result r;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), 0);
+    ck_assert_uint_eq(r.n_spans, 2);
+    ck_assert_int_eq(r.spans[0].doc, ids[0]);
+    ck_assert_int_eq(r.spans[0].start_tok, 496);
+    ck_assert_int_eq(r.spans[1].doc, ids[1]);
+    ck_assert_int_eq(r.spans[1].start_tok, 1488);
+    idx_result_deinit(&r);
+    /* tenant scoping */
+    q.tenant = "acme";
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), S3_ENOTFOUND);
+    q.n_docs = 1;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), 0);
+    idx_result_deinit(&r);
+    struct idx_doc_info *list;
+    size_t n;
+    ck_assert_int_eq(idx_doc_list(db, "acme", 1, &list, &n, &err), 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_int_eq(list[0].id, ids[0]);
+    free(list);
+    /* delete removes everything of one document only */
+    ck_assert_int_eq(idx_doc_delete(db, ids[0], &err), 0);
+    ck_assert_int_eq(idx_doc_get(db, ids[0], &(struct idx_doc_info){0}, &err), S3_ENOTFOUND);
+    q.tenant = NULL;
+    q.docs = &ids[1];
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), 0);
+    ck_assert_uint_eq(r.n_spans, 1);
+    idx_result_deinit(&r);
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT (SELECT count(*) FROM postings WHERE"
+                                        " doc = ?1) + (SELECT count(*) FROM passages WHERE"
+                                        " doc = ?1)", -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, ids[0]);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_int_eq(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    idx_close(db);
+}
+END_TEST
+
+/* ---- crash safety ---------------------------------------------------------------------------- */
+
+static void signal_parent(void *ud)
+{
+    int fd = *(int *)ud;
+    char c = 1;
+    if (write(fd, &c, 1) != 1)
+        _exit(3);
+}
+
+static void spans_of(struct idx_db *db, int64_t id, struct idx_result *r)
+{
+    struct s3_errinfo err = {0};
+    struct idx_qfeat f[] = {{SYN_LAYER, SYN_HEAD, SYN_FEAT, 1.0f},
+                            {SYN_LAYER, SYN_HEAD, 120, 0.25f}};
+    struct idx_query q = {.mode = IDX_MODE_HYBRID, .budget = 512, .text = "bab kel",
+                          .feats = f, .n_feats = 2, .docs = &id, .n_docs = 1};
+    ck_assert_msg(idx_retrieve(db, &q, r, &err) == 0, "%s", err.msg);
+}
+
+static void same_spans(const struct idx_result *a, const struct idx_result *b)
+{
+    ck_assert_uint_eq(a->n_spans, b->n_spans);
+    ck_assert_int_eq(a->n_tokens, b->n_tokens);
+    for (size_t i = 0; i < a->n_spans; i++) {
+        ck_assert_int_eq(a->spans[i].start_tok, b->spans[i].start_tok);
+        ck_assert_int_eq(a->spans[i].end_tok, b->spans[i].end_tok);
+        ck_assert(a->spans[i].score == b->spans[i].score);
+        ck_assert_uint_eq(a->spans[i].sources, b->spans[i].sources);
+        ck_assert_str_eq(a->spans[i].text, b->spans[i].text);
+    }
+}
+
+START_TEST(test_crash_resume)
+{
+    char path[256];
+    struct s3_errinfo err = {0};
+    struct idx_db *db;
+    tmp_path(path, sizeof path, "crash");
+    rm_db(path);
+    static const int64_t plant[] = {20000, 100000};
+    /* 69 chunks; killed after 40, past the first segment merge (at 65536 = 32 chunks) */
+    struct syn s = {.n_tok = 140000, .chunk = 2048, .sent_len = 16, .pass_len = 96, .seed = 5,
+                    .plant_pos = plant, .n_plant = 2};
+    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    int64_t first = syn_new(db, &s);
+    struct idx_result before, after;
+    spans_of(db, first, &before);
+    idx_close(db);
+
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(fds[0]);
+        struct idx_db *cdb;
+        struct idx_writer *w;
+        struct idx_doc_meta m = {.name = "victim", .text_sha256 = "abc"};
+        if (idx_open(path, NULL, &cdb, NULL) < 0 || idx_writer_begin(cdb, &m, &w, NULL) < 0)
+            _exit(2);
+        char *txt = syn_text(&s);
+        syn_write(w, &s, txt, -1, signal_parent, &fds[1]);
+        _exit(0); /* not reached in time: the parent kills us */
+    }
+    close(fds[1]);
+    char c;
+    for (int i = 0; i < 40; i++)
+        ck_assert_int_eq(read(fds[0], &c, 1), 1);
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    close(fds[0]);
+    ck_assert(WIFSIGNALED(status));
+
+    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    /* integrity, no visible half document, the earlier one intact */
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "PRAGMA integrity_check", -1, &st, NULL), 0);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "ok");
+    sqlite3_finalize(st);
+    struct idx_doc_info *list;
+    size_t n;
+    ck_assert_int_eq(idx_doc_list(db, NULL, 1, &list, &n, &err), 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_int_eq(list[0].id, first);
+    free(list);
+    int64_t victim;
+    ck_assert_int_eq(idx_doc_find_scanning(db, "", "abc", "", "", &victim, &err), 0);
+    ck_assert_int_gt(victim, first);
+    struct idx_doc_info info;
+    ck_assert_int_eq(idx_doc_get(db, victim, &info, &err), 0);
+    ck_assert_int_eq(info.status, IDX_DOC_SCANNING);
+    ck_assert_int_ge(info.n_chunks, 40);
+    ck_assert_int_lt(info.n_tokens, s.n_tok);
+    ck_assert_int_eq(info.n_tokens, info.n_chunks * 2048);
+    struct idx_query q = {.mode = IDX_MODE_BM25, .budget = 100, .text = "bab", .docs = &victim,
+                          .n_docs = 1};
+    ck_assert_int_eq(idx_retrieve(db, &q, &after, &err), S3_ENOTFOUND);
+    ck_assert_ptr_nonnull(strstr(err.msg, "not ready"));
+    spans_of(db, first, &after);
+    same_spans(&before, &after);
+    idx_result_deinit(&after);
+
+    /* resume from the last committed chunk and finish: same answers as an uninterrupted scan */
+    struct idx_writer *w;
+    ck_assert_int_eq(idx_writer_resume(db, victim, &w, &err), 0);
+    struct idx_scan_state ss;
+    idx_writer_state(w, &ss);
+    ck_assert_int_eq(ss.next_tok, info.n_tokens);
+    char *txt = syn_text(&s);
+    syn_write(w, &s, txt, -1, NULL, NULL);
+    idx_writer_free(w);
+    free(txt);
+    spans_of(db, victim, &after);
+    same_spans(&before, &after);
+    idx_result_deinit(&after);
+    /* resuming a finished document is refused */
+    ck_assert_int_eq(idx_writer_resume(db, victim, &w, &err), S3_EINVAL);
+    /* restarting cleanly: delete and rewrite */
+    ck_assert_int_eq(idx_doc_delete(db, victim, &err), 0);
+    int64_t again = syn_new(db, &s);
+    spans_of(db, again, &after);
+    same_spans(&before, &after);
+    idx_result_deinit(&after);
+    idx_result_deinit(&before);
+    idx_close(db);
+    rm_db(path);
+}
+END_TEST
+
+/* ---- error paths ----------------------------------------------------------------------------- */
+
+START_TEST(test_bad_queries)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    static const int64_t plant[] = {100};
+    struct syn s = {.n_tok = 1000, .chunk = 256, .sent_len = 16, .pass_len = 64, .seed = 1,
+                    .plant_pos = plant, .n_plant = 1};
+    int64_t id = syn_new(db, &s), nope = 999;
+    struct idx_query q = {.mode = IDX_MODE_HYBRID, .budget = 100, .text = "x", .docs = &nope,
+                          .n_docs = 1};
+    struct idx_result r;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), S3_ENOTFOUND);
+    ck_assert_ptr_nonnull(strstr(err.msg, "999"));
+    ck_assert_uint_eq(r.n_spans, 0);
+    q.docs = &id;
+    q.budget = 0;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), S3_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "budget"));
+    q.budget = -5;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), S3_EINVAL);
+    q.budget = 10;
+    q.mode = 9;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), S3_EINVAL);
+    q.mode = IDX_MODE_S3;
+    q.n_docs = 0;
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), S3_EINVAL);
+    ck_assert_int_eq(idx_mode_parse("hybrid"), IDX_MODE_HYBRID);
+    ck_assert_int_eq(idx_mode_parse("bm25"), IDX_MODE_BM25);
+    ck_assert_int_eq(idx_mode_parse("nope"), -1);
+    ck_assert_int_eq(idx_mode_parse(NULL), -1);
+    /* bad chunks leave the document as it was */
+    struct idx_writer *w;
+    struct idx_doc_meta m = {0};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    struct idx_chunk c = {.tok0 = 5, .n_tok = 10};
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), S3_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "expected 0"));
+    struct idx_passage p = {.start_tok = 1, .end_tok = 4, .start_char = 0, .end_char = 3,
+                            .text = "abc"};
+    c = (struct idx_chunk){.tok0 = 0, .n_tok = 10, .n_passages = 1, .passages = &p};
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), S3_EINVAL);   /* does not start at 0 */
+    p.start_tok = 0;
+    p.end_tok = 11;
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), S3_EINVAL);   /* beyond the chunk */
+    p.end_tok = 4;
+    int64_t st0 = 2, sc0 = 1;
+    p.n_sent = 1;
+    p.sent_tok = &st0;
+    p.sent_char = &sc0;
+    int32_t feat[10] = {[0] = IDX_MAX_FEATURE};
+    float act[10] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    struct idx_slot slot = {0, 0};
+    c.n_slot = 1;
+    c.slots = &slot;
+    c.k = 1;
+    c.feat = feat;
+    c.act = act;
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), S3_EINVAL);   /* feature id out of range */
+    feat[0] = 3;
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), 0);
+    ck_assert_int_eq(idx_writer_finish(w, &err), S3_EINVAL);    /* passages cover 4 of 10 */
+    ck_assert_ptr_nonnull(strstr(err.msg, "cover"));
+    idx_writer_free(w);
+    idx_close(db);
+}
+END_TEST
+
+START_TEST(test_locked_db)
+{
+    char path[256];
+    struct s3_errinfo err = {0};
+    struct idx_db *db;
+    tmp_path(path, sizeof path, "lock");
+    rm_db(path);
+    struct idx_open_opts o = {.busy_ms = 50};
+    ck_assert_int_eq(idx_open(path, &o, &db, &err), 0);
+    sqlite3 *other;
+    ck_assert_int_eq(sqlite3_open(path, &other), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    struct idx_writer *w;
+    struct idx_doc_meta m = {.name = "x"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), S3_EBUSY);
+    ck_assert_ptr_nonnull(strstr(err.msg, "locked"));
+    ck_assert_ptr_null(w);
+    ck_assert_int_eq(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    /* a writer mid-document meets the lock on its next chunk, then goes on */
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    ck_assert_int_eq(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    struct idx_passage p = {.start_tok = 0, .end_tok = 4, .start_char = 0, .end_char = 4,
+                            .text = "abcd"};
+    struct idx_chunk c = {.tok0 = 0, .n_tok = 4, .n_passages = 1, .passages = &p};
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), S3_EBUSY);
+    ck_assert_int_eq(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), 0);
+    ck_assert_int_eq(idx_writer_finish(w, &err), 0);
+    idx_writer_free(w);
+    sqlite3_close(other);
+    idx_close(db);
+    /* newer schema than this program knows */
+    sqlite3 *raw;
+    ck_assert_int_eq(sqlite3_open(path, &raw), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(raw, "PRAGMA user_version = 99", NULL, NULL, NULL), 0);
+    sqlite3_close(raw);
+    ck_assert_int_eq(idx_open(path, NULL, &db, &err), S3_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "newer"));
+    rm_db(path);
+}
+END_TEST
+
+START_TEST(test_corrupt_db)
+{
+    char path[256], wal[300];
+    struct s3_errinfo err = {0};
+    struct idx_db *db = (struct idx_db *)1;
+    tmp_path(path, sizeof path, "corrupt");
+    rm_db(path);
+    char junk[8192];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (char)("not a database, just text\n"[i % 26]);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(junk, 1, sizeof junk, f), sizeof junk);
+    fclose(f);
+    ck_assert_int_eq(idx_open(path, NULL, &db, &err), S3_EFORMAT);
+    ck_assert_ptr_null(db);
+    ck_assert_ptr_nonnull(strstr(err.msg, "not a valid database"));
+    ck_assert_ptr_nonnull(strstr(err.msg, path));
+    /* untouched: same bytes, no WAL created */
+    char back[8192 + 16];
+    f = fopen(path, "rb");
+    ck_assert_uint_eq(fread(back, 1, sizeof back, f), sizeof junk);
+    fclose(f);
+    ck_assert_mem_eq(back, junk, sizeof junk);
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    ck_assert_int_ne(access(wal, F_OK), 0);
+    /* a missing file read-only, and a directory */
+    rm_db(path);
+    struct idx_open_opts ro = {.readonly = 1};
+    ck_assert_int_eq(idx_open(path, &ro, &db, &err), S3_EIO);
+    ck_assert_int_eq(idx_open("/", NULL, &db, &err), S3_EIO);
+    ck_assert_int_eq(idx_open("", NULL, &db, &err), S3_EINVAL);
+}
+END_TEST
+
+static Suite *index_suite(void)
+{
+    Suite *s = suite_create("index");
+    TCase *tc = tcase_create("index");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_varint);
+    tcase_add_test(tc, test_act_quant);
+    tcase_add_test(tc, test_blob_roundtrip);
+    tcase_add_test(tc, test_scores_exact);
+    tcase_add_test(tc, test_s3_spans);
+    tcase_add_test(tc, test_bm25_exact);
+    tcase_add_test(tc, test_bm25_per_document);
+    tcase_add_test(tc, test_hybrid_fusion);
+    tcase_add_test(tc, test_multi_doc);
+    tcase_add_test(tc, test_crash_resume);
+    tcase_add_test(tc, test_bad_queries);
+    tcase_add_test(tc, test_locked_db);
+    tcase_add_test(tc, test_corrupt_db);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(index_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
