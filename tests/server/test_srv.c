@@ -1,0 +1,469 @@
+/* tests/server/test_srv.c - request parsing/validation, error objects, SSE framing, metrics,
+ * auth and routing helpers of the HTTP server (no sockets, no model). */
+#include <check.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "srv_int.h"
+
+static const struct srv_limits lim = {.max_tokens_limit = 1000, .model_id = "m1", .n_vocab = 100};
+
+static int parse(int kind, const char *body, struct srv_gen_req *g, struct srv_error *e)
+{
+    memset(e, 0, sizeof *e);
+    return srv_gen_parse(kind, body, strlen(body), &lim, g, e);
+}
+
+/* Parse must fail with this status, code and param ("" = null). */
+static void expect_fail(int kind, const char *body, int status, const char *code,
+                        const char *param)
+{
+    struct srv_gen_req g;
+    struct srv_error e;
+    int rc = parse(kind, body, &g, &e);
+    ck_assert_msg(rc < 0, "accepted: %s", body);
+    ck_assert_msg(e.status == status, "%s: status %d, want %d (%s)", body, e.status, status,
+                  e.message);
+    if (code)
+        ck_assert_msg(e.code && !strcmp(e.code, code), "%s: code %s, want %s", body,
+                      e.code ? e.code : "(null)", code);
+    else
+        ck_assert_msg(e.code == NULL, "%s: code %s, want null", body, e.code);
+    ck_assert_str_eq(e.param, param);
+    ck_assert_str_eq(e.type, "invalid_request_error");
+    ck_assert(e.message[0]);
+    /* g was deinitialised: freeing again is harmless */
+    srv_gen_req_deinit(&g);
+}
+
+START_TEST(chat_minimal)
+{
+    struct srv_gen_req g;
+    struct srv_error e;
+    ck_assert_int_eq(parse(SRV_GEN_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+                           &g, &e), 0);
+    ck_assert_int_eq(g.kind, SRV_GEN_CHAT);
+    ck_assert_ptr_null(g.model);
+    ck_assert_uint_eq(g.n_msgs, 1);
+    ck_assert_str_eq(g.msgs[0].role, "user");
+    ck_assert_str_eq(g.msgs[0].content, "hi");
+    ck_assert_int_eq(g.max_tokens, 0);
+    ck_assert(g.temperature == 1.0 && g.top_p == 1.0);
+    ck_assert_int_eq(g.stream, 0);
+    ck_assert_int_eq(g.has_seed, 0);
+    ck_assert_uint_eq(g.n_stop, 0);
+    srv_gen_req_deinit(&g);
+}
+END_TEST
+
+START_TEST(chat_full)
+{
+    const char *body =
+        "{\"model\":\"m1\",\"messages\":[{\"role\":\"developer\",\"content\":\"be brief\"},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\","
+        "\"text\":\"b\\u00e9\"}]},{\"role\":\"assistant\",\"content\":null}],"
+        "\"max_tokens\":50,\"max_completion_tokens\":16,\"temperature\":0,\"top_p\":0.5,"
+        "\"seed\":-3,\"stop\":[\"x\",\"\",\"yz\"],\"stream\":true,"
+        "\"stream_options\":{\"include_usage\":true},\"n\":1,\"user\":\"u\","
+        "\"future_field\":{\"deep\":[1,2]},\"presence_penalty\":0.5,\"logit_bias\":{}}";
+    struct srv_gen_req g;
+    struct srv_error e;
+    ck_assert_int_eq(parse(SRV_GEN_CHAT, body, &g, &e), 0);
+    ck_assert_str_eq(g.model, "m1");
+    ck_assert_uint_eq(g.n_msgs, 3);
+    ck_assert_str_eq(g.msgs[0].role, "system");
+    ck_assert_str_eq(g.msgs[1].content, "ab\xc3\xa9");
+    ck_assert_str_eq(g.msgs[2].role, "assistant");
+    ck_assert_str_eq(g.msgs[2].content, "");
+    ck_assert_int_eq(g.max_tokens, 16); /* max_completion_tokens wins */
+    ck_assert(g.temperature == 0.0);
+    ck_assert(g.top_p == 0.5);
+    ck_assert_int_eq(g.has_seed, 1);
+    ck_assert(g.seed == (uint64_t)-3);
+    ck_assert_uint_eq(g.n_stop, 2); /* the empty stop string is dropped */
+    ck_assert_str_eq(g.stop[0], "x");
+    ck_assert_str_eq(g.stop[1], "yz");
+    ck_assert_int_eq(g.stream, 1);
+    ck_assert_int_eq(g.include_usage, 1);
+    srv_gen_req_deinit(&g);
+}
+END_TEST
+
+START_TEST(chat_errors)
+{
+    const int C = SRV_GEN_CHAT;
+    const char *msg = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
+    char b[512];
+    expect_fail(C, "{\"messages\":[", 400, "invalid_json", "");
+    expect_fail(C, "", 400, NULL, "");
+    expect_fail(C, "[1,2]", 400, "invalid_type", "");
+    expect_fail(C, "{}", 400, "missing_required_parameter", "messages");
+    expect_fail(C, "{\"messages\":null}", 400, "missing_required_parameter", "messages");
+    expect_fail(C, "{\"messages\":\"hi\"}", 400, "invalid_type", "messages");
+    expect_fail(C, "{\"messages\":[]}", 400, "empty_array", "messages");
+    expect_fail(C, "{\"messages\":[5]}", 400, "invalid_type", "messages[0]");
+    expect_fail(C, "{\"messages\":[{\"content\":\"x\"}]}", 400, "missing_required_parameter",
+                "messages[0].role");
+    expect_fail(C, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400, "invalid_value",
+                "messages[0].role");
+    expect_fail(C, "{\"messages\":[{\"role\":\"user\"}]}", 400, "missing_required_parameter",
+                "messages[0].content");
+    expect_fail(C, "{\"messages\":[{\"role\":\"user\",\"content\":7}]}", 400, "invalid_type",
+                "messages[0].content");
+    expect_fail(C,
+                "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+                400, "unsupported_value", "messages[0].content[0]");
+    expect_fail(C, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"messages\":[]}", 400,
+                "invalid_json", "");
+#define F(extra, status, code, param)                                                          \
+    do {                                                                                       \
+        snprintf(b, sizeof b, "{%s,%s}", msg, extra);                                          \
+        expect_fail(C, b, status, code, param);                                                \
+    } while (0)
+    F("\"temperature\":\"hot\"", 400, "invalid_type", "temperature");
+    F("\"temperature\":2.5", 400, "decimal_above_max_value", "temperature");
+    F("\"temperature\":-1", 400, "decimal_below_min_value", "temperature");
+    F("\"top_p\":true", 400, "invalid_type", "top_p");
+    F("\"max_tokens\":0", 400, "integer_below_min_value", "max_tokens");
+    F("\"max_tokens\":-5", 400, "integer_below_min_value", "max_tokens");
+    F("\"max_tokens\":1001", 400, "integer_above_max_value", "max_tokens");
+    F("\"max_tokens\":1.5", 400, "invalid_type", "max_tokens");
+    F("\"max_tokens\":\"10\"", 400, "invalid_type", "max_tokens");
+    F("\"max_completion_tokens\":0", 400, "integer_below_min_value", "max_completion_tokens");
+    F("\"seed\":\"1\"", 400, "invalid_type", "seed");
+    F("\"stop\":5", 400, "invalid_type", "stop");
+    F("\"stop\":[\"a\",3]", 400, "invalid_type", "stop[1]");
+    F("\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", 400, "array_above_max_length", "stop");
+    F("\"stream\":\"yes\"", 400, "invalid_type", "stream");
+    F("\"stream_options\":[]", 400, "invalid_type", "stream_options");
+    F("\"stream_options\":{\"include_usage\":1}", 400, "invalid_type",
+      "stream_options.include_usage");
+    F("\"n\":2", 400, "unsupported_value", "n");
+    F("\"n\":\"1\"", 400, "invalid_type", "n");
+    F("\"logprobs\":true", 400, "unsupported_value", "logprobs");
+    F("\"tools\":[{\"type\":\"function\"}]", 400, "unsupported_value", "tools");
+    F("\"model\":5", 400, "invalid_type", "model");
+    F("\"model\":\"gpt-4o\"", 404, "model_not_found", "model");
+    F("\"user\":1", 400, "invalid_type", "user");
+#undef F
+}
+END_TEST
+
+START_TEST(chat_tolerates)
+{
+    /* nulls mean "not given"; tools: [] is harmless; n: 1 is fine */
+    struct srv_gen_req g;
+    struct srv_error e;
+    const char *body = "{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\","
+                       "\"content\":\"q\"}],\"max_tokens\":null,\"temperature\":null,"
+                       "\"stop\":null,\"tools\":[],\"n\":1,\"logprobs\":false,\"stream\":false}";
+    ck_assert_int_eq(parse(SRV_GEN_CHAT, body, &g, &e), 0);
+    ck_assert_int_eq(g.max_tokens, 0);
+    ck_assert(g.temperature == 1.0);
+    ck_assert_uint_eq(g.n_msgs, 2);
+    srv_gen_req_deinit(&g);
+}
+END_TEST
+
+START_TEST(completion_prompts)
+{
+    struct srv_gen_req g;
+    struct srv_error e;
+    const int T = SRV_GEN_TEXT;
+    ck_assert_int_eq(parse(T, "{\"prompt\":\"Once upon\",\"max_tokens\":3}", &g, &e), 0);
+    ck_assert_str_eq(g.prompt, "Once upon");
+    ck_assert_int_eq(g.max_tokens, 3);
+    srv_gen_req_deinit(&g);
+    ck_assert_int_eq(parse(T, "{\"prompt\":[\"one\"]}", &g, &e), 0);
+    ck_assert_str_eq(g.prompt, "one");
+    srv_gen_req_deinit(&g);
+    ck_assert_int_eq(parse(T, "{\"prompt\":[5,0,99]}", &g, &e), 0);
+    ck_assert_ptr_null(g.prompt);
+    ck_assert_uint_eq(g.n_prompt_ids, 3);
+    ck_assert_int_eq(g.prompt_ids[0], 5);
+    ck_assert_int_eq(g.prompt_ids[2], 99);
+    srv_gen_req_deinit(&g);
+    ck_assert_int_eq(parse(T, "{\"prompt\":[[7,8]]}", &g, &e), 0);
+    ck_assert_uint_eq(g.n_prompt_ids, 2);
+    ck_assert_int_eq(g.prompt_ids[1], 8);
+    srv_gen_req_deinit(&g);
+
+    expect_fail(T, "{}", 400, "missing_required_parameter", "prompt");
+    expect_fail(T, "{\"prompt\":5}", 400, "invalid_type", "prompt");
+    expect_fail(T, "{\"prompt\":[]}", 400, "empty_array", "prompt");
+    expect_fail(T, "{\"prompt\":[\"a\",\"b\"]}", 400, "unsupported_value", "prompt");
+    expect_fail(T, "{\"prompt\":[1,100]}", 400, "invalid_value", "prompt[1]");
+    expect_fail(T, "{\"prompt\":[1,-1]}", 400, "invalid_value", "prompt[1]");
+    expect_fail(T, "{\"prompt\":[1,\"x\"]}", 400, "invalid_type", "prompt[1]");
+    expect_fail(T, "{\"prompt\":\"a\",\"echo\":true}", 400, "unsupported_value", "echo");
+    expect_fail(T, "{\"prompt\":\"a\",\"logprobs\":2}", 400, "unsupported_value", "logprobs");
+    expect_fail(T, "{\"prompt\":\"a\",\"best_of\":3}", 400, "unsupported_value", "best_of");
+    expect_fail(T, "{\"prompt\":\"a\",\"suffix\":\"z\"}", 400, "unsupported_value", "suffix");
+    expect_fail(T, "{\"prompt\":\"a\",\"max_tokens\":0}", 400, "integer_below_min_value",
+                "max_tokens");
+    /* max_completion_tokens is a chat field: ignored here */
+    ck_assert_int_eq(parse(T, "{\"prompt\":\"a\",\"max_completion_tokens\":\"x\"}", &g, &e), 0);
+    srv_gen_req_deinit(&g);
+}
+END_TEST
+
+START_TEST(any_model_when_unset)
+{
+    struct srv_limits l = lim;
+    struct srv_gen_req g;
+    struct srv_error e;
+    const char *b = "{\"model\":\"whatever\",\"prompt\":\"p\"}";
+    l.model_id = NULL;
+    ck_assert_int_eq(srv_gen_parse(SRV_GEN_TEXT, b, strlen(b), &l, &g, &e), 0);
+    ck_assert_str_eq(g.model, "whatever");
+    srv_gen_req_deinit(&g);
+}
+END_TEST
+
+START_TEST(error_objects)
+{
+    struct srv_error e;
+    size_t len;
+    srv_errorf(&e, 400, "invalid_request_error", "invalid_type", "temperature", "bad \"%s\"", "t");
+    char *s = srv_error_body(&e, &len);
+    ck_assert_str_eq(s, "{\"error\":{\"message\":\"bad \\\"t\\\"\",\"type\":"
+                        "\"invalid_request_error\",\"param\":\"temperature\",\"code\":"
+                        "\"invalid_type\"}}");
+    ck_assert_uint_eq(len, strlen(s));
+    free(s);
+    srv_errorf(&e, 404, NULL, NULL, NULL, "nope");
+    s = srv_error_body(&e, &len);
+    ck_assert_str_eq(s, "{\"error\":{\"message\":\"nope\",\"type\":\"invalid_request_error\","
+                        "\"param\":null,\"code\":null}}");
+    free(s);
+
+    static const struct { int code, status; const char *type; } map[] = {
+        {S3_EINVAL, 400, "invalid_request_error"}, {S3_ETOOBIG, 413, "invalid_request_error"},
+        {S3_ENOTFOUND, 404, "invalid_request_error"}, {S3_EBUSY, 429, "rate_limit_error"},
+        {S3_ETIMEDOUT, 504, "timeout_error"}, {S3_ENOMEM, 503, "server_error"},
+        {S3_EINTERNAL, 500, "server_error"}, {S3_EDEVICE, 500, "server_error"},
+        {S3_EIO, 500, "server_error"}, {S3_ECANCELED, 499, "invalid_request_error"}};
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+        srv_error_from_code(&e, map[i].code, NULL);
+        ck_assert_int_eq(e.status, map[i].status);
+        ck_assert_str_eq(e.type, map[i].type);
+        ck_assert_str_eq(e.message, s3_strerror(map[i].code));
+    }
+    srv_error_from_code(&e, S3_EINVAL, "detail");
+    ck_assert_str_eq(e.message, "detail");
+}
+END_TEST
+
+static const struct srv_resp_meta chat_meta = {SRV_GEN_CHAT, "chatcmpl-1", 1700000000, "m1"};
+static const struct srv_resp_meta text_meta = {SRV_GEN_TEXT, "cmpl-1", 1700000000, "m1"};
+
+START_TEST(sse_framing)
+{
+    struct srv_buf b = {0};
+    ck_assert_int_eq(srv_sse_append_json(&b, srv_chunk_new(&chat_meta, "", 0, 1, NULL, 0)), 0);
+    ck_assert_int_eq(srv_sse_append_json(&b, srv_chunk_new(&chat_meta, "He\nllo", 6, 0, NULL, 0)),
+                     0);
+    ck_assert_int_eq(srv_sse_append_json(&b, srv_chunk_new(&chat_meta, "", 0, 0, "stop", 0)), 0);
+    ck_assert_int_eq(srv_sse_append_done(&b), 0);
+    const char *want =
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,"
+        "\"model\":\"m1\",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":{"
+        "\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,"
+        "\"model\":\"m1\",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":{"
+        "\"content\":\"He\\nllo\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,"
+        "\"model\":\"m1\",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":{},"
+        "\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\n"
+        "data: [DONE]\n\n";
+    ck_assert_str_eq(b.data, want);
+    srv_buf_deinit(&b);
+}
+END_TEST
+
+START_TEST(sse_usage_and_text)
+{
+    struct srv_buf b = {0};
+    ck_assert_int_eq(srv_sse_append_json(&b, srv_chunk_new(&text_meta, "ab", 2, 0, NULL, 1)), 0);
+    ck_assert_int_eq(srv_sse_append_json(&b, srv_usage_chunk_new(&text_meta, 5, 2)), 0);
+    const char *want =
+        "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":"
+        "\"m1\",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"text\":\"ab\","
+        "\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n"
+        "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":"
+        "\"m1\",\"system_fingerprint\":null,\"choices\":[],\"usage\":{\"prompt_tokens\":5,"
+        "\"completion_tokens\":2,\"total_tokens\":7}}\n\n";
+    ck_assert_str_eq(b.data, want);
+    /* each event is whole: a capped buffer refuses an event instead of cutting it */
+    struct srv_buf small = {.max = 40};
+    ck_assert_int_eq(srv_sse_append_json(&small, srv_chunk_new(&text_meta, "x", 1, 0, NULL, 0)),
+                     S3_ETOOBIG);
+    ck_assert_uint_eq(small.len, 0);
+    srv_buf_deinit(&small);
+    srv_buf_deinit(&b);
+}
+END_TEST
+
+START_TEST(completion_objects)
+{
+    json_t *o = srv_completion_new(&chat_meta, "hi", 2, "length", 10, 2);
+    char *s = json_dumps(o, JSON_COMPACT);
+    ck_assert_str_eq(s, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":"
+                        "1700000000,\"model\":\"m1\",\"system_fingerprint\":null,\"choices\":[{"
+                        "\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\","
+                        "\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"length\"}],"
+                        "\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2,"
+                        "\"total_tokens\":12}}");
+    free(s);
+    json_decref(o);
+    o = srv_completion_new(&text_meta, "t", 1, "stop", 1, 1);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "object")), "text_completion");
+    json_t *c0 = json_array_get(json_object_get(o, "choices"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(c0, "text")), "t");
+    ck_assert_str_eq(json_string_value(json_object_get(c0, "finish_reason")), "stop");
+    json_decref(o);
+    ck_assert_str_eq(srv_finish_reason(ENG_FINISH_STOP), "stop");
+    ck_assert_str_eq(srv_finish_reason(ENG_FINISH_LENGTH), "length");
+}
+END_TEST
+
+START_TEST(invalid_utf8_text)
+{
+    /* a lone continuation byte, a truncated 3-byte sequence, an overlong '/', a NUL */
+    const char in[] = "a\x80" "b\xe2\x82" "c\xc0\xaf" "d\0e";
+    json_t *j = srv_json_text(in, sizeof in - 1);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(json_string_value(j), "a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd"
+                                           "c\xef\xbf\xbd\xef\xbf\xbd" "d\xef\xbf\xbd" "e");
+    json_decref(j);
+    j = srv_json_text("\xc3\xa9\xf0\x9f\x98\x80", 6); /* valid: kept as is */
+    ck_assert_str_eq(json_string_value(j), "\xc3\xa9\xf0\x9f\x98\x80");
+    json_decref(j);
+}
+END_TEST
+
+START_TEST(metrics_render)
+{
+    static struct srv_metrics m; /* zeroed */
+    struct srv_buf b = {0};
+    srv_metrics_request(&m, SRV_ROUTE_HEALTH, 200, 0.0004);
+    srv_metrics_request(&m, SRV_ROUTE_HEALTH, 200, 0.003);
+    srv_metrics_request(&m, SRV_ROUTE_CHAT, 429, 0.7);
+    srv_metrics_request(&m, SRV_ROUTE_CHAT, 418, 3.0);
+    atomic_store(&m.tokens_in, 12);
+    atomic_store(&m.queue_depth, 3);
+    ck_assert_int_eq(srv_metrics_render(&m, 1, &b), 0);
+    const char *lines[] = {
+        "s3_http_requests_total{route=\"/health\",status=\"200\"} 2\n",
+        "s3_http_requests_total{route=\"/v1/chat/completions\",status=\"429\"} 1\n",
+        "s3_http_requests_total{route=\"/v1/chat/completions\",status=\"other\"} 1\n",
+        "s3_http_request_duration_seconds_bucket{route=\"/health\",le=\"0.001\"} 1\n",
+        "s3_http_request_duration_seconds_bucket{route=\"/health\",le=\"0.0025\"} 1\n",
+        "s3_http_request_duration_seconds_bucket{route=\"/health\",le=\"0.005\"} 2\n",
+        "s3_http_request_duration_seconds_bucket{route=\"/health\",le=\"+Inf\"} 2\n",
+        "s3_http_request_duration_seconds_count{route=\"/health\"} 2\n",
+        "s3_http_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"0.5\"} 0\n",
+        "s3_http_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"1\"} 1\n",
+        "s3_http_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"2.5\"} 1\n",
+        "s3_http_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"+Inf\"} 2\n",
+        "s3_http_request_duration_seconds_sum{route=\"/v1/chat/completions\"} 3.700000\n",
+        "# TYPE s3_http_request_duration_seconds histogram\n",
+        "s3_prompt_tokens_total 12\n",
+        "s3_queue_depth 3\n",
+        "s3_model_ready 1\n",
+    };
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
+        ck_assert_msg(strstr(b.data, lines[i]), "missing: %s", lines[i]);
+    ck_assert_ptr_null(strstr(b.data, "route=\"/metrics\"")); /* no samples, no series */
+    ck_assert_int_eq(srv_status_index(200), 0);
+    ck_assert_int_eq(srv_status_index(12345), SRV_N_STATUS - 1);
+    srv_buf_deinit(&b);
+}
+END_TEST
+
+START_TEST(auth_keys)
+{
+    struct cfg c;
+    cfg_defaults(&c);
+    ck_assert_int_eq(srv_auth_check(&c, NULL), 1); /* no keys: open */
+    ck_assert_int_eq(cfg_set(&c, "api_keys", "sk-first-key,sk-second-key", NULL), 0);
+    ck_assert_int_eq(srv_auth_check(&c, "Bearer sk-first-key"), 1);
+    ck_assert_int_eq(srv_auth_check(&c, "Bearer sk-second-key"), 1);
+    ck_assert_int_eq(srv_auth_check(&c, "bearer   sk-second-key "), 1);
+    ck_assert_int_eq(srv_auth_check(&c, NULL), 0);
+    ck_assert_int_eq(srv_auth_check(&c, ""), 0);
+    ck_assert_int_eq(srv_auth_check(&c, "Bearer "), 0);
+    ck_assert_int_eq(srv_auth_check(&c, "Bearer sk-first-ke"), 0);
+    ck_assert_int_eq(srv_auth_check(&c, "Bearer sk-first-keyX"), 0);
+    ck_assert_int_eq(srv_auth_check(&c, "Bearer sk-first-kez"), 0);
+    ck_assert_int_eq(srv_auth_check(&c, "Basic sk-first-key"), 0);
+    ck_assert_int_eq(srv_auth_check(&c, "sk-first-key"), 0);
+    cfg_deinit(&c);
+}
+END_TEST
+
+START_TEST(routes_and_buffers)
+{
+    const char *arg;
+    ck_assert_int_eq(srv_path_match("/v1/models", "/v1/models", &arg), 1);
+    ck_assert_ptr_null(arg);
+    ck_assert_int_eq(srv_path_match("/v1/models", "/v1/models/", &arg), 0);
+    ck_assert_int_eq(srv_path_match("/v1/models/*", "/v1/models/abc", &arg), 1);
+    ck_assert_str_eq(arg, "abc");
+    ck_assert_int_eq(srv_path_match("/v1/models/*", "/v1/models/", &arg), 0);
+    ck_assert_int_eq(srv_path_match("/v1/models/*", "/v1/models/a/b", &arg), 0);
+    ck_assert_int_eq(srv_path_match("/v1/models/*", "/v1/modelsx", &arg), 0);
+    char m[64];
+    srv_methods_str(SRV_M_GET | SRV_M_HEAD, m, sizeof m);
+    ck_assert_str_eq(m, "GET, HEAD");
+    srv_methods_str(SRV_M_POST, m, sizeof m);
+    ck_assert_str_eq(m, "POST");
+    ck_assert_str_eq(srv_route_label(SRV_ROUTE_COMPLETIONS), "/v1/completions");
+    ck_assert_str_eq(srv_route_label(99), "other");
+
+    struct srv_buf b = {.max = 10};
+    ck_assert_int_eq(srv_buf_append(&b, "12345", 5), 0);
+    ck_assert_int_eq(srv_buf_printf(&b, "%d", 6789), 0);
+    ck_assert_str_eq(b.data, "123456789");
+    ck_assert_int_eq(srv_buf_append(&b, "ab", 2), S3_ETOOBIG);
+    ck_assert_str_eq(b.data, "123456789");
+    ck_assert_int_eq(srv_buf_append(&b, "a", 1), 0);
+    ck_assert_uint_eq(b.len, 10);
+    srv_buf_reset(&b);
+    ck_assert_uint_eq(b.len, 0);
+    srv_buf_deinit(&b);
+    srv_buf_deinit(&b);
+}
+END_TEST
+
+static Suite *srv_suite(void)
+{
+    Suite *s = suite_create("server");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, chat_minimal);
+    tcase_add_test(tc, chat_full);
+    tcase_add_test(tc, chat_errors);
+    tcase_add_test(tc, chat_tolerates);
+    tcase_add_test(tc, completion_prompts);
+    tcase_add_test(tc, any_model_when_unset);
+    tcase_add_test(tc, error_objects);
+    tcase_add_test(tc, sse_framing);
+    tcase_add_test(tc, sse_usage_and_text);
+    tcase_add_test(tc, completion_objects);
+    tcase_add_test(tc, invalid_utf8_text);
+    tcase_add_test(tc, metrics_render);
+    tcase_add_test(tc, auth_keys);
+    tcase_add_test(tc, routes_and_buffers);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(srv_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
