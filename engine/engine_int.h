@@ -1,0 +1,66 @@
+/* engine/engine_int.h - private to engine/: model and context internals shared between
+ * model.c (load), forward.c (forward pass), sample.c and generate.c. */
+#pragma once
+
+#include <stdint.h>
+
+#include "engine.h"
+#include "gguf.h"
+#include "cuda_forward.h"
+#include "kernels.h"
+
+#define ENG_MAX_UBATCH 512 /* tokens per internal forward step (scratch is sized for it) */
+
+struct eng_layer {
+    float *attn_norm;           /* (n_embd), owned */
+    float *ffn_norm;            /* (n_embd), owned */
+    float *bq, *bk, *bv;        /* biases (qwen2) or NULL, owned */
+    struct krn_qmat wq;         /* (n_head*head_dim, n_embd) */
+    struct krn_qmat wk, wv;     /* (n_head_kv*head_dim, n_embd) */
+    struct krn_qmat wo;         /* (n_embd, n_head*head_dim) */
+    struct krn_qmat w_gate;     /* (n_ff, n_embd) */
+    struct krn_qmat w_up;       /* (n_ff, n_embd) */
+    struct krn_qmat w_down;     /* (n_embd, n_ff) */
+};
+
+struct eng_model {
+    struct eng_hparams hp;
+    struct eng_gguf *g;          /* owned; weights not repacked stay borrowed from its map */
+    struct eng_tokenizer *tok;   /* owned */
+    struct eng_layer *layers;    /* (n_layer), owned */
+    const struct eng_gguf_tensor *tok_embd; /* borrowed from g: rows dequantised on lookup */
+    float *output_norm;          /* (n_embd), owned */
+    struct krn_qmat output;      /* (n_vocab, n_embd) */
+    float *rope_ff;              /* (n_rot/2) frequency divisors or NULL, owned */
+    int n_rot;                   /* rotated dims per head */
+    int n_threads;
+    size_t weight_bytes;         /* repacked weights */
+    struct eng_cuda_model *cuda; /* device copy of the weights when device = "cuda", owned */
+};
+
+struct eng_ctx {
+    const struct eng_model *m;   /* borrowed */
+    struct krn_pool *pool;       /* owned */
+    int n_ctx, n_ub, pos;
+    uint16_t *kc;                /* (n_layer, n_head_kv, head_dim, n_ctx) f16, K transposed */
+    uint16_t *vc;                /* (n_layer, n_head_kv, n_ctx, head_dim) f16 */
+    float *rope_cs;              /* (n_ctx, n_rot): cos, sin pairs per position */
+    /* scratch for one ubatch (n_ub tokens) */
+    float *x;                    /* (n_ub, n_embd) residual stream */
+    float *xn;                   /* (n_ub, n_embd) normed */
+    float *tmp;                  /* (n_ub, n_embd) sublayer output */
+    float *q;                    /* (n_ub, n_head*head_dim) */
+    float *k, *v;                /* (n_ub, n_head_kv*head_dim) */
+    float *att;                  /* (n_ub, n_head*head_dim) attention output */
+    float *gate, *up;            /* (n_ub, n_ff) */
+    float *attn_scratch;         /* (n_threads, 4*n_ctx) */
+    struct krn_qact act_embd;    /* (n_ub, n_embd) */
+    struct krn_qact act_att;     /* (n_ub, n_head*head_dim) */
+    struct krn_qact act_ff;      /* (n_ub, n_ff) */
+    eng_qk_hook_fn hook;
+    void *hook_ud;
+    uint64_t hook_mask;
+    const volatile int *cancel;
+    struct eng_cuda_ctx *cuda;   /* device KV cache and scratch (device = "cuda"), owned; the
+                                    CPU buffers above are then not allocated */
+};

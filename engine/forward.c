@@ -1,0 +1,440 @@
+/* engine/forward.c - the Llama-family forward pass over a KV cache.
+ *
+ * One ubatch of n tokens (n <= ENG_MAX_UBATCH) at positions pos..pos+n-1:
+ *
+ *   x = embed(tokens)                                  (n, d)
+ *   for each layer:
+ *     xn = rmsnorm(x) -> int8                          (n, d)
+ *     q, k, v = Wq xn (+bq), Wk xn (+bk), Wv xn (+bv)  (n, H*hd), (n, Hkv*hd) x2
+ *     [Q/K hook: pre-RoPE q, k]
+ *     rope(q), rope(k); K, V -> f16 cache at pos..pos+n-1
+ *     att = causal softmax(q K^T / sqrt(hd)) V         (n, H*hd), GQA: head h reads kv h/(H/Hkv)
+ *     x += Wo att
+ *     xn = rmsnorm(x) -> int8
+ *     x += Wdown (silu(Wgate xn) * Wup xn)
+ *   logits = Wout rmsnorm(x)                           (rows that are asked for)
+ *
+ * Prefill runs each matrix as a GEMM over the whole ubatch; decode is the same code with
+ * n = 1. Every step is one task of the context's thread pool: matrices split by rows,
+ * per-token work by tokens, attention by (head, 4 queries). No allocation per token. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+enum phase {
+    PH_NORM,     /* optional x += tmp; xn = rmsnorm(x, normw); quantise xn */
+    PH_MATMUL,   /* y_i = W_i act for up to 3 matrices */
+    PH_BIAS,     /* q, k, v += biases */
+    PH_ROPE_KV,  /* rotate q, k; store k, v in the cache */
+    PH_ATTN,     /* attention items */
+    PH_QUANT,    /* quantise src rows into act */
+    PH_SWIGLU,   /* gate = silu(gate) * up; quantise into act_ff */
+};
+
+struct job {
+    struct eng_ctx *c;
+    enum phase ph;
+    int n, pos0, layer;
+    /* PH_NORM */
+    int add_tmp;
+    const float *normw;
+    int t0;              /* first row to normalise (final norm only needs some rows) */
+    /* PH_MATMUL */
+    int n_mat;
+    const struct krn_qmat *w[3];
+    float *y[3];
+    int ldy[3];
+    const struct krn_qact *act;
+    /* PH_QUANT */
+    const float *src;
+    struct krn_qact *qdst;
+};
+
+static void split(int n, int ith, int nth, int *a, int *b)
+{
+    *a = (int)((long long)n * ith / nth);
+    *b = (int)((long long)n * (ith + 1) / nth);
+}
+
+static void fp16_store(uint16_t *dst, float v)
+{
+    *dst = krn_f32_to_fp16(v);
+}
+
+static void task(void *ud, int ith, int nth)
+{
+    struct job *j = ud;
+    struct eng_ctx *c = j->c;
+    const struct eng_model *m = c->m;
+    const struct eng_hparams *hp = &m->hp;
+    const int d = hp->n_embd, hd = hp->head_dim;
+    const int dq = hp->n_head * hd, dkv = hp->n_head_kv * hd;
+    int a, b;
+    switch (j->ph) {
+    case PH_NORM:
+        split(j->n - j->t0, ith, nth, &a, &b);
+        a += j->t0, b += j->t0;
+        for (int t = a; t < b; t++) {
+            float *x = c->x + (size_t)t * d;
+            if (j->add_tmp) {
+                const float *tmp = c->tmp + (size_t)t * d;
+                for (int i = 0; i < d; i++)
+                    x[i] += tmp[i];
+            }
+            krn_rmsnorm(c->xn + (size_t)t * d, x, j->normw, d, hp->rms_eps);
+        }
+        if (a < b)
+            krn_qact_quantize(&c->act_embd, c->xn, a, b);
+        break;
+    case PH_MATMUL: {
+        int total = 0;
+        for (int i = 0; i < j->n_mat; i++)
+            total += j->w[i]->n_rows;
+        /* contiguous share of the concatenated rows, cut at multiples of 16 */
+        split(total / 16, ith, nth, &a, &b);
+        a *= 16;
+        b = ith == nth - 1 ? total : b * 16;
+        int base = 0;
+        for (int i = 0; i < j->n_mat; i++) {
+            const int rows = j->w[i]->n_rows;
+            const int lo = a > base ? a - base : 0;
+            const int hi = b - base < rows ? b - base : rows;
+            if (lo < hi)
+                krn_qmatmul(j->w[i], j->act, j->n, j->y[i], j->ldy[i], lo, hi);
+            base += rows;
+        }
+        break;
+    }
+    case PH_BIAS: {
+        const struct eng_layer *ly = &m->layers[j->layer];
+        split(j->n, ith, nth, &a, &b);
+        for (int t = a; t < b; t++) {
+            for (int i = 0; ly->bq && i < dq; i++)
+                c->q[(size_t)t * dq + i] += ly->bq[i];
+            for (int i = 0; ly->bk && i < dkv; i++)
+                c->k[(size_t)t * dkv + i] += ly->bk[i];
+            for (int i = 0; ly->bv && i < dkv; i++)
+                c->v[(size_t)t * dkv + i] += ly->bv[i];
+        }
+        break;
+    }
+    case PH_ROPE_KV: {
+        split(j->n, ith, nth, &a, &b);
+        const size_t lay_k = (size_t)hp->n_head_kv * hd * c->n_ctx;
+        uint16_t *kc = c->kc + (size_t)j->layer * lay_k;
+        uint16_t *vc = c->vc + (size_t)j->layer * lay_k;
+        for (int t = a; t < b; t++) {
+            const int pos = j->pos0 + t;
+            const float *cs = c->rope_cs + (size_t)pos * m->n_rot;
+            float *q = c->q + (size_t)t * dq, *k = c->k + (size_t)t * dkv;
+            const float *v = c->v + (size_t)t * dkv;
+            krn_rope_apply(q, hp->n_head, hd, m->n_rot, cs, hp->rope_type);
+            krn_rope_apply(k, hp->n_head_kv, hd, m->n_rot, cs, hp->rope_type);
+            for (int h = 0; h < hp->n_head_kv; h++) {
+                uint16_t *kh = kc + (size_t)h * hd * c->n_ctx;
+                uint16_t *vh = vc + (size_t)h * c->n_ctx * hd + (size_t)pos * hd;
+                for (int i = 0; i < hd; i++) {
+                    fp16_store(&kh[(size_t)i * c->n_ctx + pos], k[h * hd + i]);
+                    fp16_store(&vh[i], v[h * hd + i]);
+                }
+            }
+        }
+        break;
+    }
+    case PH_ATTN: {
+        const size_t lay_k = (size_t)hp->n_head_kv * hd * c->n_ctx;
+        split(krn_attn_n_items(j->n, hp->n_head), ith, nth, &a, &b);
+        if (a < b)
+            krn_attn_f16(c->att, c->q, c->kc + (size_t)j->layer * lay_k,
+                         c->vc + (size_t)j->layer * lay_k, j->n, j->pos0, hp->n_head,
+                         hp->n_head_kv, hd, c->n_ctx, 1.0f / sqrtf((float)hd),
+                         c->attn_scratch + (size_t)ith * 4 * c->n_ctx, a, b);
+        break;
+    }
+    case PH_QUANT:
+        split(j->n, ith, nth, &a, &b);
+        if (a < b)
+            krn_qact_quantize(j->qdst, j->src, a, b);
+        break;
+    case PH_SWIGLU:
+        split(j->n, ith, nth, &a, &b);
+        for (int t = a; t < b; t++) {
+            float *g = c->gate + (size_t)t * hp->n_ff;
+            krn_swiglu(g, g, c->up + (size_t)t * hp->n_ff, hp->n_ff);
+        }
+        if (a < b)
+            krn_qact_quantize(&c->act_ff, c->gate, a, b);
+        break;
+    }
+}
+
+static void run(struct eng_ctx *c, struct job *j, enum phase ph)
+{
+    j->ph = ph;
+    krn_pool_run(c->pool, task, j);
+}
+
+static void run_matmul(struct eng_ctx *c, struct job *j, const struct krn_qact *act, int n_mat,
+                       const struct krn_qmat *w0, float *y0, const struct krn_qmat *w1, float *y1,
+                       const struct krn_qmat *w2, float *y2)
+{
+    j->act = act;
+    j->n_mat = n_mat;
+    j->w[0] = w0, j->y[0] = y0, j->ldy[0] = w0->n_rows;
+    if (w1)
+        j->w[1] = w1, j->y[1] = y1, j->ldy[1] = w1->n_rows;
+    if (w2)
+        j->w[2] = w2, j->y[2] = y2, j->ldy[2] = w2->n_rows;
+    run(c, j, PH_MATMUL);
+}
+
+/* One ubatch. logits_last: n_vocab floats for the last token, or NULL; logits_all:
+ * (n, n_vocab) or NULL. */
+static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float *logits_last,
+                          float *logits_all)
+{
+    const struct eng_model *m = c->m;
+    const struct eng_hparams *hp = &m->hp;
+    const int d = hp->n_embd;
+    const int pos0 = c->pos;
+    struct job j = {.c = c, .n = n, .pos0 = pos0};
+
+    for (int t = 0; t < n; t++)
+        if (tokens[t] < 0 || tokens[t] >= hp->n_vocab)
+            return S3_EINVAL;
+    if (c->cuda) {
+        struct eng_cuda_hook h = {c->hook, c->hook_ud, c->hook_mask, c->cancel};
+        int rc = eng__cuda_ubatch(c->cuda, tokens, n, pos0, logits_last, logits_all, &h, NULL);
+        if (rc == 0)
+            c->pos += n;
+        return rc;
+    }
+    for (int t = 0; t < n; t++) {
+        const size_t rb = krn_type_row_bytes(m->tok_embd->type, d);
+        const uint8_t *row = (const uint8_t *)m->tok_embd->data + (size_t)tokens[t] * rb;
+        if (krn_dequant(m->tok_embd->type, row, c->x + (size_t)t * d, d) < 0)
+            return S3_EINTERNAL;
+    }
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct eng_layer *ly = &m->layers[il];
+        if (c->cancel && *c->cancel)
+            return S3_ECANCELED;
+        j.layer = il;
+        j.add_tmp = il > 0;
+        j.normw = ly->attn_norm;
+        j.t0 = 0;
+        run(c, &j, PH_NORM);
+        run_matmul(c, &j, &c->act_embd, 3, &ly->wq, c->q, &ly->wk, c->k, &ly->wv, c->v);
+        if (ly->bq || ly->bk || ly->bv)
+            run(c, &j, PH_BIAS);
+        if (c->hook && il < 64 && (c->hook_mask >> il) & 1) {
+            if (c->hook(c->hook_ud, il, pos0, n, c->q, c->k) != 0)
+                return S3_ECANCELED;
+        }
+        run(c, &j, PH_ROPE_KV);
+        run(c, &j, PH_ATTN);
+        j.src = c->att;
+        j.qdst = &c->act_att;
+        run(c, &j, PH_QUANT);
+        run_matmul(c, &j, &c->act_att, 1, &ly->wo, c->tmp, NULL, NULL, NULL, NULL);
+        j.add_tmp = 1;
+        j.normw = ly->ffn_norm;
+        run(c, &j, PH_NORM);
+        run_matmul(c, &j, &c->act_embd, 2, &ly->w_gate, c->gate, &ly->w_up, c->up, NULL, NULL);
+        run(c, &j, PH_SWIGLU);
+        run_matmul(c, &j, &c->act_ff, 1, &ly->w_down, c->tmp, NULL, NULL, NULL, NULL);
+    }
+    if (logits_last || logits_all) {
+        /* final norm on the rows asked for, then the head on those rows only */
+        j.add_tmp = 1;
+        j.normw = m->output_norm;
+        j.t0 = logits_all ? 0 : n - 1;
+        run(c, &j, PH_NORM);
+        const int n_out = n - j.t0;
+        /* the head reads activations of rows t0..n-1: move them to the front */
+        if (j.t0 > 0) {
+            struct krn_qact *a = &c->act_embd;
+            memmove(a->qs, a->qs + (size_t)j.t0 * a->nbp * 32, (size_t)a->nbp * 32);
+            memmove(a->dexp, a->dexp + (size_t)j.t0 * a->nbp * 8, (size_t)a->nbp * 8 * sizeof(float));
+            memmove(a->s, a->s + (size_t)j.t0 * a->nbm, (size_t)a->nbm * sizeof(float));
+        }
+        j.n = n_out;
+        run_matmul(c, &j, &c->act_embd, 1, &m->output, logits_all ? logits_all : logits_last,
+                   NULL, NULL, NULL, NULL);
+        if (logits_all && logits_last)
+            memcpy(logits_last, logits_all + (size_t)(n - 1) * hp->n_vocab,
+                   (size_t)hp->n_vocab * sizeof(float));
+    }
+    c->pos += n;
+    return 0;
+}
+
+int eng_ctx_prefill(struct eng_ctx *c, const int32_t *tokens, size_t n, float *logits,
+                    float *logits_all)
+{
+    if (!c || (!tokens && n > 0))
+        return S3_EINVAL;
+    if (n == 0)
+        return 0;
+    if (n > (size_t)(c->n_ctx - c->pos))
+        return S3_ETOOBIG;
+    const int nv = c->m->hp.n_vocab;
+    for (size_t done = 0; done < n;) {
+        const int nb = n - done < (size_t)c->n_ub ? (int)(n - done) : c->n_ub;
+        const int last = done + (size_t)nb == n;
+        int rc = forward_ubatch(c, tokens + done, nb, last ? logits : NULL,
+                                logits_all ? logits_all + done * (size_t)nv : NULL);
+        if (rc < 0)
+            return rc;
+        done += (size_t)nb;
+    }
+    return 0;
+}
+
+int eng_ctx_decode(struct eng_ctx *c, int32_t token, float *logits)
+{
+    if (!c || !logits)
+        return S3_EINVAL;
+    if (c->pos >= c->n_ctx)
+        return S3_ETOOBIG;
+    return forward_ubatch(c, &token, 1, logits, NULL);
+}
+
+/* ---- context --------------------------------------------------------------------------------- */
+
+static void *zalloc(size_t n_elem, size_t elem)
+{
+    return calloc(n_elem ? n_elem : 1, elem);
+}
+
+int eng_ctx_new(const struct eng_model *m, const struct eng_ctx_opts *opts, struct eng_ctx **out,
+                struct s3_errinfo *err)
+{
+    int rc = 0;
+    *out = NULL;
+    if (!m)
+        return s3_errf(err, S3_EINVAL, "ctx: no model");
+    const struct eng_hparams *hp = &m->hp;
+    int n_ctx = opts && opts->n_ctx > 0 ? opts->n_ctx : hp->n_ctx_train;
+    if (!(opts && opts->n_ctx > 0) && n_ctx > 8192)
+        n_ctx = 8192;
+    if (n_ctx > (1 << 20))
+        return s3_errf(err, S3_ETOOBIG, "ctx: n_ctx %d too large", n_ctx);
+    int n_ub = opts && opts->n_batch > 0 ? opts->n_batch : n_ctx;
+    /* the CPU path works in ubatches of at most ENG_MAX_UBATCH tokens; the device path takes
+     * a whole scan chunk (2048 tokens by default) per step */
+    const int ub_max = m->cuda ? 2048 : ENG_MAX_UBATCH;
+    if (n_ub > ub_max)
+        n_ub = ub_max;
+    if (n_ub > n_ctx)
+        n_ub = n_ctx;
+    struct eng_ctx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return s3_errf(err, S3_ENOMEM, "ctx: out of memory");
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->n_ub = n_ub;
+    if (m->cuda) {
+        /* device KV cache and scratch only: no CPU buffers */
+        rc = eng__cuda_ctx_new(m, m->cuda, n_ctx, n_ub, &c->cuda, err);
+        if (rc < 0) {
+            free(c);
+            return rc;
+        }
+        *out = c;
+        return 0;
+    }
+    const size_t d = (size_t)hp->n_embd, dq = (size_t)hp->n_head * hp->head_dim,
+                 dkv = (size_t)hp->n_head_kv * hp->head_dim, ff = (size_t)hp->n_ff;
+    const size_t kv = (size_t)hp->n_layer * dkv * (size_t)n_ctx;
+    if ((rc = krn_pool_new(m->n_threads, &c->pool)) < 0)
+        goto out;
+    const int nth = krn_pool_n_threads(c->pool);
+    c->kc = zalloc(kv, sizeof(uint16_t));
+    c->vc = zalloc(kv, sizeof(uint16_t));
+    c->rope_cs = zalloc((size_t)n_ctx * (size_t)m->n_rot, sizeof(float));
+    c->x = zalloc((size_t)n_ub * d, sizeof(float));
+    c->xn = zalloc((size_t)n_ub * d, sizeof(float));
+    c->tmp = zalloc((size_t)n_ub * d, sizeof(float));
+    c->q = zalloc((size_t)n_ub * dq, sizeof(float));
+    c->k = zalloc((size_t)n_ub * dkv, sizeof(float));
+    c->v = zalloc((size_t)n_ub * dkv, sizeof(float));
+    c->att = zalloc((size_t)n_ub * dq, sizeof(float));
+    c->gate = zalloc((size_t)n_ub * ff, sizeof(float));
+    c->up = zalloc((size_t)n_ub * ff, sizeof(float));
+    c->attn_scratch = zalloc((size_t)nth * 4 * (size_t)n_ctx, sizeof(float));
+    if (!c->kc || !c->vc || !c->rope_cs || !c->x || !c->xn || !c->tmp || !c->q || !c->k ||
+        !c->v || !c->att || !c->gate || !c->up || !c->attn_scratch) {
+        rc = S3_ENOMEM;
+        goto out;
+    }
+    if ((rc = krn_qact_init(&c->act_embd, n_ub, (int)d)) < 0 ||
+        (rc = krn_qact_init(&c->act_att, n_ub, (int)dq)) < 0 ||
+        (rc = krn_qact_init(&c->act_ff, n_ub, (int)ff)) < 0)
+        goto out;
+    for (int p = 0; p < n_ctx; p++)
+        krn_rope_table(c->rope_cs + (size_t)p * m->n_rot, p, m->n_rot, hp->rope_base, m->rope_ff);
+out:
+    if (rc < 0) {
+        eng_ctx_free(c);
+        return s3_errf(err, rc, "ctx: cannot allocate a context of %d tokens (%s)", n_ctx,
+                       s3_strerror(rc));
+    }
+    *out = c;
+    return 0;
+}
+
+void eng_ctx_free(struct eng_ctx *c)
+{
+    if (!c)
+        return;
+    eng__cuda_ctx_free(c->cuda);
+    krn_pool_free(c->pool);
+    free(c->kc);
+    free(c->vc);
+    free(c->rope_cs);
+    free(c->x);
+    free(c->xn);
+    free(c->tmp);
+    free(c->q);
+    free(c->k);
+    free(c->v);
+    free(c->att);
+    free(c->gate);
+    free(c->up);
+    free(c->attn_scratch);
+    krn_qact_deinit(&c->act_embd);
+    krn_qact_deinit(&c->act_att);
+    krn_qact_deinit(&c->act_ff);
+    free(c);
+}
+
+void eng_ctx_reset(struct eng_ctx *c)
+{
+    if (c)
+        c->pos = 0;
+}
+
+int eng_ctx_pos(const struct eng_ctx *c)
+{
+    return c->pos;
+}
+
+int eng_ctx_n_ctx(const struct eng_ctx *c)
+{
+    return c->n_ctx;
+}
+
+void eng_ctx_set_qk_hook(struct eng_ctx *c, eng_qk_hook_fn fn, void *ud, uint64_t layer_mask)
+{
+    c->hook = fn;
+    c->hook_ud = ud;
+    c->hook_mask = fn ? layer_mask : 0;
+}
+
+void eng_ctx_set_cancel(struct eng_ctx *c, const volatile int *cancel)
+{
+    c->cancel = cancel;
+}

@@ -1,0 +1,115 @@
+/* kernels/kernels.h - backend-neutral compute API (knows nothing of models).
+ *
+ * This is the small stable core that other modules call. The backend vtable lives in
+ * kernels_int.h; the CPU backend in kernels/cpu/, CUDA in kernels/cuda/. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quant.h"
+
+/* Online cores (>= 1). */
+int krn_n_cpus(void);
+
+/* Row-major single-precision GEMM: C (M,N) = alpha * op(A) (M,K) * op(B) (K,N) + beta * C.
+ * trans_a/trans_b: 0 = as stored, 1 = transposed. Multi-threaded (OpenBLAS). */
+void krn_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
+               int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+/* ---- thread pool ------------------------------------------------------------------------------
+ * A fixed set of worker threads that run one task at a time on all threads (the caller is
+ * thread 0). Workers spin briefly between tasks, then sleep. One pool belongs to one caller
+ * thread at a time (krn_pool_run is not reentrant). */
+struct krn_pool;
+typedef void (*krn_task_fn)(void *ud, int ith, int nth);
+
+/* n_threads <= 0 means krn_n_cpus(). *out is new; free with krn_pool_free(). */
+int krn_pool_new(int n_threads, struct krn_pool **out);
+void krn_pool_free(struct krn_pool *p);
+int krn_pool_n_threads(const struct krn_pool *p);
+/* Run fn(ud, ith, nth) on every thread and return when all are done. */
+void krn_pool_run(struct krn_pool *p, krn_task_fn fn, void *ud);
+
+/* ---- quantised matrix multiply ----------------------------------------------------------------
+ * Weights are repacked at load into a layout for integer dot products: 32-element blocks,
+ * unsigned 4-bit (from Q4_1: w = d*q + m) or signed 8-bit (from Q8_0 and, requantised, from
+ * any other type: w = d*q) values, with f32 scales. Activations are quantised per 32-block to
+ * int8 exactly as ggml's Q8_1 (d = amax/127 rounded to f16, q = round-half-even(x*127/amax),
+ * s = f16(d*sum q)). y = W x is then sum_b d_w d_x isum_b + m_w s_x, as llama.cpp computes. */
+enum krn_qtype { KRN_Q4 = 1, KRN_Q8 = 2 };
+
+struct krn_qmat {
+    int qtype;          /* enum krn_qtype */
+    int n_rows, n_cols; /* n_cols is a multiple of 32 */
+    int nbp;            /* blocks per row, padded to even */
+    int nbm;            /* blocks per row, padded to a multiple of 16 (length of m rows) */
+    size_t q_row_bytes; /* nbp*16 (Q4) or nbp*32 (Q8) */
+    uint8_t *q;         /* (n_rows, q_row_bytes), owned. Q4: per block pair 32 bytes, low nibble
+                           of byte j = element j of the even block, high nibble = of the odd */
+    float *d;           /* (n_rows, nbp) scales, owned */
+    float *m;           /* (n_rows, nbm) minimums (Q4 only; zero padded), owned */
+};
+
+/* Repack n_rows x n_cols of a ggml type into w (zeroed or deinit'ed). Q4_1 and Q8_0 are kept
+ * exact; other supported types are dequantised and requantised to 8 bits.
+ * Returns 0, S3_EINVAL (bad type/shape) or S3_ENOMEM. */
+int krn_qmat_init(struct krn_qmat *w, uint32_t ggml_type, const void *data, int n_rows,
+                  int n_cols);
+void krn_qmat_deinit(struct krn_qmat *w);
+size_t krn_qmat_bytes(const struct krn_qmat *w);
+
+struct krn_qact {
+    int n_tok_max, n_cols, nbp, nbm;
+    int8_t *qs;   /* (n_tok_max, nbp*32), owned */
+    float *dexp;  /* (n_tok_max, nbp/2, 16): the scale of each block repeated 8 times, owned */
+    float *s;     /* (n_tok_max, nbm): f16(d * sum q) per block, zero padded, owned */
+};
+int krn_qact_init(struct krn_qact *a, int n_tok_max, int n_cols);
+void krn_qact_deinit(struct krn_qact *a);
+/* Quantise rows t0..t1-1 of x (row stride n_cols) into a. */
+void krn_qact_quantize(struct krn_qact *a, const float *x, int t0, int t1);
+
+/* y[t*ldy + r] = (W a_t)[r] for t < n_tok and rows r0 <= r < r1 (threads split rows). */
+void krn_qmatmul(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
+                 int ldy, int r0, int r1);
+/* Scalar reference of the same computation (the oracle in tests). */
+void krn_qmatmul_ref(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
+                     int ldy, int r0, int r1);
+/* Dequantise row r of W into out (n_cols floats). */
+void krn_qmat_row(const struct krn_qmat *w, int r, float *out);
+
+/* ---- elementwise and small ops (plain C; one row at a time) ----------------------------------- */
+
+/* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, as ggml). y may alias x. */
+void krn_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
+/* out = silu(g) * u, silu(x) = x / (1 + e^-x). out may alias g or u. */
+void krn_swiglu(float *out, const float *g, const float *u, int n);
+/* In place softmax of n values (max subtracted, sum in double). */
+void krn_softmax(float *x, int n);
+
+enum krn_rope_mode { KRN_ROPE_NORM = 0 /* adjacent pairs */, KRN_ROPE_NEOX = 2 /* halves */ };
+/* cos/sin table for one position: cs[2*i] = cos, cs[2*i+1] = sin of theta_i =
+ * pos * base^(-2i/n_dims) / ff[i] (ff may be NULL), i < n_dims/2; float math as ggml. */
+void krn_rope_table(float *cs, int pos, int n_dims, float base, const float *ff);
+/* Rotate the first n_dims dims of each of n_heads heads (head_dim apart) of x in place. */
+void krn_rope_apply(float *x, int n_heads, int head_dim, int n_dims, const float *cs, int mode);
+
+/* ---- attention ---------------------------------------------------------------------------------
+ * Causal GQA attention over a f16 KV cache of one layer:
+ *   kc: (n_kv_head, head_dim, n_ctx) f16, transposed (K of position j is column j)
+ *   vc: (n_kv_head, n_ctx, head_dim) f16
+ *   q : (n_q, n_head*head_dim) f32 (already rotated); query i sits at position pos0+i and
+ *       sees keys 0..pos0+i.
+ *   out: (n_q, n_head*head_dim) f32.
+ * As llama.cpp (no flash attention): q and the probabilities are rounded to f16 before their
+ * dot products; scores are scaled, softmaxed in f32 with a double sum. Work items are
+ * (head, group of 4 queries); this call does items it0..it1-1 of krn_attn_n_items().
+ * scratch: 4*n_ctx floats. */
+int krn_attn_n_items(int n_q, int n_head);
+void krn_attn_f16(float *out, const float *q, const uint16_t *kc, const uint16_t *vc, int n_q,
+                  int pos0, int n_head, int n_kv_head, int head_dim, int n_ctx, float scale,
+                  float *scratch, int it0, int it1);
+/* Plain f32 reference: k, v (n_kv, n_kv_head*head_dim) f32 rows, queries at pos0+i. */
+void krn_attn_ref(float *out, const float *q, const float *k, const float *v, int n_q, int pos0,
+                  int n_head, int n_kv_head, int head_dim, float scale);

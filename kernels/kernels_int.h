@@ -1,0 +1,24 @@
+/* kernels/kernels_int.h - private to kernels/: CPU feature dispatch and fast-path entry points.
+ *
+ * The fast paths live in kernels/cpu/cpu_avx512.c, compiled with per-function target
+ * attributes and chosen at run time; the scalar reference in kernels/cpu/cpu_ref.c works on
+ * any CPU. (The CUDA backend will join through a vtable here.) */
+#pragma once
+
+#include "kernels.h"
+
+/* 1 when the AVX512-VNNI paths can run (AVX512F/BW/VL/VNNI, F16C, FMA). Any thread. */
+int krn__have_avx512vnni(void);
+
+void krn__qact_quantize_ref(struct krn_qact *a, const float *x, int t0, int t1);
+void krn__qact_quantize_avx512(struct krn_qact *a, const float *x, int t0, int t1);
+void krn__qmatmul_avx512(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
+                         int ldy, int r0, int r1);
+void krn__attn_f16_ref(float *out, const float *q, const uint16_t *kc, const uint16_t *vc,
+                       int n_q, int pos0, int n_head, int n_kv_head, int head_dim, int n_ctx,
+                       float scale, float *scratch, int it0, int it1);
+void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, const uint16_t *vc,
+                          int n_q, int pos0, int n_head, int n_kv_head, int head_dim, int n_ctx,
+                          float scale, float *scratch, int it0, int it1);
+void krn__swiglu_ref(float *out, const float *g, const float *u, int n);
+void krn__swiglu_avx512(float *out, const float *g, const float *u, int n);
