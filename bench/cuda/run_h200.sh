@@ -1,0 +1,55 @@
+#!/bin/bash
+# bench/cuda/run_h200.sh - build, test and benchmark the CUDA path on a GPU machine in one go.
+# Expects, in the repository root: vendor-deb/vendor.tar.xz (the Debian -dev packages and
+# runtime libraries the build needs, as `usr/...`) and vendor-deb/slice3.gguf (the first 3
+# layers of the default model: `s3serve gguf-synth --slice 3 --out vendor-deb/slice3.gguf`).
+# Writes logs under $OUT (default ./out-h200). Usage: bash bench/cuda/run_h200.sh [quick]
+set -u
+OUT=${OUT:-$PWD/out-h200}; mkdir -p "$OUT"
+ROOT=$PWD; V=$ROOT/vendor-deb/root; B=$ROOT/build-h200; M=$B/synth-models; mkdir -p $M
+log() { echo "== $* ($(date +%T))"; }
+log info
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+nvcc --version | tail -1; cmake --version | head -1; gcc --version | head -1; nproc
+mkdir -p $V && tar -C $V -xJf vendor-deb/vendor.tar.xz
+PC=$V/usr/lib/x86_64-linux-gnu/pkgconfig
+cat > $PC/gnutls.pc <<PCEOF
+Name: gnutls
+Description: build-only stub (libmicrohttpd's private requirement)
+Version: 3.7.9
+PCEOF
+export PKG_CONFIG_LIBDIR=$PC:$V/usr/lib/x86_64-linux-gnu/openblas-pthread/pkgconfig
+export PKG_CONFIG_SYSROOT_DIR=$V
+export LD_LIBRARY_PATH=$V/usr/lib/x86_64-linux-gnu:$V/usr/lib/x86_64-linux-gnu/openblas-pthread:${LD_LIBRARY_PATH:-}
+export LDFLAGS="-Wl,-rpath-link,$V/usr/lib/x86_64-linux-gnu -Wl,-rpath-link,$V/usr/lib/x86_64-linux-gnu/openblas-pthread"
+log configure
+cmake -S . -B $B -DS3_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_BUILD_TYPE=Release \
+  > $OUT/configure.log 2>&1 || { tail -30 $OUT/configure.log; exit 1; }
+log build
+cmake --build $B -j16 --target cuda_test_kernels cuda_test_forward s3cuda_bench \
+  > $OUT/build.log 2>&1 || { grep -E "error|Error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
+ldd $B/cuda_test_kernels | grep "not found"
+log tests
+S3_ROOT=$ROOT $B/cuda_test_kernels > $OUT/test_kernels.log 2>&1; KRC=$?
+grep -E "attn|Checks|Failure|Error" $OUT/test_kernels.log | tail -30
+# a failing kernel test leaves the benchmarks on the single-stage attention kernel
+[ $KRC -ne 0 ] && { echo "kernel tests FAILED: benchmarks with S3_CUDA_ATTN=1"; export S3_CUDA_ATTN=1; }
+S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf $B/cuda_test_forward 2>&1 | tee $OUT/test_forward.log | tail -8
+log memcheck
+timeout 150 compute-sanitizer --tool memcheck --leak-check full --report-api-errors no $B/cuda_test_kernels > $OUT/memcheck.log 2>&1
+grep -E "ERROR SUMMARY|Checks" $OUT/memcheck.log
+[ "${1:-}" = quick ] && exit 0
+log bench-attn
+$B/bench_cuda/s3cuda_bench attn 2>&1 | tee $OUT/bench_attn.jsonl
+log bench-135m
+$B/bench_cuda/s3cuda_bench synth --shape smollm2-135m --type q4_1 --out $M/smol.gguf
+$B/bench_cuda/s3cuda_bench scan --model $M/smol.gguf --label smollm2-135m --tokens 32768,131072,1048576 \
+  --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --compare 1 2>&1 | tee $OUT/bench_135m.jsonl
+log bench-8b
+$B/bench_cuda/s3cuda_bench synth --shape llama3-8b --type q4_1 --out $M/l8b.gguf
+$B/bench_cuda/s3cuda_bench scan --model $M/l8b.gguf --label llama3-8b --tokens ${TOKENS_8B:-32768,131072,1048576} \
+  --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --compare 1 2>&1 | tee $OUT/bench_8b.jsonl
+rm -f $M/l8b.gguf
+log anchor
+[ -n "${ANCHOR:-}" ] && PYTHONUNBUFFERED=1 timeout 170 python3 bench/cuda/fullkv_anchor.py 2>&1 | grep -v Warning | tee $OUT/anchor.jsonl
+log done

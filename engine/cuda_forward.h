@@ -1,0 +1,108 @@
+/* engine/cuda_forward.h - private to engine/: the device path of the forward pass (CUDA).
+ *
+ * A struct eng_cuda_model holds the weights of an eng_model on one GPU (uploaded once,
+ * dequantised to fp16 on the device); a struct eng_cuda_ctx holds, for one context, the KV
+ * cache of n_ctx tokens and the scratch of one ubatch of up to n_ub tokens, all allocated at
+ * creation: nothing grows afterwards. The ubatch scratch is shared between stages (the f32
+ * projections, the FFN activations and the logits slice take turns in one buffer; the normed
+ * input, rotated q and attention output in another), so that an 8B-shape context of 2048
+ * tokens needs about 0.41 GiB beside the weights. The forward pass is the same computation as forward.c
+ * (cuBLAS GEMMs with fp16 operands and fp32 accumulation; RMSNorm, RoPE, flash-style causal
+ * attention, SwiGLU and argmax kernels of kernels/cuda/).
+ *
+ * Q/K hook: for hooked layers the pre-RoPE q and k rows are copied asynchronously into pinned
+ * host buffers as soon as the layer's projection is done; the hooks run on the calling thread,
+ * in layer order, while the GPU computes the later layers.
+ *
+ * Built only with the CUDA backend (S3_HAVE_CUDA); otherwise every function returns
+ * S3_EDEVICE ("not built with CUDA"). One thread at a time per model and its contexts. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+
+struct eng_model;
+struct eng_cuda_model;
+struct eng_cuda_ctx;
+
+struct krn_cuda_dev;
+
+/* Device-side hook: called on the calling thread while the ubatch is being enqueued, for each
+ * hooked layer in order, right after that layer's projection. d_q (n, n_head*hd) and d_k
+ * (n, n_head_kv*hd) are f32 device rows ld floats apart, valid in stream order only: the
+ * callee enqueues its own work (e.g. krn_cuda_sae_encode, then an asynchronous copy of the
+ * records) on `dev` (the context's device, eng__cuda_ctx_dev) and must not keep the pointers.
+ * Nonzero return cancels the ubatch (S3_ECANCELED). */
+typedef int (*eng_cuda_dev_hook_fn)(void *ud, struct krn_cuda_dev *dev, int layer, int pos0,
+                                    int n, const float *d_q, const float *d_k, int ld);
+
+/* What a ubatch reports to the hook and checks for cancellation (all may be NULL/0). */
+struct eng_cuda_hook {
+    eng_qk_hook_fn fn;             /* host hook: pre-RoPE q, k rows in pinned host memory */
+    void *ud;
+    uint64_t mask;                 /* bit i = layer i */
+    const volatile int *cancel;    /* checked between layers */
+};
+
+/* Options of a scan ubatch (eng__cuda_ubatch_scan). */
+struct eng_cuda_scan {
+    int full;                      /* 1: run every layer (as eng__cuda_ubatch without logits) */
+    int no_q;                      /* the host hook gets q = NULL (only k rows are copied) */
+    eng_cuda_dev_hook_fn dev_fn;   /* device hook for the hooked layers, or NULL */
+    void *dev_ud;
+};
+
+/* Per-stage device time, accumulated while profiling is on (milliseconds). */
+struct eng_cuda_stats {
+    double gemm_ms, attn_ms, other_ms, copy_ms, logits_ms;
+    double hook_dev_ms;            /* work enqueued by device hooks (e.g. SAE encoding) */
+    double total_ms;               /* first to last event of each ubatch */
+    long long n_tokens, n_ubatch;
+};
+
+/* 1 when built with CUDA and a GPU is present. */
+int eng__cuda_available(void);
+
+/* Upload m's weights to device `ordinal`. *out is new. Borrows m (and its GGUF mapping) for
+ * the duration of the call only. S3_EDEVICE / S3_ENOMEM with a message in err. */
+int eng__cuda_model_new(const struct eng_model *m, int ordinal, struct eng_cuda_model **out,
+                        struct s3_errinfo *err);
+void eng__cuda_model_free(struct eng_cuda_model *cm);
+size_t eng__cuda_model_bytes(const struct eng_cuda_model *cm); /* device bytes of weights */
+
+/* A device context: KV cache for n_ctx positions, scratch for n_ub tokens per ubatch.
+ * Borrows m and cm (they must outlive it). */
+int eng__cuda_ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int n_ctx, int n_ub,
+                      struct eng_cuda_ctx **out, struct s3_errinfo *err);
+void eng__cuda_ctx_free(struct eng_cuda_ctx *dc);
+size_t eng__cuda_ctx_bytes(const struct eng_cuda_ctx *dc);    /* device bytes of the context */
+
+/* One ubatch: n tokens (1 <= n <= n_ub) at positions pos0..pos0+n-1 (pos0 + n <= n_ctx),
+ * appending to the device KV cache. logits_last: n_vocab floats of the last token, or NULL;
+ * logits_all: (n, n_vocab), or NULL. hook may be NULL. Returns 0, S3_EINVAL, S3_ECANCELED (a
+ * hook returned nonzero or *cancel was set) or S3_EDEVICE (message in err). */
+int eng__cuda_ubatch(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
+                     float *logits_last, float *logits_all, const struct eng_cuda_hook *hook,
+                     struct s3_errinfo *err);
+/* The scan flavour: the caller needs nothing but the hooked layers' projections (pre-RoPE
+ * q/k through the host hook and/or the device hook of sc). Unless sc->full, the ubatch stops
+ * right after the projection of the highest hooked layer: no RoPE, KV write, attention or FFN
+ * there, no later layer, no logits. The KV cache of the skipped parts is left stale, so the
+ * context must be reset (start again at position 0) before anything but scan ubatches uses
+ * it; earlier layers' KV is written, so a document may span several scan ubatches. With
+ * sc->dev_fn set and hook->fn NULL nothing is copied to the host by the engine. Returns as
+ * eng__cuda_ubatch. */
+int eng__cuda_ubatch_scan(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
+                          const struct eng_cuda_hook *hook, const struct eng_cuda_scan *sc,
+                          struct s3_errinfo *err);
+/* Greedy decode step without copying logits: *next = argmax of the last token's logits. */
+int eng__cuda_ubatch_argmax(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
+                            int32_t *next, struct s3_errinfo *err);
+
+/* The context's device (borrowed), for device hooks and callers' own buffers. */
+struct krn_cuda_dev *eng__cuda_ctx_dev(const struct eng_cuda_ctx *dc);
+
+void eng__cuda_ctx_set_profile(struct eng_cuda_ctx *dc, int on);
+void eng__cuda_ctx_stats(const struct eng_cuda_ctx *dc, struct eng_cuda_stats *out);
