@@ -29,6 +29,7 @@ static const struct cfg_key cfg_keys[] = {
     {"model", CFG_STR, F(model), SZ(model), 0, 0, "GGUF model file"},
     {"model_id", CFG_STR, F(model_id), SZ(model_id), 0, 0,
      "model name clients use (default: file name without .gguf)"},
+    {"device", CFG_STR, F(device), SZ(device), 0, 0, "compute device: cpu or cuda"},
     {"db", CFG_STR, F(db), SZ(db), 0, 0, "index database file"},
     {"config", CFG_STR, F(config), SZ(config), 0, 0, "JSON configuration file"},
     {"api_keys", CFG_KEYS, F(api_keys), 0, 0, 0,
@@ -49,6 +50,20 @@ static const struct cfg_key cfg_keys[] = {
     {"max_connections", CFG_INT, F(max_connections), 0, 1, 1 << 20,
      "concurrent HTTP connections"},
     {"log_level", CFG_LEVEL, F(log_level), 0, 0, 3, "debug, info, warn or error"},
+    {"sae", CFG_STR, F(sae), SZ(sae), 0, 0,
+     "SAE file (default: models/sae-<model>.s3sae; BM25 only without one)"},
+    {"tmp_dir", CFG_STR, F(tmp_dir), SZ(tmp_dir), 0, 0,
+     "folder for spooled uploads (default: $TMPDIR or /tmp)"},
+    {"max_document_bytes", CFG_I64, F(max_document_bytes), 0, 1024, (int64_t)1 << 34,
+     "largest document upload"},
+    {"ingest_queue_max", CFG_INT, F(ingest_queue_max), 0, 1, 1 << 20,
+     "documents waiting or scanning before 429"},
+    {"retrieval_budget", CFG_INT, F(retrieval_budget), 0, 16, 1 << 20,
+     "evidence tokens for requests with documents that give no budget"},
+    {"long_head_tokens", CFG_INT, F(long_head_tokens), 0, 0, 1 << 16,
+     "over-long prompts: tokens kept from the start"},
+    {"long_tail_tokens", CFG_INT, F(long_tail_tokens), 0, 16, 1024,
+     "over-long prompts: tokens kept from the end (the question)"},
 };
 
 #define N_KEYS (sizeof cfg_keys / sizeof cfg_keys[0])
@@ -61,6 +76,7 @@ void cfg_defaults(struct cfg *c)
     snprintf(c->host, sizeof c->host, "127.0.0.1");
     c->port = 8080;
     snprintf(c->model, sizeof c->model, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    snprintf(c->device, sizeof c->device, "cpu");
     snprintf(c->db, sizeof c->db, "s3serve.db");
     c->max_body_bytes = (int64_t)8 << 20;
     c->max_tokens_limit = 4096;
@@ -72,6 +88,11 @@ void cfg_defaults(struct cfg *c)
     c->http_threads = 2;
     c->max_connections = 1024;
     c->log_level = S3_LOG_INFO;
+    c->max_document_bytes = (int64_t)64 << 20;
+    c->ingest_queue_max = 64;
+    c->retrieval_budget = 1024;
+    c->long_head_tokens = 256;
+    c->long_tail_tokens = 512;
 }
 
 void cfg_deinit(struct cfg *c)
@@ -555,6 +576,8 @@ int cfg_validate(const struct cfg *c, struct s3_errinfo *err)
         return s3_errf(err, S3_EINVAL, "model: must not be empty");
     if (!c->model_id[0])
         return s3_errf(err, S3_EINVAL, "model_id: must not be empty");
+    if (strcmp(c->device, "cpu") != 0 && strcmp(c->device, "cuda") != 0)
+        return s3_errf(err, S3_EINVAL, "device: must be cpu or cuda, got '%s'", c->device);
     for (const char *p = c->model_id; *p; p++)
         if ((unsigned char)*p < 0x21 || *p == '"' || *p == '\\')
             return s3_errf(err, S3_EINVAL, "model_id: spaces, quotes and control characters "

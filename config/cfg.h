@@ -30,6 +30,7 @@ struct cfg {
     int port;                   /* 0 = any free port */
     char model[CFG_PATH_MAX];   /* GGUF file */
     char model_id[128];         /* name reported by /v1/models; "" = file name minus .gguf */
+    char device[16];            /* compute device: "cpu" or "cuda" */
     char db[CFG_PATH_MAX];      /* index database */
     char config[CFG_PATH_MAX];  /* the file read, "" when none */
     char *api_keys[CFG_MAX_KEYS]; /* owned; empty = no auth */
@@ -44,6 +45,15 @@ struct cfg {
     int http_threads;           /* libmicrohttpd polling threads */
     int max_connections;
     int log_level;              /* 0 debug .. 3 error */
+    /* documents and retrieval */
+    char sae[CFG_PATH_MAX];     /* SAE file; "" = models/sae-<model name>.s3sae (BM25 only
+                                 * when that file does not exist) */
+    char tmp_dir[CFG_PATH_MAX]; /* uploaded documents are spooled here; "" = $TMPDIR or /tmp */
+    int64_t max_document_bytes; /* POST /v1/documents body cap (413 above) */
+    int ingest_queue_max;       /* documents waiting or scanning (429 above) */
+    int retrieval_budget;       /* evidence tokens when a request with documents gives none */
+    int long_head_tokens;       /* over-long prompts: tokens kept from the start ... */
+    int long_tail_tokens;       /* ... and from the end (the question) */
 };
 
 /* Lookup used for the environment; NULL means getenv. Returns a borrowed string or NULL. */

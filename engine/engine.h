@@ -124,6 +124,11 @@ int eng_ctx_pos(const struct eng_ctx *c);
 int eng_ctx_n_ctx(const struct eng_ctx *c);
 /* Hook every layer whose bit is set in layer_mask (bit i = layer i; NULL hook = none). */
 void eng_ctx_set_qk_hook(struct eng_ctx *c, eng_qk_hook_fn fn, void *ud, uint64_t layer_mask);
+/* Scan mode (default off): a prefill that asks for no logits stops right after the hooked
+ * layer with the highest index — no later layers, no attention or FFN of that layer, and
+ * their KV entries are not written. For indexing, where only the hooked Q/K are wanted; every
+ * chunk then starts from an empty cache (eng_ctx_reset). */
+void eng_ctx_set_scan_only(struct eng_ctx *c, int on);
 /* Cancellation flag checked between layers (may be NULL). */
 void eng_ctx_set_cancel(struct eng_ctx *c, const volatile int *cancel);
 

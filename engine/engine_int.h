@@ -61,6 +61,7 @@ struct eng_ctx {
     void *hook_ud;
     uint64_t hook_mask;
     const volatile int *cancel;
+    int scan_only;               /* see eng_ctx_set_scan_only */
     struct eng_cuda_ctx *cuda;   /* device KV cache and scratch (device = "cuda"), owned; the
                                     CPU buffers above are then not allocated */
 };

@@ -204,9 +204,15 @@ static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float
     for (int t = 0; t < n; t++)
         if (tokens[t] < 0 || tokens[t] >= hp->n_vocab)
             return S3_EINVAL;
+    /* scan mode: nothing past the last hooked layer is needed */
+    const int scan = c->scan_only && !logits_last && !logits_all && c->hook && c->hook_mask;
+    const int n_run = scan ? 64 - __builtin_clzll(c->hook_mask) : hp->n_layer;
     if (c->cuda) {
         struct eng_cuda_hook h = {c->hook, c->hook_ud, c->hook_mask, c->cancel};
-        int rc = eng__cuda_ubatch(c->cuda, tokens, n, pos0, logits_last, logits_all, &h, NULL);
+        int rc = scan ? eng__cuda_ubatch_scan(c->cuda, tokens, n, pos0, &h,
+                                              &(struct eng_cuda_scan){.full = 0}, NULL)
+                      : eng__cuda_ubatch(c->cuda, tokens, n, pos0, logits_last, logits_all, &h,
+                                         NULL);
         if (rc == 0)
             c->pos += n;
         return rc;
@@ -217,7 +223,7 @@ static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float
         if (krn_dequant(m->tok_embd->type, row, c->x + (size_t)t * d, d) < 0)
             return S3_EINTERNAL;
     }
-    for (int il = 0; il < hp->n_layer; il++) {
+    for (int il = 0; il < n_run && il < hp->n_layer; il++) {
         const struct eng_layer *ly = &m->layers[il];
         if (c->cancel && *c->cancel)
             return S3_ECANCELED;
@@ -233,6 +239,8 @@ static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float
             if (c->hook(c->hook_ud, il, pos0, n, c->q, c->k) != 0)
                 return S3_ECANCELED;
         }
+        if (scan && il == n_run - 1)
+            break;
         run(c, &j, PH_ROPE_KV);
         run(c, &j, PH_ATTN);
         j.src = c->att;
@@ -409,6 +417,12 @@ void eng_ctx_free(struct eng_ctx *c)
     krn_qact_deinit(&c->act_att);
     krn_qact_deinit(&c->act_ff);
     free(c);
+}
+
+void eng_ctx_set_scan_only(struct eng_ctx *c, int on)
+{
+    if (c)
+        c->scan_only = on != 0;
 }
 
 void eng_ctx_reset(struct eng_ctx *c)

@@ -438,6 +438,79 @@ static int emit_cb(void *ud, const char *t, size_t n)
     return ++b->calls == b->stop_after;
 }
 
+/* Scan mode stops after the last hooked layer; what the hooks see must not change. */
+struct kq_capture {
+    float *k[2], *q[2];
+    int layers[2], n;
+};
+
+static int capture_fn(void *ud, int layer, int pos0, int n_tokens, const float *q, const float *k)
+{
+    struct kq_capture *cap = ud;
+    const struct eng_hparams *hp = eng_model_hparams(g_model);
+    const size_t nk = (size_t)(pos0 + n_tokens) * hp->n_head_kv * hp->head_dim;
+    const size_t nq = (size_t)(pos0 + n_tokens) * hp->n_head * hp->head_dim;
+    const int slot = layer == cap->layers[0] ? 0 : 1;
+    cap->k[slot] = realloc(cap->k[slot], nk * sizeof(float));
+    cap->q[slot] = realloc(cap->q[slot], nq * sizeof(float));
+    ck_assert(cap->k[slot] && cap->q[slot]);
+    memcpy(cap->k[slot] + (size_t)pos0 * hp->n_head_kv * hp->head_dim, k,
+           (size_t)n_tokens * hp->n_head_kv * hp->head_dim * sizeof(float));
+    memcpy(cap->q[slot] + (size_t)pos0 * hp->n_head * hp->head_dim, q,
+           (size_t)n_tokens * hp->n_head * hp->head_dim * sizeof(float));
+    cap->n++;
+    return 0;
+}
+
+START_TEST(scan_mode_keeps_hooked_projections)
+{
+    if (!have_model())
+        return;
+    const struct eng_hparams *hp = eng_model_hparams(g_model);
+    enum { N = 40 };
+    int32_t ids[N];
+    for (int i = 0; i < N; i++)
+        ids[i] = (int32_t)((i * 104729 + 7) % g_nv);
+    struct kq_capture full = {.layers = {3, 8}}, scan = {.layers = {3, 8}};
+    const uint64_t mask = (1ull << 3) | (1ull << 8);
+    /* ubatches of 16 tokens, so later ubatches read the KV earlier ones wrote */
+    struct eng_ctx *c = new_ctx(64, 16);
+    eng_ctx_set_qk_hook(c, capture_fn, &full, mask);
+    ck_assert_int_eq(eng_ctx_prefill(c, ids, N, NULL, NULL), 0);
+    eng_ctx_reset(c);
+    eng_ctx_set_scan_only(c, 1);
+    eng_ctx_set_qk_hook(c, capture_fn, &scan, mask);
+    ck_assert_int_eq(eng_ctx_prefill(c, ids, N, NULL, NULL), 0);
+    ck_assert_int_eq(eng_ctx_pos(c), N);
+    ck_assert_int_eq(full.n, 6);
+    ck_assert_int_eq(scan.n, 6);
+    for (int s = 0; s < 2; s++) {
+        ck_assert_mem_eq(full.k[s], scan.k[s],
+                         (size_t)N * hp->n_head_kv * hp->head_dim * sizeof(float));
+        ck_assert_mem_eq(full.q[s], scan.q[s],
+                         (size_t)N * hp->n_head * hp->head_dim * sizeof(float));
+    }
+    /* a prefill that asks for logits runs every layer even in scan mode */
+    float *lg = malloc((size_t)g_nv * sizeof(float)), *ref = malloc((size_t)g_nv * sizeof(float));
+    ck_assert(lg && ref);
+    eng_ctx_reset(c);
+    ck_assert_int_eq(eng_ctx_prefill(c, ids, N, lg, NULL), 0);
+    eng_ctx_set_scan_only(c, 0);
+    eng_ctx_reset(c);
+    ck_assert_int_eq(eng_ctx_prefill(c, ids, N, ref, NULL), 0);
+    ck_assert_mem_eq(lg, ref, (size_t)g_nv * sizeof(float));
+    for (int s = 0; s < 2; s++) {
+        free(full.k[s]);
+        free(full.q[s]);
+        free(scan.k[s]);
+        free(scan.q[s]);
+    }
+    free(lg);
+    free(ref);
+    eng_ctx_free(c);
+}
+END_TEST
+
 START_TEST(generate_greedy_stop_and_cancel)
 {
     if (!have_model())
@@ -518,6 +591,7 @@ static Suite *forward_suite(void)
     tcase_add_test(tc, logits_match_llama_cpp);
     tcase_add_test(tc, prefill_pieces_equal_one_shot);
     tcase_add_test(tc, qk_hook_sees_pre_rope_projections);
+    tcase_add_test(tc, scan_mode_keeps_hooked_projections);
     tcase_add_test(tc, generate_greedy_stop_and_cancel);
     suite_add_tcase(s, tc);
     return s;

@@ -128,6 +128,9 @@ START_TEST(bad_inputs)
     ck_assert_int_eq(load(&c, 3, a8, &err), S3_EIO);
     const char *a9[] = {"serve", "--log-level", "loud"};
     ck_assert_int_eq(load(&c, 3, a9, &err), S3_EINVAL);
+    const char *a11[] = {"serve", "--device", "tpu"};
+    ck_assert_int_eq(load(&c, 3, a11, &err), S3_EINVAL);
+    ck_assert_str_eq(err.msg, "device: must be cpu or cuda, got 'tpu'");
     const char *env[] = {"S3_PORT=abc", NULL};
     env_set(env);
     const char *a10[] = {"serve"};
