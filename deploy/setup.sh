@@ -71,8 +71,23 @@ fi
 
 # ---- build -------------------------------------------------------------------------------------
 jobs=$(nproc 2>/dev/null || echo 2)
+mkdir -p .cache
 if [ ! -f build/CMakeCache.txt ]; then
-    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${S3_CMAKE_FLAGS:-} >/dev/null
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${S3_CMAKE_FLAGS:-} >.cache/configure.log 2>&1 ||
+        { cat .cache/configure.log >&2; exit 1; }
 fi
-cmake --build build -j"$jobs" >/dev/null
-log "ready: build/s3serve, $MODEL_FILE"
+if ! cmake --build build -j"$jobs" >.cache/build.log 2>&1; then
+    tail -40 .cache/build.log >&2
+    log "build failed (full log: .cache/build.log)"
+    exit 1
+fi
+
+# ---- default sparse autoencoders (trained once on python3.11-doc text, then cached) ---------
+SAE_FILE="models/sae-$(basename "$MODEL_FILE" .gguf).s3sae"
+if [ ! -f "$SAE_FILE" ] || ! build/s3serve sae-info "$SAE_FILE" --model "$MODEL_FILE" >/dev/null 2>&1; then
+    log "training the default SAE into $SAE_FILE (once; a few minutes)"
+    eval/sae_corpus.sh >/dev/null
+    build/s3serve train-sae --model "$MODEL_FILE" --out "$SAE_FILE" --if-missing >.cache/train-sae.log 2>&1 ||
+        { tail -20 .cache/train-sae.log >&2; log "SAE training failed"; exit 1; }
+fi
+log "ready: build/s3serve, $MODEL_FILE, $SAE_FILE"
