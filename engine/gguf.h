@@ -99,3 +99,69 @@ const void *eng_gguf_file_data(const struct eng_gguf *g, size_t *n_bytes);
 
 /* Name of a ggml type ("Q4_1"), or "?" for unknown values. */
 const char *eng_ggml_type_name(uint32_t type);
+
+/* ---- writer ---------------------------------------------------------------------------------
+ *
+ * Builds a GGUF v3 file in the layout above: metadata pairs in the order added, tensor infos
+ * in the order added, each tensor's data at the next multiple of the alignment (the value of
+ * a "general.alignment" u32 pair when one was added, else 32), no padding after the last
+ * tensor. Values are written little endian.
+ *
+ * Errors are sticky: once an add fails (S3_ENOMEM, or S3_EINVAL for a bad argument such as a
+ * NULL key, an unknown value type or a tensor whose shape its type cannot hold) every later
+ * add returns that code without doing anything, and so does the final write. A caller may
+ * therefore check only the write's result.
+ *
+ * Usage:
+ *     struct eng_gguf_writer *w;
+ *     if (eng_gguf_writer_new(&w) < 0) ...;
+ *     eng_gguf_writer_add_str(w, "general.architecture", "llama");
+ *     const int64_t ne[2] = {576, 576};
+ *     eng_gguf_writer_add_tensor(w, "blk.0.attn_q.weight", GGML_T_F32, 2, ne, data);
+ *     rc = eng_gguf_writer_write_file(w, path, NULL, NULL);
+ *     eng_gguf_writer_free(w);
+ *
+ * One thread at a time per writer. */
+struct eng_gguf_writer;
+
+/* Supplies the data of tensor i (added with data NULL) at write time: fill buf with n_bytes
+ * bytes and return 0, or a negative S3_E* that aborts the write. */
+typedef int (*eng_gguf_fill_fn)(void *ud, size_t i, void *buf, size_t n_bytes);
+
+/* *out is new; free with eng_gguf_writer_free(). 0 or S3_ENOMEM. */
+int eng_gguf_writer_new(struct eng_gguf_writer **out);
+void eng_gguf_writer_free(struct eng_gguf_writer *w); /* NULL is a no-op */
+
+/* Metadata pairs. Keys and values are copied. */
+int eng_gguf_writer_add_u32(struct eng_gguf_writer *w, const char *key, uint32_t v);
+int eng_gguf_writer_add_i32(struct eng_gguf_writer *w, const char *key, int32_t v);
+int eng_gguf_writer_add_f32(struct eng_gguf_writer *w, const char *key, float v);
+int eng_gguf_writer_add_bool(struct eng_gguf_writer *w, const char *key, int v);
+int eng_gguf_writer_add_str(struct eng_gguf_writer *w, const char *key, const char *v);
+/* A value of any fixed-size type (not string or array); v points at its host-order value. */
+int eng_gguf_writer_add_scalar(struct eng_gguf_writer *w, const char *key, uint32_t vtype,
+                               const void *v);
+/* Array of n fixed-size elements of elem_type, host order, at v. */
+int eng_gguf_writer_add_arr(struct eng_gguf_writer *w, const char *key, uint32_t elem_type,
+                            const void *v, size_t n);
+/* Array of n NUL-terminated strings. */
+int eng_gguf_writer_add_strs(struct eng_gguf_writer *w, const char *key, const char *const *v,
+                             size_t n);
+/* A pair as read by eng_gguf_open() (borrowed; copied now), key and value unchanged. */
+int eng_gguf_writer_add_kv_copy(struct eng_gguf_writer *w, const struct eng_gguf_kv *kv);
+
+/* Tensor info: name (copied; at most 95 bytes), ggml type, n_dims (1..4) dims ne (ne[0] is the
+ * row). data is borrowed until the write and must hold the tensor's bytes; NULL means the
+ * write asks its fill callback. */
+int eng_gguf_writer_add_tensor(struct eng_gguf_writer *w, const char *name, uint32_t type,
+                               int n_dims, const int64_t *ne, const void *data);
+/* Bytes of tensor i's data (0 for a bad i). */
+size_t eng_gguf_writer_tensor_bytes(const struct eng_gguf_writer *w, size_t i);
+
+/* Write the whole file to path (created or truncated): 0, the sticky error, S3_EIO, or what
+ * fill returned. fill/ud may be NULL when every tensor has data. */
+int eng_gguf_writer_write_file(struct eng_gguf_writer *w, const char *path,
+                               eng_gguf_fill_fn fill, void *ud);
+/* The same into memory: *out is new (free()), *n_bytes its size. */
+int eng_gguf_writer_write_mem(struct eng_gguf_writer *w, eng_gguf_fill_fn fill, void *ud,
+                              uint8_t **out, size_t *n_bytes);

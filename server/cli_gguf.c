@@ -12,7 +12,7 @@
  *       tokenizer included) except <arch>.block_count = N; token_embd, output_norm, output
  *       and rope_freqs kept; blk.i.* kept for i < N; tensor bytes copied unchanged.
  *
- * The writer emits GGUF v3 (layout in engine/gguf.h) with 32-byte alignment. */
+ * Files are written by the engine's GGUF writer (engine/gguf.h) as v3 with 32-byte alignment. */
 #include <getopt.h>
 #include <math.h>
 #include <stdint.h>
@@ -28,116 +28,6 @@
 int cli_gguf_synth(int argc, char **argv);
 
 #define GW_ALIGN 32
-#define GW_MAX_TENSORS 4096
-
-struct gw_tensor {
-    char name[96];
-    uint32_t type;
-    int n_dims;
-    int64_t ne[2];
-    size_t n_bytes;
-    uint64_t offset;
-};
-
-struct gw {
-    FILE *f;
-    int rc;               /* sticky: once negative every write is a no-op */
-};
-
-static void gw_bytes(struct gw *w, const void *p, size_t n)
-{
-    if (w->rc < 0 || n == 0)
-        return;
-    if (fwrite(p, 1, n, w->f) != n)
-        w->rc = S3_EIO;
-}
-
-static void gw_u32(struct gw *w, uint32_t v)
-{
-    uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-    gw_bytes(w, b, 4);
-}
-
-static void gw_u64(struct gw *w, uint64_t v)
-{
-    gw_u32(w, (uint32_t)v);
-    gw_u32(w, (uint32_t)(v >> 32));
-}
-
-static void gw_str(struct gw *w, const char *s, size_t n)
-{
-    gw_u64(w, n);
-    gw_bytes(w, s, n);
-}
-
-static void gw_f32(struct gw *w, float v)
-{
-    uint32_t u;
-    memcpy(&u, &v, 4);
-    gw_u32(w, u);
-}
-
-static void gw_pad(struct gw *w, uint64_t at)
-{
-    static const uint8_t zeros[GW_ALIGN];
-    const uint64_t r = at % GW_ALIGN;
-    if (r)
-        gw_bytes(w, zeros, (size_t)(GW_ALIGN - r));
-}
-
-/* key-value helpers (value types as in enum eng_gguf_vtype) */
-static void kv_u32(struct gw *w, const char *k, uint32_t v)
-{
-    gw_str(w, k, strlen(k));
-    gw_u32(w, GGUF_VT_U32);
-    gw_u32(w, v);
-}
-
-static void kv_f32(struct gw *w, const char *k, float v)
-{
-    gw_str(w, k, strlen(k));
-    gw_u32(w, GGUF_VT_F32);
-    gw_f32(w, v);
-}
-
-static void kv_string(struct gw *w, const char *k, const char *v)
-{
-    gw_str(w, k, strlen(k));
-    gw_u32(w, GGUF_VT_STRING);
-    gw_str(w, v, strlen(v));
-}
-
-static void kv_bool(struct gw *w, const char *k, int v)
-{
-    uint8_t b = v ? 1 : 0;
-    gw_str(w, k, strlen(k));
-    gw_u32(w, GGUF_VT_BOOL);
-    gw_bytes(w, &b, 1);
-}
-
-static void gw_tensor_infos(struct gw *w, const struct gw_tensor *t, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        gw_str(w, t[i].name, strlen(t[i].name));
-        gw_u32(w, (uint32_t)t[i].n_dims);
-        for (int d = 0; d < t[i].n_dims; d++)
-            gw_u64(w, (uint64_t)t[i].ne[d]);
-        gw_u32(w, t[i].type);
-        gw_u64(w, t[i].offset);
-    }
-}
-
-/* Assign data offsets (each tensor aligned); returns the data section size. */
-static uint64_t gw_layout(struct gw_tensor *t, size_t n)
-{
-    uint64_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        off = (off + GW_ALIGN - 1) / GW_ALIGN * GW_ALIGN;
-        t[i].offset = off;
-        off += t[i].n_bytes;
-    }
-    return off;
-}
 
 /* ---- generated weights ------------------------------------------------------------------------ */
 
@@ -192,24 +82,81 @@ static void fill_matrix(uint8_t *p, uint32_t type, size_t n_bytes, float sd, uin
     }
 }
 
+struct synth_fill {
+    const char *const *names; /* (n_tensors) */
+    const int64_t *ne0;       /* (n_tensors) fan-in of each matrix */
+    const uint32_t *types;    /* (n_tensors) */
+    uint64_t seed;
+};
+
+/* eng_gguf_fill_fn: norm weights are ones, matrices random blocks */
+static int synth_fill(void *ud, size_t i, void *buf, size_t n_bytes)
+{
+    struct synth_fill *f = ud;
+    uint8_t *p = buf;
+    if (f->types[i] == GGML_T_F32) {
+        const float one = 1.0f;
+        for (size_t j = 0; j < n_bytes / 4; j++)
+            memcpy(p + 4 * j, &one, 4);
+    } else {
+        /* 1/sqrt(fan_in): keeps every projection's output at the input's scale */
+        float sd = 1.0f / sqrtf((float)f->ne0[i]);
+        if (strcmp(f->names[i], "token_embd.weight") == 0)
+            sd = 1.0f;
+        fill_matrix(p, f->types[i], n_bytes, sd, &f->seed);
+    }
+    return 0;
+}
+
 static int write_synth(const struct shape *s, uint32_t type, int n_layer, int n_vocab,
                        uint64_t seed, const char *out)
 {
     int rc = 0;
-    struct gw w = {0};
-    struct gw_tensor *t = calloc(GW_MAX_TENSORS, sizeof(*t));
-    uint8_t *buf = NULL;
-    size_t nt = 0, buf_n = 0;
-    if (!t)
-        return S3_ENOMEM;
+    struct eng_gguf_writer *w = NULL;
+    const size_t n_t = 3 + 9 * (size_t)n_layer;
+    char (*names)[96] = calloc(n_t, sizeof(*names));
+    const char **name_p = calloc(n_t, sizeof(*name_p));
+    int64_t *ne0 = calloc(n_t, sizeof(*ne0));
+    uint32_t *types = calloc(n_t, sizeof(*types));
+    char (*toks)[16] = calloc((size_t)n_vocab, sizeof(*toks));
+    const char **tok_p = calloc((size_t)n_vocab, sizeof(*tok_p));
+    size_t nt = 0;
+    if (!names || !name_p || !ne0 || !types || !toks || !tok_p ||
+        eng_gguf_writer_new(&w) < 0) {
+        rc = S3_ENOMEM;
+        goto out;
+    }
     const int d = s->n_embd, hd = s->n_embd / s->n_head;
     const int dkv = s->n_head_kv * hd;
+    eng_gguf_writer_add_str(w, "general.architecture", "llama");
+    eng_gguf_writer_add_str(w, "general.name", s->name);
+    eng_gguf_writer_add_u32(w, "general.alignment", GW_ALIGN);
+    eng_gguf_writer_add_u32(w, "llama.block_count", (uint32_t)n_layer);
+    eng_gguf_writer_add_u32(w, "llama.context_length", (uint32_t)s->n_ctx);
+    eng_gguf_writer_add_u32(w, "llama.embedding_length", (uint32_t)d);
+    eng_gguf_writer_add_u32(w, "llama.feed_forward_length", (uint32_t)s->n_ff);
+    eng_gguf_writer_add_u32(w, "llama.attention.head_count", (uint32_t)s->n_head);
+    eng_gguf_writer_add_u32(w, "llama.attention.head_count_kv", (uint32_t)s->n_head_kv);
+    eng_gguf_writer_add_f32(w, "llama.rope.freq_base", s->rope_base);
+    eng_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    eng_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
+    eng_gguf_writer_add_str(w, "tokenizer.ggml.pre", "");
+    for (int i = 0; i < n_vocab; i++) { /* tokens: "t0".."t{V-1}" */
+        snprintf(toks[i], sizeof(toks[i]), "t%d", i);
+        tok_p[i] = toks[i];
+    }
+    eng_gguf_writer_add_strs(w, "tokenizer.ggml.tokens", tok_p, (size_t)n_vocab);
+    eng_gguf_writer_add_strs(w, "tokenizer.ggml.merges", NULL, 0);
+    eng_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 0);
+    eng_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 1);
+    eng_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", 0);
+    eng_gguf_writer_add_str(w, "general.description", "generated weights (s3serve gguf-synth)");
 #define ADD(nm_fmt, idx, ty, e0, e1)                                                               \
     do {                                                                                       \
-        snprintf(t[nt].name, sizeof(t[nt].name), nm_fmt, idx);                                 \
-        t[nt].type = (ty), t[nt].ne[0] = (e0), t[nt].ne[1] = (e1);                            \
-        t[nt].n_dims = (e1) > 1 ? 2 : 1;                                                       \
-        t[nt].n_bytes = krn_type_row_bytes((ty), (e0)) * (size_t)(e1);                        \
+        const int64_t ne_[2] = {(e0), (e1)};                                                   \
+        snprintf(names[nt], sizeof(names[nt]), nm_fmt, idx);                                   \
+        name_p[nt] = names[nt], ne0[nt] = (e0), types[nt] = (ty);                              \
+        eng_gguf_writer_add_tensor(w, names[nt], (ty), (e1) > 1 ? 2 : 1, ne_, NULL);           \
         nt++;                                                                                  \
     } while (0)
     ADD("token_embd.weight%.0d", 0, type, d, n_vocab);
@@ -227,144 +174,20 @@ static int write_synth(const struct shape *s, uint32_t type, int n_layer, int n_
         ADD("blk.%d.ffn_down.weight", il, type, s->n_ff, d);
     }
 #undef ADD
-    for (size_t i = 0; i < nt; i++)
-        if (t[i].n_bytes == 0) {
-            rc = S3_EINVAL;
-            goto out;
-        }
-    gw_layout(t, nt);
-    w.f = fopen(out, "wb");
-    if (!w.f) {
-        rc = S3_EIO;
-        goto out;
-    }
-    gw_bytes(&w, "GGUF", 4);
-    gw_u32(&w, 3);
-    gw_u64(&w, nt);
-    gw_u64(&w, 19);
-    kv_string(&w, "general.architecture", "llama");
-    kv_string(&w, "general.name", s->name);
-    kv_u32(&w, "general.alignment", GW_ALIGN);
-    kv_u32(&w, "llama.block_count", (uint32_t)n_layer);
-    kv_u32(&w, "llama.context_length", (uint32_t)s->n_ctx);
-    kv_u32(&w, "llama.embedding_length", (uint32_t)d);
-    kv_u32(&w, "llama.feed_forward_length", (uint32_t)s->n_ff);
-    kv_u32(&w, "llama.attention.head_count", (uint32_t)s->n_head);
-    kv_u32(&w, "llama.attention.head_count_kv", (uint32_t)s->n_head_kv);
-    kv_f32(&w, "llama.rope.freq_base", s->rope_base);
-    kv_f32(&w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    kv_string(&w, "tokenizer.ggml.model", "gpt2");
-    kv_string(&w, "tokenizer.ggml.pre", "");
-    /* tokens: "t0".."t{V-1}" */
-    gw_str(&w, "tokenizer.ggml.tokens", strlen("tokenizer.ggml.tokens"));
-    gw_u32(&w, GGUF_VT_ARRAY);
-    gw_u32(&w, GGUF_VT_STRING);
-    gw_u64(&w, (uint64_t)n_vocab);
-    for (int i = 0; i < n_vocab; i++) {
-        char tok[16];
-        const int n = snprintf(tok, sizeof(tok), "t%d", i);
-        gw_str(&w, tok, (size_t)n);
-    }
-    gw_str(&w, "tokenizer.ggml.merges", strlen("tokenizer.ggml.merges"));
-    gw_u32(&w, GGUF_VT_ARRAY);
-    gw_u32(&w, GGUF_VT_STRING);
-    gw_u64(&w, 0);
-    kv_u32(&w, "tokenizer.ggml.bos_token_id", 0);
-    kv_u32(&w, "tokenizer.ggml.eos_token_id", 1);
-    kv_bool(&w, "tokenizer.ggml.add_bos_token", 0);
-    kv_string(&w, "general.description", "generated weights (s3serve gguf-synth)");
-    gw_tensor_infos(&w, t, nt);
-    if (w.rc < 0) {
-        rc = w.rc;
-        goto out;
-    }
-    long here = ftell(w.f);
-    if (here < 0) {
-        rc = S3_EIO;
-        goto out;
-    }
-    gw_pad(&w, (uint64_t)here);
-    uint64_t at = 0;
-    for (size_t i = 0; i < nt && w.rc == 0; i++) {
-        gw_pad(&w, at);
-        at = t[i].offset;
-        if (t[i].n_bytes > buf_n) {
-            free(buf);
-            buf_n = t[i].n_bytes;
-            buf = malloc(buf_n);
-            if (!buf) {
-                rc = S3_ENOMEM;
-                goto out;
-            }
-        }
-        if (t[i].type == GGML_T_F32) { /* norm weights: ones */
-            const float one = 1.0f;
-            for (size_t j = 0; j < t[i].n_bytes / 4; j++)
-                memcpy(buf + 4 * j, &one, 4);
-        } else {
-            /* 1/sqrt(fan_in): keeps every projection's output at the input's scale */
-            float sd = 1.0f / sqrtf((float)t[i].ne[0]);
-            if (strcmp(t[i].name, "token_embd.weight") == 0)
-                sd = 1.0f;
-            fill_matrix(buf, t[i].type, t[i].n_bytes, sd, &seed);
-        }
-        gw_bytes(&w, buf, t[i].n_bytes);
-        at += t[i].n_bytes;
-    }
-    rc = w.rc;
+    struct synth_fill f = {name_p, ne0, types, seed};
+    rc = eng_gguf_writer_write_file(w, out, synth_fill, &f);
 out:
-    if (w.f && fclose(w.f) != 0 && rc == 0)
-        rc = S3_EIO;
-    free(buf);
-    free(t);
+    eng_gguf_writer_free(w);
+    free(names);
+    free(name_p);
+    free(ne0);
+    free(types);
+    free(toks);
+    free(tok_p);
     return rc;
 }
 
 /* ---- layer slice of a real file ----------------------------------------------------------------- */
-
-static size_t scalar_bytes(uint32_t vt)
-{
-    switch (vt) {
-    case GGUF_VT_U8: case GGUF_VT_I8: case GGUF_VT_BOOL: return 1;
-    case GGUF_VT_U16: case GGUF_VT_I16: return 2;
-    case GGUF_VT_U32: case GGUF_VT_I32: case GGUF_VT_F32: return 4;
-    case GGUF_VT_U64: case GGUF_VT_I64: case GGUF_VT_F64: return 8;
-    default: return 0;
-    }
-}
-
-/* Write one KV value (type tag included) copied from the source mapping. */
-static void copy_kv_value(struct gw *w, const struct eng_gguf_kv *kv)
-{
-    gw_u32(w, kv->type);
-    if (kv->type == GGUF_VT_STRING) {
-        struct eng_gguf_str s;
-        uint64_t n;
-        memcpy(&n, kv->data, 8);
-        s.ptr = (const char *)kv->data + 8;
-        s.len = n;
-        gw_str(w, s.ptr, (size_t)s.len);
-    } else if (kv->type == GGUF_VT_ARRAY) {
-        gw_u32(w, kv->arr_type);
-        gw_u64(w, kv->arr_n);
-        if (kv->arr_type == GGUF_VT_STRING) {
-            for (uint64_t i = 0; i < kv->arr_n; i++)
-                gw_str(w, kv->strs[i].ptr, (size_t)kv->strs[i].len);
-        } else {
-            const size_t eb = scalar_bytes(kv->arr_type);
-            if (eb == 0)
-                w->rc = S3_EFORMAT; /* nested arrays are not written by llama.cpp's tools */
-            else
-                gw_bytes(w, kv->data, eb * (size_t)kv->arr_n);
-        }
-    } else {
-        const size_t eb = scalar_bytes(kv->type);
-        if (eb == 0)
-            w->rc = S3_EFORMAT;
-        else
-            gw_bytes(w, kv->data, eb);
-    }
-}
 
 static int keep_tensor(const char *name, int n_keep)
 {
@@ -376,10 +199,7 @@ static int keep_tensor(const char *name, int n_keep)
 static int write_slice(const char *in, int n_keep, const char *out, struct s3_errinfo *err)
 {
     struct eng_gguf *g = NULL;
-    struct gw w = {0};
-    struct gw_tensor *t = NULL;
-    const struct eng_gguf_tensor **src = NULL;
-    size_t nt = 0;
+    struct eng_gguf_writer *w = NULL;
     char bc_key[96] = "";
     int rc = eng_gguf_open(in, &g, err);
     if (rc < 0)
@@ -396,82 +216,41 @@ static int write_slice(const char *in, int n_keep, const char *out, struct s3_er
                      n_keep, n_layer);
         goto out;
     }
-    const size_t n_all = eng_gguf_n_tensors(g);
-    t = calloc(n_all ? n_all : 1, sizeof(*t));
-    src = calloc(n_all ? n_all : 1, sizeof(*src));
-    if (!t || !src) {
+    if (eng_gguf_writer_new(&w) < 0) {
         rc = s3_errf(err, S3_ENOMEM, "gguf-synth: out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n_all; i++) {
-        const struct eng_gguf_tensor *s = eng_gguf_tensor_at(g, i);
-        if (!keep_tensor(s->name, n_keep))
-            continue;
-        snprintf(t[nt].name, sizeof(t[nt].name), "%s", s->name);
-        t[nt].type = s->type;
-        t[nt].n_dims = s->n_dims < 2 ? s->n_dims : 2;
-        t[nt].ne[0] = s->ne[0];
-        t[nt].ne[1] = s->ne[1];
-        if (s->n_dims > 2 || s->ne[2] != 1 || s->ne[3] != 1) {
-            rc = s3_errf(err, S3_EFORMAT, "gguf-synth: tensor %s has more than 2 dims", s->name);
-            goto out;
-        }
-        t[nt].n_bytes = s->n_bytes;
-        src[nt] = s;
-        nt++;
-    }
-    gw_layout(t, nt);
-    w.f = fopen(out, "wb");
-    if (!w.f) {
-        rc = s3_errf(err, S3_EIO, "gguf-synth: cannot create %s", out);
         goto out;
     }
     const size_t n_kv = eng_gguf_n_kv(g);
     int has_align = 0;
     for (size_t i = 0; i < n_kv; i++) {
         const struct eng_gguf_kv *kv = eng_gguf_kv_at(g, i);
-        if (kv->key.len == 17 && memcmp(kv->key.ptr, "general.alignment", 17) == 0)
-            has_align = 1;
-    }
-    gw_bytes(&w, "GGUF", 4);
-    gw_u32(&w, 3);
-    gw_u64(&w, nt);
-    gw_u64(&w, n_kv + (has_align ? 0 : 1));
-    for (size_t i = 0; i < n_kv; i++) {
-        const struct eng_gguf_kv *kv = eng_gguf_kv_at(g, i);
-        gw_str(&w, kv->key.ptr, (size_t)kv->key.len);
         if (kv->key.len == strlen(bc_key) && memcmp(kv->key.ptr, bc_key, kv->key.len) == 0) {
-            gw_u32(&w, GGUF_VT_U32);
-            gw_u32(&w, (uint32_t)n_keep);
+            eng_gguf_writer_add_u32(w, bc_key, (uint32_t)n_keep);
         } else if (kv->key.len == 17 && memcmp(kv->key.ptr, "general.alignment", 17) == 0) {
-            gw_u32(&w, GGUF_VT_U32);
-            gw_u32(&w, GW_ALIGN);
+            eng_gguf_writer_add_u32(w, "general.alignment", GW_ALIGN);
+            has_align = 1;
         } else {
-            copy_kv_value(&w, kv);
+            eng_gguf_writer_add_kv_copy(w, kv);
         }
     }
     if (!has_align)
-        kv_u32(&w, "general.alignment", GW_ALIGN);
-    gw_tensor_infos(&w, t, nt);
-    long here = w.rc == 0 ? ftell(w.f) : -1;
-    if (here < 0) {
-        rc = s3_errf(err, w.rc < 0 ? w.rc : S3_EIO, "gguf-synth: cannot write %s", out);
-        goto out;
+        eng_gguf_writer_add_u32(w, "general.alignment", GW_ALIGN);
+    const size_t n_all = eng_gguf_n_tensors(g);
+    for (size_t i = 0; i < n_all; i++) {
+        const struct eng_gguf_tensor *s = eng_gguf_tensor_at(g, i);
+        if (!keep_tensor(s->name, n_keep))
+            continue;
+        if (s->n_dims > 2 || s->ne[2] != 1 || s->ne[3] != 1) {
+            rc = s3_errf(err, S3_EFORMAT, "gguf-synth: tensor %s has more than 2 dims", s->name);
+            goto out;
+        }
+        eng_gguf_writer_add_tensor(w, s->name, s->type, s->n_dims, s->ne, s->data);
     }
-    gw_pad(&w, (uint64_t)here);
-    uint64_t at = 0;
-    for (size_t i = 0; i < nt; i++) {
-        gw_pad(&w, at);
-        gw_bytes(&w, src[i]->data, t[i].n_bytes);
-        at = t[i].offset + t[i].n_bytes;
-    }
-    if (w.rc < 0)
-        rc = s3_errf(err, w.rc, "gguf-synth: cannot write %s", out);
+    rc = eng_gguf_writer_write_file(w, out, NULL, NULL);
+    if (rc < 0)
+        rc = s3_errf(err, rc, "gguf-synth: cannot write %s", out);
 out:
-    if (w.f && fclose(w.f) != 0 && rc == 0)
-        rc = s3_errf(err, S3_EIO, "gguf-synth: cannot write %s", out);
-    free(t);
-    free(src);
+    eng_gguf_writer_free(w);
     eng_gguf_close(g);
     return rc;
 }

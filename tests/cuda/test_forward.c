@@ -16,6 +16,7 @@
 #endif
 #include "engine.h"
 #include "engine_int.h"
+#include "testutil.h"
 
 #define N_GEN 12
 
@@ -24,8 +25,7 @@ static const char *model_path(char *buf, size_t n)
     const char *p = getenv("S3_CUDA_MODEL");
     if (p && *p)
         return p;
-    const char *root = getenv("S3_ROOT");
-    snprintf(buf, n, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", root ? root : ".");
+    snprintf(buf, n, "%s/%s", s3t_root(), S3T_MODEL_REL);
     return buf;
 }
 
@@ -307,10 +307,5 @@ int main(void)
     tcase_add_test(tc, test_scan_flavour);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return s3t_run(s, CK_NOFORK);
 }

@@ -10,6 +10,7 @@
 
 #include "kernels.h"
 #include "s3.h"
+#include "testutil.h"
 
 #ifdef S3_HAVE_CUDA
 #include "cuda.h"
@@ -550,13 +551,9 @@ static Suite *suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(suite());
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
+    const int rc = s3t_run(suite(), CK_NOFORK);
 #ifdef S3_HAVE_CUDA
     krn_cuda_dev_free(g_dev);
 #endif
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return rc;
 }

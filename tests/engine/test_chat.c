@@ -6,53 +6,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "engine.h"
 #include "gguf.h"
+#include "testutil.h"
 
-#define MODEL_REL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-static struct eng_gguf *g_gguf;
-static struct eng_tokenizer *g_tok;
-static json_t *g_fix;
+static struct s3t_tok_env g_env;
+#define g_tok (g_env.tok)
+#define g_fix (g_env.fix)
 
 static void setup(void)
 {
-    const char *r = getenv("S3_ROOT");
-    char path[4200];
-    struct s3_errinfo err = {0};
-    json_error_t jerr;
-    if (!r || !*r)
-        r = ".";
-    snprintf(path, sizeof path, "%s/tests/fixtures/greedy.json", r);
-    g_fix = json_load_file(path, 0, &jerr);
-    snprintf(path, sizeof path, "%s/%s", r, MODEL_REL);
-    if (access(path, R_OK) != 0 || eng_gguf_open(path, &g_gguf, &err) < 0)
-        return;
-    if (eng_tok_new(g_gguf, &g_tok, &err) < 0)
-        fprintf(stderr, "eng_tok_new: %s\n", err.msg);
+    s3t_tok_env_open(&g_env, "greedy.json");
 }
 
 static void teardown(void)
 {
-    eng_tok_free(g_tok);
-    eng_gguf_close(g_gguf);
-    json_decref(g_fix);
-    g_tok = NULL;
-    g_gguf = NULL;
-    g_fix = NULL;
+    s3t_tok_env_close(&g_env);
 }
 
 static int have_model(void)
 {
-    if (!g_gguf) {
-        fprintf(stderr, "SKIP: %s not found under S3_ROOT; model tests skipped\n", MODEL_REL);
-        return 0;
-    }
-    ck_assert_msg(g_tok != NULL, "tokenizer failed to load from the model");
-    ck_assert_msg(g_fix != NULL, "tests/fixtures/greedy.json missing or invalid");
-    return 1;
+    return s3t_tok_env_ready(&g_env);
 }
 
 /* Messages of a fixture case; *n set. Strings borrowed from the JSON. */
@@ -158,91 +133,23 @@ END_TEST
 
 /* ---- templates in tiny GGUF files ---------------------------------------------------------- */
 
-struct gw {
-    unsigned char *p;
-    size_t n, cap;
-    uint64_t n_kv;
-};
-
-static void gw_bytes(struct gw *w, const void *src, size_t n)
-{
-    if (w->n + n > w->cap) {
-        w->cap = (w->n + n) * 2 + 64;
-        w->p = realloc(w->p, w->cap);
-        ck_assert_ptr_nonnull(w->p);
-    }
-    memcpy(w->p + w->n, src, n);
-    w->n += n;
-}
-
-static void gw_u32(struct gw *w, uint32_t v)
-{
-    gw_bytes(w, &v, 4);
-}
-
-static void gw_u64(struct gw *w, uint64_t v)
-{
-    gw_bytes(w, &v, 8);
-}
-
-static void gw_str(struct gw *w, const char *s)
-{
-    gw_u64(w, strlen(s));
-    gw_bytes(w, s, strlen(s));
-}
-
-static void gw_kv_str(struct gw *w, const char *k, const char *v)
-{
-    gw_str(w, k);
-    gw_u32(w, GGUF_VT_STRING);
-    gw_str(w, v);
-    w->n_kv++;
-}
-
-static void gw_kv_strs(struct gw *w, const char *k, const char *const *v, size_t n)
-{
-    gw_str(w, k);
-    gw_u32(w, GGUF_VT_ARRAY);
-    gw_u32(w, GGUF_VT_STRING);
-    gw_u64(w, n);
-    for (size_t i = 0; i < n; i++)
-        gw_str(w, v[i]);
-    w->n_kv++;
-}
-
 /* A minimal gpt2 tokenizer GGUF with the given chat template (NULL = none). */
 static struct eng_tokenizer *toy_with_template(const char *tmpl)
 {
     static const char *const toks[] = {"a", "b", "<|im_start|>", "<|im_end|>"};
     static const char *const merges[] = {"a b"};
-    struct gw w = {0};
-    char path[512];
+    struct eng_gguf_writer *w = NULL;
     struct s3_errinfo err = {0};
-    struct eng_gguf *g = NULL;
     struct eng_tokenizer *t = NULL;
-    gw_kv_str(&w, "tokenizer.ggml.model", "gpt2");
-    gw_kv_str(&w, "tokenizer.ggml.pre", "gpt-2");
-    gw_kv_strs(&w, "tokenizer.ggml.tokens", toks, 4);
-    gw_kv_strs(&w, "tokenizer.ggml.merges", merges, 1);
+    ck_assert_int_eq(eng_gguf_writer_new(&w), 0);
+    eng_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
+    eng_gguf_writer_add_str(w, "tokenizer.ggml.pre", "gpt-2");
+    eng_gguf_writer_add_strs(w, "tokenizer.ggml.tokens", toks, 4);
+    eng_gguf_writer_add_strs(w, "tokenizer.ggml.merges", merges, 1);
     if (tmpl)
-        gw_kv_str(&w, "tokenizer.chat_template", tmpl);
-    const char *tmp = getenv("TMPDIR");
-    snprintf(path, sizeof path, "%s/s3chat_XXXXXX", tmp && *tmp ? tmp : P_tmpdir);
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    FILE *f = fdopen(fd, "wb");
-    ck_assert_ptr_nonnull(f);
-    uint32_t ver = 3;
-    uint64_t n_tensors = 0;
-    fwrite("GGUF", 1, 4, f);
-    fwrite(&ver, 4, 1, f);
-    fwrite(&n_tensors, 8, 1, f);
-    fwrite(&w.n_kv, 8, 1, f);
-    fwrite(w.p, 1, w.n, f);
-    ck_assert_int_eq(fclose(f), 0);
-    free(w.p);
-    ck_assert_msg(eng_gguf_open(path, &g, &err) == 0, "%s", err.msg);
-    unlink(path);
+        eng_gguf_writer_add_str(w, "tokenizer.chat_template", tmpl);
+    struct eng_gguf *g = s3t_gguf_from_writer(w);
+    eng_gguf_writer_free(w);
     ck_assert_msg(eng_tok_new(g, &t, &err) == 0, "%s", err.msg);
     eng_gguf_close(g);
     return t;
@@ -313,9 +220,5 @@ static Suite *chat_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(chat_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s3t_run(chat_suite(), CK_FORK_GETENV);
 }

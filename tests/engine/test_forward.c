@@ -15,8 +15,8 @@
 #include "gguf.h"
 #include "kernels.h"
 #include "s3.h"
+#include "testutil.h"
 
-#define MODEL_REL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 /* Tolerances against llama.cpp. Both quantise activations to int8 at every matrix input, so
  * a last-bit difference in float summation order (ours sums 16 lanes, ggml 8) can move a value
  * across an int8 rounding boundary; over 30 layers such flips change logits by ~0.1-0.3 (our
@@ -32,32 +32,14 @@
 static struct eng_model *g_model;
 static int g_nv;
 
-static char *root_path(const char *rel)
-{
-    const char *r = getenv("S3_ROOT");
-    if (!r || !*r)
-        r = ".";
-    size_t n = strlen(r) + strlen(rel) + 2;
-    char *p = malloc(n);
-    ck_assert_ptr_nonnull(p);
-    snprintf(p, n, "%s/%s", r, rel);
-    return p;
-}
-
-static int quick(void)
-{
-    const char *q = getenv("S3_TEST_QUICK");
-    return q && q[0] == '1';
-}
-
 static int have_model(void)
 {
     if (g_model)
         return 1;
-    char *path = root_path(MODEL_REL);
+    char *path = s3t_root_path(S3T_MODEL_REL);
     FILE *f = fopen(path, "rb");
     if (!f) {
-        fprintf(stderr, "SKIP: %s not found under S3_ROOT; forward tests skipped\n", MODEL_REL);
+        s3t_skip_no_model("forward tests");
         free(path);
         return 0;
     }
@@ -69,19 +51,6 @@ static int have_model(void)
     ck_assert_msg(rc == 0, "load: %s", err.msg);
     g_nv = eng_model_hparams(g_model)->n_vocab;
     return 1;
-}
-
-static json_t *load_fixture(const char *name)
-{
-    char rel[128];
-    snprintf(rel, sizeof(rel), "tests/fixtures/%s", name);
-    char *path = root_path(rel);
-    json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
-    if (!j)
-        fprintf(stderr, "SKIP: %s not readable (%s)\n", path, je.text);
-    free(path);
-    return j;
 }
 
 static int32_t *ids_of(json_t *arr, size_t *n)
@@ -118,7 +87,7 @@ START_TEST(greedy_matches_llama_cpp)
 {
     if (!have_model())
         return;
-    json_t *fx = load_fixture("greedy.json");
+    json_t *fx = s3t_fixture_json("greedy.json");
     if (!fx)
         return;
     json_t *cases = json_object_get(fx, "cases");
@@ -128,7 +97,7 @@ START_TEST(greedy_matches_llama_cpp)
     ck_assert_ptr_nonnull(lg);
     size_t n_cases = json_array_size(cases), checked = 0, ties = 0, steps = 0;
     for (size_t ci = 0; ci < n_cases; ci++) {
-        if (quick() && ci % 9 != 0)
+        if (s3t_quick() && ci % 9 != 0)
             continue;
         json_t *cs = json_array_get(cases, ci);
         const char *name = json_string_value(json_object_get(cs, "name"));
@@ -138,7 +107,7 @@ START_TEST(greedy_matches_llama_cpp)
         eng_ctx_reset(c);
         ck_assert_int_eq(eng_ctx_prefill(c, prompt, np, lg, NULL), 0);
         if (nc > 32)
-            nc = quick() ? 16 : 32; /* runtime: 26 cases x 32 steps */
+            nc = s3t_quick() ? 16 : 32; /* runtime: 26 cases x 32 steps */
         for (size_t i = 0; i < nc; i++) {
             const int32_t got = argmax(lg, g_nv);
             if (got != want[i]) {
@@ -175,7 +144,7 @@ START_TEST(logits_match_llama_cpp)
 {
     if (!have_model())
         return;
-    json_t *fx = load_fixture("logits.json");
+    json_t *fx = s3t_fixture_json("logits.json");
     if (!fx)
         return;
     json_t *seqs = json_object_get(fx, "sequences");
@@ -185,7 +154,7 @@ START_TEST(logits_match_llama_cpp)
     float maxdiff = 0.0f;
     double worst_mean = 0.0;
     for (size_t si = 0; si < json_array_size(seqs); si++) {
-        if (quick() && json_array_size(json_object_get(json_array_get(seqs, si), "ids")) > 64)
+        if (s3t_quick() && json_array_size(json_object_get(json_array_get(seqs, si), "ids")) > 64)
             continue; /* the short sequences only */
         json_t *sq = json_array_get(seqs, si);
         const char *name = json_string_value(json_object_get(sq, "name"));
@@ -363,7 +332,7 @@ START_TEST(qk_hook_sees_pre_rope_projections)
     /* independent layer-0 K and Q: rmsnorm(embedding) through the dequantised matrices */
     struct s3_errinfo err = {0};
     struct eng_gguf *g = NULL;
-    char *path = root_path(MODEL_REL);
+    char *path = s3t_root_path(S3T_MODEL_REL);
     ck_assert_int_eq(eng_gguf_open(path, &g, &err), 0);
     free(path);
     const struct eng_gguf_tensor *te = eng_gguf_tensor_by_name(g, "token_embd.weight");
@@ -515,7 +484,7 @@ START_TEST(generate_greedy_stop_and_cancel)
 {
     if (!have_model())
         return;
-    json_t *fx = load_fixture("greedy.json");
+    json_t *fx = s3t_fixture_json("greedy.json");
     if (!fx)
         return;
     /* the first raw case without an early EOG: text equals llama.cpp's detokenised ids */
@@ -599,10 +568,7 @@ static Suite *forward_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(forward_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    const int rc = s3t_run(forward_suite(), CK_FORK_GETENV);
     eng_model_free(g_model);
-    return failed ? 1 : 0;
+    return rc;
 }

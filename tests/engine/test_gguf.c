@@ -1,7 +1,6 @@
 /* tests/engine/test_gguf.c - GGUF reader: exact read-back of files written here, every error
  * path (truncation at each byte, corruption, lying counts), and the real model when present. */
 #include <check.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +10,7 @@
 #include "gguf.h"
 #include "quant.h"
 #include "s3.h"
+#include "testutil.h"
 
 /* ---- a tiny GGUF writer ----------------------------------------------------------------- */
 
@@ -81,11 +81,7 @@ static char g_path[512];
 
 static void make_tmp_path(void)
 {
-    const char *dir = getenv("TMPDIR");
-    snprintf(g_path, sizeof g_path, "%s/s3_test_gguf_XXXXXX", dir && *dir ? dir : P_tmpdir);
-    int fd = mkstemp(g_path);
-    ck_assert_msg(fd >= 0, "mkstemp: %s", strerror(errno));
-    close(fd);
+    s3t_tmp_path(g_path, sizeof g_path, "s3_test_gguf_");
 }
 
 static void write_file(const void *p, size_t n)
@@ -133,59 +129,64 @@ static void fill_q8(uint8_t *blk, int i)
         blk[2 + j] = (uint8_t)(int8_t)(j - 16 + i);
 }
 
-/* A v3 file with every metadata type and four tensors, data section aligned to ALIGN. Returns
- * the offset where the data section starts in *data_off. */
+/* A file of the given version with every metadata type and four tensors, data section
+ * aligned to ALIGN, written by the engine's writer (the version patched in afterwards).
+ * Returns the offset where the data section starts in *data_off. */
 static void build_reference(struct wb *b, uint32_t version, size_t *data_off)
 {
-    const int n_kv = 20, n_t = 4;
-    wb_hdr(b, version, n_t, n_kv);
-    wb_key(b, "t.u8", GGUF_VT_U8), wb_u8(b, 200);
-    wb_key(b, "t.i8", GGUF_VT_I8), wb_u8(b, (uint8_t)-100);
-    wb_key(b, "t.u16", GGUF_VT_U16), wb_u16(b, 60000);
-    wb_key(b, "t.i16", GGUF_VT_I16), wb_u16(b, (uint16_t)-30000);
-    wb_key(b, "t.u32", GGUF_VT_U32), wb_u32(b, 4000000000u);
-    wb_key(b, "t.i32", GGUF_VT_I32), wb_u32(b, (uint32_t)-2000000000);
-    wb_key(b, "t.f32", GGUF_VT_F32), wb_f32(b, 3.5f);
-    wb_key(b, "t.bool", GGUF_VT_BOOL), wb_u8(b, 1);
-    wb_key(b, "t.str", GGUF_VT_STRING), wb_str(b, "hello, gguf");
-    wb_key(b, "t.u64", GGUF_VT_U64), wb_u64(b, (1ull << 40) + 5);
-    wb_key(b, "t.i64", GGUF_VT_I64), wb_u64(b, (uint64_t)-(1ll << 40));
-    wb_key(b, "t.f64", GGUF_VT_F64), wb_f64(b, 1.0 / 3.0);
-    wb_key(b, "t.arr_i32", GGUF_VT_ARRAY), wb_u32(b, GGUF_VT_I32), wb_u64(b, 3);
-    wb_u32(b, 1), wb_u32(b, (uint32_t)-2), wb_u32(b, 3);
-    wb_key(b, "t.arr_str", GGUF_VT_ARRAY), wb_u32(b, GGUF_VT_STRING), wb_u64(b, 3);
-    wb_str(b, "a"), wb_str(b, ""), wb_str(b, "ccc");
-    wb_key(b, "t.arr_f32", GGUF_VT_ARRAY), wb_u32(b, GGUF_VT_F32), wb_u64(b, 2);
-    wb_f32(b, -1.25f), wb_f32(b, 2.5f);
-    wb_key(b, "t.arr_empty", GGUF_VT_ARRAY), wb_u32(b, GGUF_VT_U8), wb_u64(b, 0);
-    wb_key(b, "t.empty_str", GGUF_VT_STRING), wb_str(b, "");
-    wb_key(b, "general.alignment", GGUF_VT_U32), wb_u32(b, ALIGN);
-    wb_key(b, "llama.block_count", GGUF_VT_U32), wb_u32(b, 30);
-    wb_key(b, "t.bool0", GGUF_VT_BOOL), wb_u8(b, 0);
+    struct eng_gguf_writer *w = NULL;
+    ck_assert_int_eq(eng_gguf_writer_new(&w), 0);
+    const uint8_t u8 = 200, b1 = 1, b0 = 0;
+    const int8_t i8 = -100;
+    const uint16_t u16 = 60000;
+    const int16_t i16 = -30000;
+    const uint64_t u64 = (1ull << 40) + 5;
+    const int64_t i64 = -(1ll << 40);
+    const double f64 = 1.0 / 3.0;
+    const int32_t ai32[] = {1, -2, 3};
+    const char *const astr[] = {"a", "", "ccc"};
+    const float af32[] = {-1.25f, 2.5f};
+    eng_gguf_writer_add_scalar(w, "t.u8", GGUF_VT_U8, &u8);
+    eng_gguf_writer_add_scalar(w, "t.i8", GGUF_VT_I8, &i8);
+    eng_gguf_writer_add_scalar(w, "t.u16", GGUF_VT_U16, &u16);
+    eng_gguf_writer_add_scalar(w, "t.i16", GGUF_VT_I16, &i16);
+    eng_gguf_writer_add_u32(w, "t.u32", 4000000000u);
+    eng_gguf_writer_add_i32(w, "t.i32", -2000000000);
+    eng_gguf_writer_add_f32(w, "t.f32", 3.5f);
+    eng_gguf_writer_add_scalar(w, "t.bool", GGUF_VT_BOOL, &b1);
+    eng_gguf_writer_add_str(w, "t.str", "hello, gguf");
+    eng_gguf_writer_add_scalar(w, "t.u64", GGUF_VT_U64, &u64);
+    eng_gguf_writer_add_scalar(w, "t.i64", GGUF_VT_I64, &i64);
+    eng_gguf_writer_add_scalar(w, "t.f64", GGUF_VT_F64, &f64);
+    eng_gguf_writer_add_arr(w, "t.arr_i32", GGUF_VT_I32, ai32, 3);
+    eng_gguf_writer_add_strs(w, "t.arr_str", astr, 3);
+    eng_gguf_writer_add_arr(w, "t.arr_f32", GGUF_VT_F32, af32, 2);
+    eng_gguf_writer_add_arr(w, "t.arr_empty", GGUF_VT_U8, NULL, 0);
+    eng_gguf_writer_add_str(w, "t.empty_str", "");
+    eng_gguf_writer_add_u32(w, "general.alignment", ALIGN);
+    eng_gguf_writer_add_u32(w, "llama.block_count", 30);
+    eng_gguf_writer_add_bool(w, "t.bool0", b0);
 
     /* a: F32 {4, 2} 32 B @0; b: Q8_0 {64} 68 B @64; c: F16 {3} 6 B @192; d: Q4_1 {32, 2}
      * 40 B @256 (last: no padding after it, so every truncation cuts real data) */
-    const uint64_t ne_a[] = {4, 2}, ne_b[] = {64}, ne_c[] = {3}, ne_d[] = {32, 2};
-    wb_tinfo(b, "a", 2, ne_a, GGML_T_F32, 0);
-    wb_tinfo(b, "blk.0.b", 1, ne_b, GGML_T_Q8_0, 64);
-    wb_tinfo(b, "c", 1, ne_c, GGML_T_F16, 192);
-    wb_tinfo(b, "d.weight", 2, ne_d, GGML_T_Q4_1, 256);
-    wb_pad(b, ALIGN);
-    *data_off = b->n;
-    wb_put(b, k_a, sizeof k_a);
-    wb_pad(b, ALIGN);
-    for (int i = 0; i < 2; i++) {
-        uint8_t blk[34];
-        fill_q8(blk, i);
-        wb_put(b, blk, 34);
-    }
-    while (b->n < *data_off + 192)
-        wb_u8(b, 0xee);
-    wb_u16(b, 0x3c00), wb_u16(b, 0xc000), wb_u16(b, 0x7c00); /* 1, -2, inf */
-    while (b->n < *data_off + 256)
-        wb_u8(b, 0xee);
+    uint8_t q8[68], f16[6], q41[40];
+    for (int i = 0; i < 2; i++)
+        fill_q8(q8 + 34 * i, i);
+    const uint16_t h[3] = {0x3c00, 0xc000, 0x7c00}; /* 1, -2, inf */
+    memcpy(f16, h, sizeof f16);
     for (int i = 0; i < 40; i++)
-        wb_u8(b, (uint8_t)(i * 7));
+        q41[i] = (uint8_t)(i * 7);
+    const int64_t ne_a[] = {4, 2}, ne_b[] = {64}, ne_c[] = {3}, ne_d[] = {32, 2};
+    eng_gguf_writer_add_tensor(w, "a", GGML_T_F32, 2, ne_a, k_a);
+    eng_gguf_writer_add_tensor(w, "blk.0.b", GGML_T_Q8_0, 1, ne_b, q8);
+    eng_gguf_writer_add_tensor(w, "c", GGML_T_F16, 1, ne_c, f16);
+    eng_gguf_writer_add_tensor(w, "d.weight", GGML_T_Q4_1, 2, ne_d, q41);
+    ck_assert_int_eq(eng_gguf_writer_write_mem(w, NULL, NULL, &b->p, &b->n), 0);
+    eng_gguf_writer_free(w);
+    b->cap = b->n;
+    ck_assert_uint_ge(b->n, 24 + 296);
+    *data_off = b->n - 296;
+    memcpy(b->p + 4, &version, 4);
 }
 
 static void check_reference(const struct eng_gguf *g, uint32_t version, size_t data_off,
@@ -748,6 +749,73 @@ START_TEST(test_many)
 }
 END_TEST
 
+/* The writer: sticky errors, alignment from the key, fill callbacks. */
+static int fill_seq(void *ud, size_t i, void *buf, size_t n)
+{
+    int *calls = ud;
+    (*calls)++;
+    for (size_t j = 0; j < n; j++)
+        ((uint8_t *)buf)[j] = (uint8_t)(i * 16 + j);
+    return i == 1 && *calls > 2 ? S3_EIO : 0;
+}
+
+START_TEST(test_writer)
+{
+    struct eng_gguf_writer *w = NULL;
+    uint8_t *p = NULL;
+    size_t n = 0;
+    const int64_t ne[] = {8};
+    char longname[97];
+    memset(longname, 'x', 96);
+    longname[96] = '\0';
+    /* bad arguments stick: later adds and the write return the first error */
+    ck_assert_int_eq(eng_gguf_writer_new(&w), 0);
+    ck_assert_int_eq(eng_gguf_writer_add_tensor(w, longname, GGML_T_F32, 1, ne, NULL), S3_EINVAL);
+    ck_assert_int_eq(eng_gguf_writer_add_u32(w, "k", 1), S3_EINVAL);
+    ck_assert_int_eq(eng_gguf_writer_write_mem(w, NULL, NULL, &p, &n), S3_EINVAL);
+    ck_assert_ptr_null(p);
+    eng_gguf_writer_free(w);
+    ck_assert_int_eq(eng_gguf_writer_new(&w), 0);
+    ck_assert_int_eq(eng_gguf_writer_add_u32(w, "general.alignment", 48), S3_EINVAL);
+    eng_gguf_writer_free(w);
+    ck_assert_int_eq(eng_gguf_writer_new(&w), 0);
+    const int64_t ne_q8[] = {33};
+    ck_assert_int_eq(eng_gguf_writer_add_tensor(w, "q", GGML_T_Q8_0, 1, ne_q8, NULL), S3_EINVAL);
+    eng_gguf_writer_free(w);
+    ck_assert_int_eq(eng_gguf_writer_new(&w), 0);
+    ck_assert_int_eq(eng_gguf_writer_add_scalar(w, "s", GGUF_VT_STRING, "x"), S3_EINVAL);
+    eng_gguf_writer_free(w);
+    eng_gguf_writer_free(NULL);
+
+    /* alignment 128 from the key; data from the fill callback, at aligned offsets */
+    ck_assert_int_eq(eng_gguf_writer_new(&w), 0);
+    ck_assert_int_eq(eng_gguf_writer_add_u32(w, "general.alignment", 128), 0);
+    ck_assert_int_eq(eng_gguf_writer_add_tensor(w, "t0", GGML_T_F32, 1, ne, NULL), 0);
+    ck_assert_int_eq(eng_gguf_writer_add_tensor(w, "t1", GGML_T_F32, 1, ne, NULL), 0);
+    ck_assert_uint_eq(eng_gguf_writer_tensor_bytes(w, 1), 32);
+    ck_assert_uint_eq(eng_gguf_writer_tensor_bytes(w, 2), 0);
+    ck_assert_int_eq(eng_gguf_writer_write_mem(w, NULL, NULL, &p, &n), S3_EINVAL); /* no fill */
+    int calls = 0;
+    ck_assert_int_eq(eng_gguf_writer_write_mem(w, fill_seq, &calls, &p, &n), 0);
+    ck_assert_int_eq(calls, 2);
+    ck_assert_uint_eq(n % 128, 32); /* data section: t0 @0, t1 @128, no tail padding */
+    struct wb b = {p, n, n};
+    struct eng_gguf *g = NULL;
+    struct s3_errinfo err;
+    ck_assert_int_eq(open_buf(&b, &g, &err), 0);
+    const struct eng_gguf_tensor *t = eng_gguf_tensor_by_name(g, "t1");
+    ck_assert(t && t->offset == 128 && ((const uint8_t *)t->data)[3] == 19);
+    eng_gguf_close(g);
+    free(p);
+    /* a failing fill aborts the write with its code */
+    ck_assert_int_eq(eng_gguf_writer_write_mem(w, fill_seq, &calls, &p, &n), S3_EIO);
+    ck_assert_ptr_null(p);
+    ck_assert_int_eq(eng_gguf_writer_write_file(w, "no/such/dir/x.gguf", fill_seq, &calls),
+                     S3_EIO);
+    eng_gguf_writer_free(w);
+}
+END_TEST
+
 START_TEST(test_missing_file)
 {
     struct eng_gguf *g = (struct eng_gguf *)1;
@@ -766,16 +834,16 @@ END_TEST
 
 START_TEST(test_real_model)
 {
-    const char *root = getenv("S3_ROOT");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", root ? root : ".");
+    char *path = s3t_root_path(S3T_MODEL_REL);
     if (access(path, R_OK) != 0) {
         fprintf(stderr, "test_real_model: %s absent, skipped\n", path);
+        free(path);
         return;
     }
     struct eng_gguf *g;
     struct s3_errinfo err = {0};
     int rc = eng_gguf_open(path, &g, &err);
+    free(path);
     ck_assert_msg(rc == 0, "%s", err.msg);
     ck_assert_uint_eq(eng_gguf_version(g), 3);
     ck_assert_uint_eq(eng_gguf_n_tensors(g), 272);
@@ -848,6 +916,7 @@ static Suite *gguf_suite(void)
     tcase_add_test(tc, test_bad_tensor);
     tcase_add_test(tc, test_getter_ranges);
     tcase_add_test(tc, test_many);
+    tcase_add_test(tc, test_writer);
     tcase_add_test(tc, test_missing_file);
     tcase_add_test(tc, test_real_model);
     suite_add_tcase(s, tc);
@@ -856,9 +925,5 @@ static Suite *gguf_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(gguf_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s3t_run(gguf_suite(), CK_FORK_GETENV);
 }

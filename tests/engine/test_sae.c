@@ -11,6 +11,7 @@
 
 #include "s3.h"
 #include "sae.h"
+#include "testutil.h"
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
@@ -351,11 +352,7 @@ static char g_path[512];
 
 static void make_tmp_path(void)
 {
-    const char *dir = getenv("TMPDIR");
-    snprintf(g_path, sizeof g_path, "%s/s3_test_sae_XXXXXX", dir && *dir ? dir : P_tmpdir);
-    int fd = mkstemp(g_path);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
+    s3t_tmp_path(g_path, sizeof g_path, "s3_test_sae_");
 }
 
 START_TEST(test_round_trip)
@@ -738,9 +735,5 @@ static Suite *sae_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(sae_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s3t_run(sae_suite(), CK_FORK_GETENV);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "testutil.h"
 
 static struct eng_sampler *mk(float temp, float top_p, int top_k, uint64_t seed, int n)
 {
@@ -171,9 +172,5 @@ static Suite *sample_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(sample_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return s3t_run(sample_suite(), CK_FORK_GETENV);
 }

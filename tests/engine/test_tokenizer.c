@@ -7,61 +7,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "engine.h"
 #include "gguf.h"
+#include "testutil.h"
 
-#define MODEL_REL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-static char g_root[4096];
-static struct eng_gguf *g_gguf;
-static struct eng_tokenizer *g_tok;
-static json_t *g_fix;
-
-static const char *root(void)
-{
-    const char *r = getenv("S3_ROOT");
-    return r && *r ? r : ".";
-}
+static struct s3t_tok_env g_env;
+#define g_tok (g_env.tok)
+#define g_fix (g_env.fix)
 
 static void setup(void)
 {
-    char path[4200];
-    struct s3_errinfo err = {0};
-    json_error_t jerr;
-    snprintf(g_root, sizeof g_root, "%s", root());
-    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizer.json", g_root);
-    g_fix = json_load_file(path, 0, &jerr);
-    snprintf(path, sizeof path, "%s/%s", g_root, MODEL_REL);
-    if (access(path, R_OK) != 0)
-        return;
-    if (eng_gguf_open(path, &g_gguf, &err) < 0)
-        return;
-    if (eng_tok_new(g_gguf, &g_tok, &err) < 0)
-        fprintf(stderr, "eng_tok_new: %s\n", err.msg);
+    s3t_tok_env_open(&g_env, "tokenizer.json");
 }
 
 static void teardown(void)
 {
-    eng_tok_free(g_tok);
-    eng_gguf_close(g_gguf);
-    json_decref(g_fix);
-    g_tok = NULL;
-    g_gguf = NULL;
-    g_fix = NULL;
+    s3t_tok_env_close(&g_env);
 }
 
 /* 1 when the model-backed tests can run; prints why not otherwise. */
 static int have_model(void)
 {
-    if (!g_gguf) {
-        fprintf(stderr, "SKIP: %s not found under S3_ROOT; model tests skipped\n", MODEL_REL);
-        return 0;
-    }
-    ck_assert_msg(g_tok != NULL, "tokenizer failed to load from the model");
-    ck_assert_msg(g_fix != NULL, "tests/fixtures/tokenizer.json missing or invalid");
-    return 1;
+    return s3t_tok_env_ready(&g_env);
 }
 
 /* ---- base64 (fixtures store bytes that may be invalid UTF-8) ----------------------------- */
@@ -320,11 +288,11 @@ START_TEST(test_large_text)
         return;
     /* 1 MB of text: must finish (no quadratic behaviour); concatenation of whole-word-aligned
      * copies tokenizes to the concatenation of the parts */
-    char path[4200];
+    char *path = s3t_root_path("tests/fixtures/pydoc_sample.txt");
     char *txt = NULL;
     size_t len = 0;
-    snprintf(path, sizeof path, "%s/tests/fixtures/pydoc_sample.txt", g_root);
     ck_assert_int_eq(s3_read_file(path, 1 << 20, &txt, &len, NULL), 0);
+    free(path);
     size_t big_len = len * 10;
     char *big = malloc(big_len);
     ck_assert_ptr_nonnull(big);
@@ -385,95 +353,6 @@ END_TEST
 
 /* ---- tiny GGUF files ---------------------------------------------------------------------- */
 
-struct gw {
-    unsigned char *p;
-    size_t n, cap;
-    uint64_t n_kv;
-};
-
-static void gw_bytes(struct gw *w, const void *src, size_t n)
-{
-    if (w->n + n > w->cap) {
-        w->cap = (w->n + n) * 2 + 64;
-        w->p = realloc(w->p, w->cap);
-        ck_assert_ptr_nonnull(w->p);
-    }
-    memcpy(w->p + w->n, src, n);
-    w->n += n;
-}
-
-static void gw_u32(struct gw *w, uint32_t v)
-{
-    gw_bytes(w, &v, 4);
-}
-
-static void gw_u64(struct gw *w, uint64_t v)
-{
-    gw_bytes(w, &v, 8);
-}
-
-static void gw_str(struct gw *w, const char *s)
-{
-    gw_u64(w, strlen(s));
-    gw_bytes(w, s, strlen(s));
-}
-
-static void gw_kv_str(struct gw *w, const char *k, const char *v)
-{
-    gw_str(w, k);
-    gw_u32(w, GGUF_VT_STRING);
-    gw_str(w, v);
-    w->n_kv++;
-}
-
-static void gw_kv_u32(struct gw *w, const char *k, uint32_t v)
-{
-    gw_str(w, k);
-    gw_u32(w, GGUF_VT_U32);
-    gw_u32(w, v);
-    w->n_kv++;
-}
-
-static void gw_kv_strs(struct gw *w, const char *k, const char *const *v, size_t n)
-{
-    gw_str(w, k);
-    gw_u32(w, GGUF_VT_ARRAY);
-    gw_u32(w, GGUF_VT_STRING);
-    gw_u64(w, n);
-    for (size_t i = 0; i < n; i++)
-        gw_str(w, v[i]);
-    w->n_kv++;
-}
-
-static void gw_kv_i32s(struct gw *w, const char *k, const int32_t *v, size_t n)
-{
-    gw_str(w, k);
-    gw_u32(w, GGUF_VT_ARRAY);
-    gw_u32(w, GGUF_VT_I32);
-    gw_u64(w, n);
-    gw_bytes(w, v, n * 4);
-    w->n_kv++;
-}
-
-/* Write header + kvs (no tensors) to a temp file; returns its path in buf. */
-static void gw_file(const struct gw *w, char *path, size_t cap)
-{
-    const char *tmp = getenv("TMPDIR");
-    snprintf(path, cap, "%s/s3tok_XXXXXX", tmp && *tmp ? tmp : P_tmpdir);
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    FILE *f = fdopen(fd, "wb");
-    ck_assert_ptr_nonnull(f);
-    uint32_t ver = 3;
-    uint64_t n_tensors = 0;
-    fwrite("GGUF", 1, 4, f);
-    fwrite(&ver, 4, 1, f);
-    fwrite(&n_tensors, 8, 1, f);
-    fwrite(&w->n_kv, 8, 1, f);
-    fwrite(w->p, 1, w->n, f);
-    ck_assert_int_eq(fclose(f), 0);
-}
-
 /* Toy vocabulary: ids 0..8 below. */
 static const char *const k_toy_tokens[] = {"a", "b", "c", "\xc4\xa0" /* 'Ġ' = space */, "ab",
                                            "bc", "abc", "\xc4\xa0" "a", "<|im_start|>"};
@@ -488,28 +367,27 @@ static const char *g_toy_pre = "gpt-2";
 /* Build a toy tokenizer GGUF with the given defects and try to load it. */
 static int load_toy(int defects, struct eng_tokenizer **out, struct s3_errinfo *err)
 {
-    struct gw w = {0};
-    char path[512];
-    struct eng_gguf *g = NULL;
+    struct eng_gguf_writer *w = NULL;
+    ck_assert_int_eq(eng_gguf_writer_new(&w), 0);
     if (!(defects & NO_MODEL))
-        gw_kv_str(&w, "tokenizer.ggml.model", defects & MODEL_LLAMA ? "llama" : "gpt2");
-    gw_kv_str(&w, "tokenizer.ggml.pre", defects & PRE_UNKNOWN ? "no-such-pre" : g_toy_pre);
+        eng_gguf_writer_add_str(w, "tokenizer.ggml.model",
+                                defects & MODEL_LLAMA ? "llama" : "gpt2");
+    eng_gguf_writer_add_str(w, "tokenizer.ggml.pre",
+                            defects & PRE_UNKNOWN ? "no-such-pre" : g_toy_pre);
     if (defects & TOKENS_AS_INT)
-        gw_kv_i32s(&w, "tokenizer.ggml.tokens", k_toy_types, 9);
+        eng_gguf_writer_add_arr(w, "tokenizer.ggml.tokens", GGUF_VT_I32, k_toy_types, 9);
     else
-        gw_kv_strs(&w, "tokenizer.ggml.tokens", k_toy_tokens, 9);
-    gw_kv_i32s(&w, "tokenizer.ggml.token_type", k_toy_types, defects & TYPES_SHORT ? 5 : 9);
+        eng_gguf_writer_add_strs(w, "tokenizer.ggml.tokens", k_toy_tokens, 9);
+    eng_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", GGUF_VT_I32, k_toy_types,
+                            defects & TYPES_SHORT ? 5 : 9);
     if (!(defects & OMIT_MERGES))
-        gw_kv_strs(&w, "tokenizer.ggml.merges", k_toy_merges, 4);
-    gw_kv_u32(&w, "tokenizer.ggml.bos_token_id", 8);
-    gw_kv_u32(&w, "tokenizer.ggml.eos_token_id", 8);
-    gw_file(&w, path, sizeof path);
-    free(w.p);
-    int rc = eng_gguf_open(path, &g, err);
-    unlink(path);
-    ck_assert_msg(rc == 0, "toy gguf: %s", err->msg);
+        eng_gguf_writer_add_strs(w, "tokenizer.ggml.merges", k_toy_merges, 4);
+    eng_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 8);
+    eng_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 8);
+    struct eng_gguf *g = s3t_gguf_from_writer(w);
+    eng_gguf_writer_free(w);
     *out = NULL;
-    rc = eng_tok_new(g, out, err);
+    int rc = eng_tok_new(g, out, err);
     eng_gguf_close(g); /* the tokenizer keeps its own copies */
     return rc;
 }
@@ -620,9 +498,5 @@ static Suite *tokenizer_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(tokenizer_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s3t_run(tokenizer_suite(), CK_FORK_GETENV);
 }

@@ -8,6 +8,7 @@
 #include "kernels.h"
 #include "kernels_int.h"
 #include "s3.h"
+#include "testutil.h"
 
 static uint64_t rng = 88172645463325252ull;
 
@@ -361,9 +362,5 @@ static Suite *ops_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(ops_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return s3t_run(ops_suite(), CK_FORK_GETENV);
 }

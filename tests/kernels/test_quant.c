@@ -14,6 +14,7 @@
 #include "gguf.h"
 #include "quant.h"
 #include "s3.h"
+#include "testutil.h"
 
 static uint32_t f2u(float f)
 {
@@ -179,14 +180,15 @@ END_TEST
 
 static uint8_t *load_fixture(const char *name, size_t *n)
 {
-    const char *root = getenv("S3_ROOT");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/tests/fixtures/quant/%s.bin", root ? root : ".", name);
+    char rel[256];
+    snprintf(rel, sizeof rel, "tests/fixtures/quant/%s.bin", name);
+    char *path = s3t_root_path(rel);
     char *buf = NULL;
     size_t len = 0;
     struct s3_errinfo err = {0};
     int rc = s3_read_file(path, 1 << 20, &buf, &len, &err);
     ck_assert_msg(rc == 0, "cannot read %s: %s", path, err.msg);
+    free(path);
     *n = len;
     return (uint8_t *)buf;
 }
@@ -302,9 +304,5 @@ static Suite *quant_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(quant_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s3t_run(quant_suite(), CK_FORK_GETENV);
 }
