@@ -74,17 +74,6 @@ static const char *vtype_name(uint32_t t)
     return t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
-/* Byte size of a fixed-size value type, 0 for string/array/unknown. */
-static size_t vtype_size(uint32_t t)
-{
-    switch (t) {
-    case GGUF_VT_U8: case GGUF_VT_I8: case GGUF_VT_BOOL: return 1;
-    case GGUF_VT_U16: case GGUF_VT_I16: return 2;
-    case GGUF_VT_U32: case GGUF_VT_I32: case GGUF_VT_F32: return 4;
-    case GGUF_VT_U64: case GGUF_VT_I64: case GGUF_VT_F64: return 8;
-    default: return 0;
-    }
-}
 
 /* ---- hashing ---------------------------------------------------------------------------- */
 
@@ -237,7 +226,7 @@ static int parse_array(struct cur *c, struct eng_gguf_kv *kv)
     kv->arr_type = et;
     kv->arr_n = n;
     kv->data = c->p + c->off;
-    size_t es = vtype_size(et);
+    size_t es = eng_gguf_vtype_size(et);
     if (es) {
         if (n > (c->size - c->off) / es)
             return s3_errf(c->err, S3_EFORMAT,
@@ -286,7 +275,7 @@ static int parse_kv(struct cur *c, struct eng_gguf *g, uint64_t i)
     snprintf(c->what, sizeof c->what, "key '%s'", name);
     if (cur_u32(c, &kv->type) < 0)
         return S3_EFORMAT;
-    size_t es = vtype_size(kv->type);
+    size_t es = eng_gguf_vtype_size(kv->type);
     if (es) {
         if (cur_need(c, es) < 0)
             return S3_EFORMAT;

@@ -97,6 +97,18 @@ const struct eng_gguf_tensor *eng_gguf_tensor_by_name(const struct eng_gguf *g,
 /* Whole mapping, for hashing. */
 const void *eng_gguf_file_data(const struct eng_gguf *g, size_t *n_bytes);
 
+/* Byte size of a fixed-size metadata value type, 0 for string/array/unknown. */
+static inline size_t eng_gguf_vtype_size(uint32_t t)
+{
+    switch (t) {
+    case GGUF_VT_U8: case GGUF_VT_I8: case GGUF_VT_BOOL: return 1;
+    case GGUF_VT_U16: case GGUF_VT_I16: return 2;
+    case GGUF_VT_U32: case GGUF_VT_I32: case GGUF_VT_F32: return 4;
+    case GGUF_VT_U64: case GGUF_VT_I64: case GGUF_VT_F64: return 8;
+    default: return 0;
+    }
+}
+
 /* Name of a ggml type ("Q4_1"), or "?" for unknown values. */
 const char *eng_ggml_type_name(uint32_t type);
 

@@ -58,18 +58,6 @@ static int buf_put(struct gw_buf *b, const void *p, size_t n)
     return 0;
 }
 
-/* Byte size of a fixed-size value type, 0 for string/array/unknown. */
-static size_t vtype_size(uint32_t t)
-{
-    switch (t) {
-    case GGUF_VT_U8: case GGUF_VT_I8: case GGUF_VT_BOOL: return 1;
-    case GGUF_VT_U16: case GGUF_VT_I16: return 2;
-    case GGUF_VT_U32: case GGUF_VT_I32: case GGUF_VT_F32: return 4;
-    case GGUF_VT_U64: case GGUF_VT_I64: case GGUF_VT_F64: return 8;
-    default: return 0;
-    }
-}
-
 /* ---- the metadata buffer (sticky w->rc) ------------------------------------------------------- */
 
 static void put(struct eng_gguf_writer *w, const void *p, size_t n)
@@ -96,7 +84,7 @@ static void put_str(struct eng_gguf_writer *w, const char *s, size_t n)
 /* A host-order fixed-size value of type vt, written little endian. */
 static void put_host_value(struct eng_gguf_writer *w, uint32_t vt, const void *v)
 {
-    const size_t n = vtype_size(vt);
+    const size_t n = eng_gguf_vtype_size(vt);
     uint64_t u = 0;
     if (n == 1) {
         uint8_t x;
@@ -168,7 +156,7 @@ void eng_gguf_writer_free(struct eng_gguf_writer *w)
 int eng_gguf_writer_add_scalar(struct eng_gguf_writer *w, const char *key, uint32_t vtype,
                                const void *v)
 {
-    if (w->rc == 0 && (vtype_size(vtype) == 0 || !v))
+    if (w->rc == 0 && (eng_gguf_vtype_size(vtype) == 0 || !v))
         w->rc = S3_EINVAL;
     if (kv_begin(w, key, key ? strlen(key) : 0, vtype) < 0)
         return w->rc;
@@ -215,7 +203,7 @@ int eng_gguf_writer_add_str(struct eng_gguf_writer *w, const char *key, const ch
 int eng_gguf_writer_add_arr(struct eng_gguf_writer *w, const char *key, uint32_t elem_type,
                             const void *v, size_t n)
 {
-    const size_t eb = vtype_size(elem_type);
+    const size_t eb = eng_gguf_vtype_size(elem_type);
     if (w->rc == 0 && (eb == 0 || (!v && n > 0)))
         w->rc = S3_EINVAL;
     if (kv_begin(w, key, key ? strlen(key) : 0, GGUF_VT_ARRAY) < 0)
@@ -258,7 +246,7 @@ int eng_gguf_writer_add_kv_copy(struct eng_gguf_writer *w, const struct eng_gguf
         if (kv_begin(w, kv->key.ptr, (size_t)kv->key.len, kv->type) == 0)
             put_str(w, (const char *)kv->data + 8, (size_t)n);
     } else if (kv->type == GGUF_VT_ARRAY) {
-        const size_t eb = vtype_size(kv->arr_type);
+        const size_t eb = eng_gguf_vtype_size(kv->arr_type);
         if (kv->arr_type != GGUF_VT_STRING && eb == 0)
             w->rc = S3_EINVAL; /* nested arrays: llama.cpp's tools do not write them */
         if (kv_begin(w, kv->key.ptr, (size_t)kv->key.len, kv->type) < 0)
@@ -272,7 +260,7 @@ int eng_gguf_writer_add_kv_copy(struct eng_gguf_writer *w, const struct eng_gguf
             put(w, kv->data, eb * (size_t)kv->arr_n);
         }
     } else {
-        const size_t eb = vtype_size(kv->type);
+        const size_t eb = eng_gguf_vtype_size(kv->type);
         if (eb == 0)
             w->rc = S3_EINVAL;
         if (kv_begin(w, kv->key.ptr, (size_t)kv->key.len, kv->type) < 0)

@@ -1,6 +1,7 @@
 /* engine/sae.c - SAE file format (load, verify, save) and the reference and fast encoders.
  * The format is documented at the top of sae.h. */
 #include "sae.h"
+#include "sae_int.h"
 
 #include <errno.h>
 #include <float.h>
@@ -473,9 +474,7 @@ static inline float pre_exact(const float *w, const float *xc, int d, float b)
     return (float)(acc + (double)b);
 }
 
-/* Insert (v, id) into a list sorted by value desc; ids arrive ascending, so an equal value
- * never displaces an earlier id. n: current length (< cap or full). Returns new length. */
-static inline int sel_insert(float *vals, int32_t *ids, int n, int cap, float v, int32_t id)
+int eng__sae_sel_insert(float *vals, int32_t *ids, int n, int cap, float v, int32_t id)
 {
     if (n == cap) {
         if (!(v > vals[n - 1]))
@@ -517,7 +516,7 @@ int eng_sae_encode_ref(const struct eng_sae *s, int slot, int head, const float 
         for (int j = 0; j < nd; j++) {
             float p = pre_exact(u.w_enc + (size_t)j * (size_t)d, xc, d, u.b_enc[j]);
             float a = p > 0.0f ? p : 0.0f;
-            m = sel_insert(vals, sel, m, k, a, j);
+            m = eng__sae_sel_insert(vals, sel, m, k, a, j);
         }
         for (int j = 0; j < k; j++) {
             ids[(size_t)r * (size_t)k + (size_t)j] = (uint16_t)sel[j];
@@ -691,7 +690,7 @@ int eng_sae_encode(struct eng_sae_enc *e, int slot, int head, const float *x, si
                     continue;
                 float p = pre_exact(u.w_enc + (size_t)j * (size_t)d, xc, d, u.b_enc[j]);
                 if (p > 0.0f)
-                    m = sel_insert(e->vals, e->sel, m, k, p, j);
+                    m = eng__sae_sel_insert(e->vals, e->sel, m, k, p, j);
             }
             /* fewer than k positive: the rest are the lowest ids with activation 0 */
             for (int j = 0; j < m; j++)

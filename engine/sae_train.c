@@ -9,6 +9,7 @@
 
 #include "kernels.h"
 #include "sae.h"
+#include "sae_int.h"
 
 /* ---- deterministic random numbers (splitmix64) ------------------------------------------- */
 
@@ -175,25 +176,6 @@ int eng_sae_trainer_new(int d, const struct eng_sae_train_opts *o, uint64_t stre
     return 0;
 }
 
-/* Insert (v, id) into a list sorted by value desc (ties keep the earlier id). */
-static int sel_push(float *vals, int32_t *ids, int n, int cap, float v, int32_t id)
-{
-    if (n == cap) {
-        if (!(v > vals[n - 1]))
-            return n;
-        n--;
-    }
-    int i = n;
-    while (i > 0 && v > vals[i - 1]) {
-        vals[i] = vals[i - 1];
-        ids[i] = ids[i - 1];
-        i--;
-    }
-    vals[i] = v;
-    ids[i] = id;
-    return n + 1;
-}
-
 /* Top-k of row v over candidates (all when cand == NULL, else the n_cand ids listed); fills
  * vals/ids, returns the count (<= k). Only positive values are kept. */
 static int topk_pos(const float *v, const int32_t *cand, int n_cand, int k, float *vals,
@@ -204,7 +186,7 @@ static int topk_pos(const float *v, const int32_t *cand, int n_cand, int k, floa
         int32_t j = cand ? cand[c] : c;
         float x = v[j];
         if (x > 0.0f)
-            m = sel_push(vals, ids, m, k, x, j);
+            m = eng__sae_sel_insert(vals, ids, m, k, x, j);
     }
     return m;
 }
@@ -805,7 +787,7 @@ static void top_mark(const float *v, int n, uint8_t *mark, uint8_t bit, float *t
 {
     int m = 0;
     for (int i = 0; i < n; i++)
-        m = sel_push(tv, ti, m, FID_TOP, v[i], i);
+        m = eng__sae_sel_insert(tv, ti, m, FID_TOP, v[i], i);
     for (int j = 0; j < m; j++)
         mark[ti[j]] |= bit;
 }
