@@ -286,7 +286,8 @@ TGT void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, co
             const __m512 inv = _mm512_set1_ps((float)(1.0 / (double)_mm512_reduce_add_ps(vsum)));
             for (j = 0; j < nk; j += 16) {
                 const __mmask16 m = nk - j >= 16 ? 0xFFFF : (__mmask16)((1u << (nk - j)) - 1);
-                _mm512_mask_storeu_ps(s + j, m, round_f16(_mm512_mul_ps(_mm512_loadu_ps(s + j), inv)));
+                _mm512_mask_storeu_ps(s + j, m,
+                                      round_f16(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), inv)));
             }
             for (j = nk; j < n_kv; j++)
                 s[j] = 0.0f;
