@@ -190,7 +190,8 @@ struct idx_query {
     int nms_radius;         /* peaks closer than this are suppressed, default 48 */
     int max_span;           /* longest span grown from a peak, default 64 tokens */
     int edge_tokens;        /* lead and tail size, default min(64, budget / 8) */
-    int rrf_k;              /* reciprocal rank fusion constant, default 60 */
+    int rrf_k;              /* reciprocal rank fusion constant, default 5 (IDX_RRF_K): small,
+                             * so a top rank in one source outranks deep ranks in two */
 };
 
 enum idx_source {

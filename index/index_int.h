@@ -29,6 +29,20 @@
  *       feature), entries relative to base = seg, pending rows deleted. Rows are written
  *       once, segment after segment, so the tree grows at its end.
  *   segments(doc, seg, end) WITHOUT ROWID: the merged segments of a document.
+ *   docmap(doc, blob) (schema 2): the passage and sentence boundaries of a finished document
+ *       in one blob, so that a query reads one row instead of every passage row: per passage
+ *       varint token length, varint byte length, varint byte count of its sents, its sents
+ *       (as in passages.sents). A document finished before schema 2 has none (the passages
+ *       are read instead).
+ *
+ * ## Finishing
+ *
+ * idx_writer_finish() merges the last pending chunks, then, in the same transaction,
+ * rewrites the postings of a document of several segments as one segment [0, n_tokens)
+ * (idx__compact: per slot, each feature's segment blobs are concatenated, the first gap of
+ * each re-based, the rest copied unchanged), drops the rows of stop features (queries skip
+ * them: the same scores, a smaller index) and writes its docmap row. A query then reads one
+ * postings row per query feature and one docmap row, however long the document.
  *
  * ## Posting entries (a postings blob; a pending group)
  *
@@ -71,14 +85,19 @@
 
 #include "idx.h"
 
-#define IDX_SCHEMA_VERSION 1
+#define IDX_SCHEMA_VERSION 2
 #define IDX_SEG_TOKENS     65536        /* merge pending chunks at this many positions */
 #define IDX_MAX_SPAN       (1LL << 32)  /* positions of one blob lie in [base, base + this) */
 #define IDX_Q_ZERO         144
 #define IDX_Q_STEPS        12.0f
 #define IDX_MAX_FEATURE    (1 << 24)
 #define IDX_STOP_FRAC      8
+#define IDX_RRF_K          5            /* default fusion constant (idx.h rrf_k) */
 #define IDX_MAX_SLOTS      256
+#define IDX_MMAP_SIZE_STR  "1073741824" /* mmap for queries */
+#ifndef IDX_PAGE_SIZE_STR
+#define IDX_PAGE_SIZE_STR  "4096"     /* new databases (64 KiB pages: 40% larger, no faster) */
+#endif
 #define IDX_PASSAGE_ID(doc, i) (((int64_t)(doc) << 32) | (int64_t)(i))
 
 struct idx_db {
@@ -132,6 +151,14 @@ struct idx_bm25_hit {
 int idx__bm25_doc(struct idx_db *db, int64_t doc, int64_t n_passages, int64_t fts_words,
                   const char *text, size_t n_top, struct idx_bm25_hit **hits, size_t *n_hits,
                   struct s3_errinfo *err);
+
+/* ---- finishing (compact.c) ---- */
+/* Rewrite the postings of doc's segments as one segment [0, n_tokens). Call inside a
+ * transaction. Memory: one slot's postings at a time. */
+int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_errinfo *err);
+/* Write the docmap row of doc from its passages. Call inside a transaction. */
+int idx__docmap_write(struct idx_db *db, int64_t doc, int64_t n_passages,
+                      struct s3_errinfo *err);
 
 /* ---- scoring (query.c) ---- */
 /* Dense S[t] (n_tokens floats, zeroed by the callee) of one document before smoothing. */

@@ -64,12 +64,102 @@ static int vec_append(struct vec *v, const void *x, size_t n)
     return 0;
 }
 
+/* Room for `bytes` bytes of elements (a hint; vec_push still grows). */
+static int vec_reserve(struct vec *v, size_t bytes)
+{
+    void *np = realloc(v->p, bytes ? bytes : 1);
+    if (!np)
+        return S3_ENOMEM;
+    v->p = np;
+    v->cap = bytes / sizeof(int64_t);
+    return 0;
+}
+
 static void qdoc_deinit(struct qdoc *d)
 {
     free(d->p_tok);
     free(d->p_char);
     free(d->s_tok);
     free(d->s_char);
+}
+
+/* Boundaries from the document's docmap row (index_int.h). Returns 1 when there is none
+ * (a document finished before schema 2), 0 when loaded. d->p_tok/p_char are allocated. */
+static int load_docmap(struct idx_db *db, struct qdoc *d, struct s3_errinfo *err)
+{
+    sqlite3_stmt *st = NULL;
+    struct vec st_tok = {0}, st_char = {0};
+    int rc = idx__prepare(db, "SELECT blob FROM docmap WHERE doc = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, d->id);
+    int src = sqlite3_step(st);
+    if (src == SQLITE_DONE) {
+        sqlite3_finalize(st);
+        return 1;
+    }
+    if (src != SQLITE_ROW) {
+        rc = idx__sqlerr(db, src, "index: read docmap", err);
+        goto out;
+    }
+    const uint8_t *b = sqlite3_column_blob(st, 0), *e = b + sqlite3_column_bytes(st, 0);
+    size_t np = (size_t)d->n_passages, i = 0;
+    int64_t t = 0, c = 0;
+    if (vec_reserve(&st_tok, np * 2 * sizeof(int64_t)) < 0 ||
+        vec_reserve(&st_char, np * 2 * sizeof(int64_t)) < 0)
+        goto oom;
+    while (b && b < e && i < np) {
+        uint64_t dt, dc, sb;
+        size_t k1 = idx__varint_get(b, e, &dt);
+        size_t k2 = k1 ? idx__varint_get(b + k1, e, &dc) : 0;
+        size_t k3 = k2 ? idx__varint_get(b + k1 + k2, e, &sb) : 0;
+        if (!k3 || dt == 0 || sb > (uint64_t)(e - b - (ptrdiff_t)(k1 + k2 + k3)))
+            goto bad;
+        b += k1 + k2 + k3;
+        int64_t t1 = t + (int64_t)dt, c1 = c + (int64_t)dc;
+        d->p_tok[i] = t;
+        d->p_char[i] = c;
+        if (vec_push(&st_tok, &t, sizeof t) < 0 || vec_push(&st_char, &c, sizeof c) < 0)
+            goto oom;
+        const uint8_t *se = b + sb;
+        int64_t lt = t, lc = c;
+        while (b < se) {
+            uint64_t a1, a2;
+            size_t m1 = idx__varint_get(b, se, &a1);
+            size_t m2 = m1 ? idx__varint_get(b + m1, se, &a2) : 0;
+            if (!m2 || a1 == 0 || lt + (int64_t)a1 >= t1 || lc + (int64_t)a2 > c1)
+                goto bad;
+            b += m1 + m2;
+            lt += (int64_t)a1;
+            lc += (int64_t)a2;
+            if (vec_push(&st_tok, &lt, sizeof lt) < 0 || vec_push(&st_char, &lc, sizeof lc) < 0)
+                goto oom;
+        }
+        t = t1;
+        c = c1;
+        i++;
+    }
+    if (i != np || b != e || t != d->n_tokens)
+        goto bad;
+    d->p_tok[np] = t;
+    d->p_char[np] = c;
+    if (vec_push(&st_tok, &t, sizeof t) < 0 || vec_push(&st_char, &c, sizeof c) < 0)
+        goto oom;
+    d->s_tok = st_tok.p;
+    d->s_char = st_char.p;
+    d->n_sent = st_tok.n - 1;
+    st_tok.p = st_char.p = NULL;
+out:
+    sqlite3_finalize(st);
+    free(st_tok.p);
+    free(st_char.p);
+    return rc;
+bad:
+    rc = s3_errf(err, S3_EFORMAT, "index: bad docmap of document %lld", (long long)d->id);
+    goto out;
+oom:
+    rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+    goto out;
 }
 
 static int load_doc(struct idx_db *db, int64_t id, const char *tenant, struct qdoc *d,
@@ -103,6 +193,7 @@ static int load_doc(struct idx_db *db, int64_t id, const char *tenant, struct qd
         rc = idx__sqlerr(db, src, "index: read document", err);
     }
     sqlite3_finalize(st);
+    st = NULL;
     if (rc < 0)
         return rc;
     if (d->n_passages <= 0 || d->n_tokens <= 0)
@@ -117,6 +208,10 @@ static int load_doc(struct idx_db *db, int64_t id, const char *tenant, struct qd
         rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
         goto out;
     }
+    rc = load_docmap(db, d, err);
+    if (rc != 1)
+        goto out; /* done, or failed */
+    rc = 0;
     rc = idx__prepare(db,
                       "SELECT start_tok, end_tok, start_char, end_char, sents FROM passages"
                       " WHERE id BETWEEN ? AND ? ORDER BY id",
@@ -257,6 +352,34 @@ int idx__score_positions(struct idx_db *db, int64_t doc, int64_t n_tokens,
     for (size_t i = 0; i < n; i++) {
         if (!(f[i].weight > 0) || f[i].feature < 0)
             continue;
+        if (segs.n == 1) {
+            /* a finished document has one segment: decode the row in place */
+            sqlite3_reset(st);
+            sqlite3_bind_int64(st, 1, doc);
+            sqlite3_bind_int64(st, 2, se[0]);
+            sqlite3_bind_int(st, 3, f[i].layer);
+            sqlite3_bind_int(st, 4, f[i].kv_head);
+            sqlite3_bind_int(st, 5, f[i].feature);
+            src = sqlite3_step(st);
+            if (src == SQLITE_DONE)
+                continue;
+            if (src != SQLITE_ROW) {
+                rc = idx__sqlerr(db, src, "index: read postings", err);
+                goto out;
+            }
+            int64_t df = sqlite3_column_int64(st, 0);
+            if (!df || df > n_tokens / IDX_STOP_FRAC + 1)
+                continue;
+            float w = (float)(f[i].weight / (log1p((double)df) + 1.0));
+            const uint8_t *b = sqlite3_column_blob(st, 1);
+            int nb = sqlite3_column_bytes(st, 1);
+            if (b && accumulate(se[0], se[1], b, (size_t)nb, lut, w, S, n_tokens) < 0) {
+                rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
+                             (long long)doc);
+                goto out;
+            }
+            continue;
+        }
         buf.n = blk.n = 0;
         int64_t df = 0;
         for (size_t k = 0; k < segs.n; k++) {
@@ -732,7 +855,7 @@ int idx_retrieve(struct idx_db *db, const struct idx_query *q, struct idx_result
             if (q->mode == IDX_MODE_HYBRID && edge > 0 && add_edges((int)i, d, edge, &cands) < 0)
                 goto oom;
         }
-        fuse(cands.p, cands.n, q->rrf_k > 0 ? q->rrf_k : 60);
+        fuse(cands.p, cands.n, q->rrf_k > 0 ? q->rrf_k : IDX_RRF_K);
         if (cands.n)
             qsort(cands.p, cands.n, sizeof(struct cand), cmp_cand_score);
         if (cut_to_budget(cands.p, cands.n, q->budget, &acc, &used) < 0)

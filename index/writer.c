@@ -107,7 +107,11 @@ static int writer_new(struct idx_db *db, int64_t doc, struct idx_writer **out,
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
     w->db = db;
     w->doc = doc;
-    int rc = prepare_all(w, err);
+    /* a scan reads back what it wrote (merges, compaction): through the bounded page cache,
+     * not the map, so that the process's memory does not grow with the document */
+    int rc = idx__exec(db, "PRAGMA mmap_size=0", err);
+    if (rc == 0)
+        rc = prepare_all(w, err);
     if (rc == 0)
         rc = load_state(w, err);
     if (rc < 0) {
@@ -170,6 +174,7 @@ void idx_writer_free(struct idx_writer *w)
 {
     if (!w)
         return;
+    sqlite3_exec(w->db->db, "PRAGMA mmap_size=" IDX_MMAP_SIZE_STR, NULL, NULL, NULL);
     sqlite3_finalize(w->ins_pend);
     sqlite3_finalize(w->ins_pass);
     sqlite3_finalize(w->ins_fts);
@@ -670,6 +675,10 @@ int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err)
         rc = merge_segment(w, w->st.next_tok, err);
         seg = w->st.next_tok;
     }
+    if (rc == 0)
+        rc = idx__compact(w->db, w->doc, w->st.next_tok, err);
+    if (rc == 0)
+        rc = idx__docmap_write(w->db, w->doc, w->st.n_passages, err);
     if (rc == 0)
         rc = exec_int(w, "UPDATE documents SET seg_start = ? WHERE id = ?", seg, err);
     if (rc == 0)

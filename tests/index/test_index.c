@@ -325,6 +325,20 @@ START_TEST(test_scores_exact)
     ck_assert_int_eq(info.n_tokens, 70000);
     ck_assert_int_eq(info.n_passages, (70000 + 63) / 64);
     ck_assert_int_eq(info.n_chunks, (70000 + 2047) / 2048);
+    /* finished: two segments compacted into one [0, 70000), one postings row per feature,
+     * and one docmap row */
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT (SELECT group_concat(seg || ':' || end)"
+                                        " FROM segments WHERE doc = ?1), (SELECT count(*) FROM"
+                                        " postings WHERE doc = ?1 AND feature = 105),"
+                                        " (SELECT count(*) FROM docmap WHERE doc = ?1)",
+                                        -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, id);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "0:70000");
+    ck_assert_int_eq(sqlite3_column_int(st, 1), 1);
+    ck_assert_int_eq(sqlite3_column_int(st, 2), 1);
+    sqlite3_finalize(st);
 
     float *S = malloc(70000 * sizeof *S);
     /* planted feature: df = 5, a = 2 */
@@ -378,8 +392,8 @@ START_TEST(test_s3_spans)
     ck_assert_int_eq(r.n_tokens, 128);
     ck_assert_uint_eq(r.spans[0].sources, IDX_SRC_S3);
     /* rank 1 is the three-token plant (higher smoothed peak) */
-    ck_assert(fabs(r.spans[0].score - 1.0 / 61) < 1e-12);
-    ck_assert(fabs(r.spans[1].score - 1.0 / 62) < 1e-12);
+    ck_assert(fabs(r.spans[0].score - 1.0 / (IDX_RRF_K + 1)) < 1e-12);
+    ck_assert(fabs(r.spans[1].score - 1.0 / (IDX_RRF_K + 2)) < 1e-12);
     ck_assert_mem_eq(r.spans[0].text, txt + 4 * 4976, 4 * 64);
     ck_assert_uint_eq(strlen(r.spans[0].text), 4 * 64);
     ck_assert_mem_eq(r.spans[1].text, txt + 4 * 65504, 4 * 64);
@@ -572,8 +586,8 @@ START_TEST(test_hybrid_fusion)
     ck_assert_int_eq(r.spans[1].start_tok, 2944);
     ck_assert_int_eq(r.spans[1].end_tok, 3040);
     ck_assert_str_eq(idx_source_str(r.spans[1].sources, src, sizeof src), "s3+bm25");
-    /* the region both found ranks first: 1/61 + 1/61 (bm25 ties break on position) */
-    ck_assert(fabs(r.spans[1].score - 2.0 / 61) < 1e-12);
+    /* the region both found ranks first: 1/(k+1) + 1/(k+1) (bm25 ties break on position) */
+    ck_assert(fabs(r.spans[1].score - 2.0 / (IDX_RRF_K + 1)) < 1e-12);
     ck_assert_int_eq(r.spans[2].start_tok, 8960);
     ck_assert_int_eq(r.spans[2].end_tok, 9024);
     ck_assert_str_eq(idx_source_str(r.spans[2].sources, src, sizeof src), "bm25");
@@ -644,6 +658,7 @@ START_TEST(test_multi_doc)
     sqlite3_stmt *st;
     ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT (SELECT count(*) FROM postings WHERE"
                                         " doc = ?1) + (SELECT count(*) FROM passages WHERE"
+                                        " doc = ?1) + (SELECT count(*) FROM docmap WHERE"
                                         " doc = ?1)", -1, &st, NULL), SQLITE_OK);
     sqlite3_bind_int64(st, 1, ids[0]);
     ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
