@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "srv_int.h"
 
@@ -33,6 +34,9 @@ void srv_req_unref(struct srv_req *r)
     srv_buf_deinit(&r->body);
     srv_buf_deinit(&r->sse);
     srv_gen_req_deinit(&r->gen);
+    srv_retrieve_req_deinit(&r->rq);
+    if (r->spool_fd >= 0)
+        close(r->spool_fd);
     free(r->reply);
     pthread_mutex_destroy(&r->mu);
     free(r);
@@ -129,6 +133,20 @@ static enum MHD_Result queue_body(struct srv_req *r, int status, char *body, siz
     if (ret == MHD_YES)
         r->status = status;
     return ret;
+}
+
+enum MHD_Result srv__reply_json(struct srv_req *r, int status, json_t *obj)
+{
+    char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    return queue_body(r, status, s, s ? strlen(s) : 0, "application/json", NULL, NULL);
+}
+
+enum MHD_Result srv__reply_error(struct srv_req *r, const struct srv_error *e)
+{
+    size_t len = 0;
+    char *s = srv_error_body(e, &len);
+    return queue_body(r, e->status, s, len, "application/json", NULL, NULL);
 }
 
 static enum MHD_Result reply_json(struct srv_req *r, int status, json_t *obj)
@@ -326,7 +344,11 @@ static enum MHD_Result h_health(struct srv *s, struct srv_req *r)
 static enum MHD_Result h_metrics(struct srv *s, struct srv_req *r)
 {
     struct srv_buf b = {0};
-    if (srv_metrics_render(&s->metrics, atomic_load(&s->ready), &b) < 0) {
+    struct srv_doc_metrics dm;
+    if (s->docs_on)
+        srv__docs_metrics(s, &dm);
+    if (srv_metrics_render(&s->metrics, atomic_load(&s->ready), s->docs_on ? &dm : NULL,
+                           &b) < 0) {
         srv_buf_deinit(&b);
         return queue_body(r, 503, NULL, 0, NULL, NULL, NULL);
     }
@@ -336,16 +358,19 @@ static enum MHD_Result h_metrics(struct srv *s, struct srv_req *r)
                       NULL);
 }
 
-/* The route table. The document index adds POST/GET /v1/documents, GET/DELETE
- * /v1/documents/<id> and POST /v1/retrieve here, with job kinds for ingestion and
- * retrieval in enum srv_job_kind. */
+/* The route table. Document uploads are spooled to disk (srv_docs.c). */
 static const struct srv_route routes[] = {
-    {"/v1/chat/completions", SRV_M_POST, SRV_ROUTE_CHAT, 0, h_chat},
-    {"/v1/completions", SRV_M_POST, SRV_ROUTE_COMPLETIONS, 0, h_completions},
-    {"/v1/models", SRV_M_GET | SRV_M_HEAD, SRV_ROUTE_MODELS, 0, h_models},
-    {"/v1/models/*", SRV_M_GET | SRV_M_HEAD, SRV_ROUTE_MODELS, 0, h_model_get},
-    {"/health", SRV_M_GET | SRV_M_HEAD, SRV_ROUTE_HEALTH, 1, h_health},
-    {"/metrics", SRV_M_GET | SRV_M_HEAD, SRV_ROUTE_METRICS, 0, h_metrics},
+    {"/v1/documents", SRV_M_POST, SRV_ROUTE_DOCUMENTS, 0, srv__h_doc_post, 1},
+    {"/v1/documents", SRV_M_GET | SRV_M_HEAD, SRV_ROUTE_DOCUMENTS, 0, srv__h_doc_list, 0},
+    {"/v1/documents/*", SRV_M_GET | SRV_M_HEAD | SRV_M_DELETE, SRV_ROUTE_DOCUMENTS, 0,
+     srv__h_doc_one, 0},
+    {"/v1/retrieve", SRV_M_POST, SRV_ROUTE_RETRIEVE, 0, srv__h_retrieve, 0},
+    {"/v1/chat/completions", SRV_M_POST, SRV_ROUTE_CHAT, 0, h_chat, 0},
+    {"/v1/completions", SRV_M_POST, SRV_ROUTE_COMPLETIONS, 0, h_completions, 0},
+    {"/v1/models", SRV_M_GET | SRV_M_HEAD, SRV_ROUTE_MODELS, 0, h_models, 0},
+    {"/v1/models/*", SRV_M_GET | SRV_M_HEAD, SRV_ROUTE_MODELS, 0, h_model_get, 0},
+    {"/health", SRV_M_GET | SRV_M_HEAD, SRV_ROUTE_HEALTH, 1, h_health, 0},
+    {"/metrics", SRV_M_GET | SRV_M_HEAD, SRV_ROUTE_METRICS, 0, h_metrics, 0},
 };
 
 const struct srv_route *srv_route_find(const char *path, int method, int *allowed,
@@ -416,16 +441,21 @@ static enum MHD_Result on_headers(struct srv *s, struct srv_req *r, const char *
                        "(Authorization: Bearer YOUR_KEY).");
         return reply_error_hdr(r, &e, "WWW-Authenticate", "Bearer");
     }
+    if (!r->route->open)
+        srv_tenant_of(s->cfg, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                          MHD_HTTP_HEADER_AUTHORIZATION),
+                      r->tenant);
+    int64_t cap = r->route->spool ? s->cfg->max_document_bytes : s->cfg->max_body_bytes;
     const char *cl =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
         char *end;
         errno = 0;
         unsigned long long v = strtoull(cl, &end, 10);
-        if (!errno && end != cl && v > (unsigned long long)s->cfg->max_body_bytes) {
+        if (!errno && end != cl && v > (unsigned long long)cap) {
             srv_errorf(&e, 413, "invalid_request_error", "request_too_large", NULL,
                        "The request body (%llu bytes) is larger than the limit of %lld bytes.",
-                       v, (long long)s->cfg->max_body_bytes);
+                       v, (long long)cap);
             return reply_error(r, &e);
         }
     }
@@ -447,6 +477,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return MHD_NO;
         pthread_mutex_init(&r->mu, NULL);
         atomic_init(&r->refs, 1);
+        r->spool_fd = -1;
+        r->gen.ret.mode = -1;
+        r->rq.ret.mode = -1;
         r->srv = s;
         r->conn = conn;
         r->id = atomic_fetch_add(&s->next_id, 1);
@@ -463,6 +496,20 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         /* body piece: keep it if the route wants a body and it fits */
         if (!(r->route->methods & SRV_M_POST) || r->body_toobig) {
             r->body_discarded += *upload_size;
+        } else if (r->route->spool) {
+            /* documents go to disk as they arrive, never whole into memory */
+            if (r->spool_bytes + (int64_t)*upload_size > s->cfg->max_document_bytes ||
+                srv__spool_write(s, r, upload_data, *upload_size) < 0) {
+                r->body_toobig = 1;
+                r->body_discarded += (size_t)r->spool_bytes + *upload_size;
+                if (r->spool_fd >= 0)
+                    close(r->spool_fd);
+                r->spool_fd = -1;
+            }
+            *upload_size = 0;
+            if (r->body_discarded > (size_t)s->cfg->max_document_bytes + (64u << 20))
+                return MHD_NO;
+            return MHD_YES;
         } else if (srv_buf_append(&r->body, upload_data, *upload_size) < 0) {
             r->body_toobig = 1;
             r->body_discarded += r->body.len + *upload_size;
@@ -478,9 +525,15 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return reply_ready(r);
     if (r->body_toobig) {
         struct srv_error e;
-        srv_errorf(&e, 413, "invalid_request_error", "request_too_large", NULL,
-                   "The request body is larger than the limit of %lld bytes.",
-                   (long long)s->cfg->max_body_bytes);
+        if (r->route->spool && r->spool_bytes + (int64_t)r->body_discarded <=
+                                   s->cfg->max_document_bytes)
+            srv_errorf(&e, 503, "server_error", "spool_failed", NULL,
+                       "The upload could not be written to disk (see the server log).");
+        else
+            srv_errorf(&e, 413, "invalid_request_error", "request_too_large", NULL,
+                       "The request body is larger than the limit of %lld bytes.",
+                       (long long)(r->route->spool ? s->cfg->max_document_bytes
+                                                   : s->cfg->max_body_bytes));
         return reply_error(r, &e);
     }
     return r->route->fn(s, r);

@@ -27,7 +27,9 @@
 
 #include "cfg.h"
 #include "engine.h"
+#include "idx.h"
 #include "s3.h"
+#include "scan.h"
 
 /* ---- byte buffer with a hard cap ------------------------------------------------------- */
 
@@ -97,13 +99,64 @@ struct srv_gen_req {
     size_t n_stop;
     int stream;
     int include_usage;       /* stream_options.include_usage */
+    /* extensions */
+    int64_t *docs;           /* "documents": ids, (n_docs); NULL when absent */
+    size_t n_docs;
+    struct srv_retrieval {
+        int mode;            /* enum idx_mode; -1 = not given */
+        int budget;          /* evidence tokens; 0 = not given */
+    } ret;
 };
 
 struct srv_limits {
     int max_tokens_limit;    /* max_tokens above this -> 400 */
     const char *model_id;    /* accepted "model" value; NULL = any */
     int n_vocab;             /* token ids must be < n_vocab; 0 = unchecked */
+    int max_budget;          /* retrieval.budget above this -> 400; 0 = unchecked */
+    int no_sae;              /* 1: retrieval mode "s3" is refused (no SAE loaded) */
 };
+
+#define SRV_MAX_DOCS 64      /* documents per request */
+
+/* "doc_<n>" (n > 0) -> n. S3_EINVAL for anything else. Any thread. */
+int srv_doc_id_parse(const char *s, int64_t *id);
+/* n -> "doc_<n>" (out: 32 bytes). Returns out. */
+const char *srv_doc_id_str(int64_t id, char out[32]);
+/* The "documents" and "retrieval" fields of a request object (either may be absent).
+ * *docs is new (free()) or NULL. Errors: 400 invalid_type / invalid_value /
+ * array_above_max_length, 404 document_not_found for a malformed id. */
+int srv_docs_field_parse(json_t *root, const struct srv_limits *lim, int64_t **docs,
+                         size_t *n_docs, struct srv_error *e);
+int srv_retrieval_field_parse(json_t *root, const struct srv_limits *lim,
+                              struct srv_retrieval *r, struct srv_error *e);
+
+/* A validated POST /v1/retrieve body. All pointers owned. */
+struct srv_retrieve_req {
+    int64_t *docs;
+    size_t n_docs;           /* >= 1 */
+    char *query;             /* non-empty */
+    struct srv_retrieval ret;
+};
+int srv_retrieve_parse(const char *body, size_t len, const struct srv_limits *lim,
+                       struct srv_retrieve_req *out, struct srv_error *e);
+void srv_retrieve_req_deinit(struct srv_retrieve_req *q);
+
+/* A JSON document upload {"text": "...", "name": "..."}: *text and *name new (free()),
+ * *name NULL when absent. 400 for malformed JSON, a missing or non-string text, a bad name. */
+int srv_doc_json_parse(const char *body, size_t len, char **text, size_t *n_text, char **name,
+                       struct srv_error *e);
+/* Check an uploaded text: 400 invalid_value (param) for empty, binary or invalid UTF-8 text,
+ * the message naming the byte offset. Any thread. */
+int srv_text_check(const char *text, size_t len, const char *param, struct srv_error *e);
+/* Tenant of a request: "" without configured keys, else "k_" + 16 hex digits of the sha256
+ * of the bearer token (out: 64 bytes). Call only after srv_auth_check accepted it. */
+void srv_tenant_of(const struct cfg *c, const char *authorization, char out[64]);
+/* Over-long prompts: cut points of a head of about head_tok tokens and a tail of about
+ * tail_tok tokens, given the byte end of every token (tok_end[i] = end of token i, n tokens,
+ * ascending, tok_end[n-1] = len). Cuts move to a line break (or a space) near the boundary,
+ * never inside a UTF-8 sequence. *head_end <= *tail_start. Any thread. */
+void srv_long_split(const char *text, size_t len, const size_t *tok_end, size_t n, int head_tok,
+                    int tail_tok, size_t *head_end, size_t *tail_start);
 
 /* Parse and validate a request body. On success *out is filled (release with
  * srv_gen_req_deinit). On failure returns S3_EINVAL (or S3_ENOMEM) and fills e with the
@@ -147,6 +200,8 @@ enum srv_route_id {
     SRV_ROUTE_MODELS,
     SRV_ROUTE_HEALTH,
     SRV_ROUTE_METRICS,
+    SRV_ROUTE_DOCUMENTS,
+    SRV_ROUTE_RETRIEVE,
     SRV_ROUTE_OTHER,         /* unknown paths (404) */
     SRV_ROUTE__N
 };
@@ -166,6 +221,8 @@ struct srv_route {
     int id;                  /* enum srv_route_id (metrics label) */
     int open;                /* 1 = no API key needed */
     srv_handler_fn fn;
+    int spool;               /* 1 = the body goes to a temporary file (r->spool_fd), capped by
+                              * max_document_bytes instead of max_body_bytes */
 };
 
 /* Find the route for path; *allowed receives the methods of the path (0 = unknown path).
@@ -178,7 +235,7 @@ int srv_path_match(const char *pattern, const char *path, const char **arg);
 void srv_methods_str(int methods, char *out, size_t cap);
 const char *srv_route_label(int id);
 
-#define SRV_N_STATUS  13
+#define SRV_N_STATUS  15
 #define SRV_N_BUCKETS 12
 
 struct srv_metrics {
@@ -192,18 +249,30 @@ struct srv_metrics {
     atomic_int running;      /* jobs on the worker */
 };
 
+/* Document figures for /metrics (read when rendering). */
+struct srv_doc_metrics {
+    int64_t n_ready, n_scanning, n_failed; /* documents in the index, all tenants */
+    int64_t index_bytes;                   /* idx_db_bytes */
+    int ingest_queued, ingest_running;
+    uint64_t scan_tokens;                  /* positions scanned since start */
+    double scan_seconds;                   /* time spent scanning since start */
+    double scan_tps_last;                  /* tokens/s of the last (or current) scan */
+};
+
 /* Status code -> index into requests[][] (the last index collects others). */
 int srv_status_index(int status);
 /* Count one finished request. Any thread. */
 void srv_metrics_request(struct srv_metrics *m, int route, int status, double seconds);
-/* Prometheus text exposition format. ready: 1 when the model is loaded. */
-int srv_metrics_render(struct srv_metrics *m, int ready, struct srv_buf *out);
+/* Prometheus text exposition format. ready: 1 when the model is loaded. dm: NULL = no
+ * document figures. */
+int srv_metrics_render(struct srv_metrics *m, int ready, const struct srv_doc_metrics *dm,
+                       struct srv_buf *out);
 
 /* ---- jobs and requests ----------------------------------------------------------------- */
 
 /* Kinds of work the engine worker runs. New kinds (document ingestion, retrieval) add an
  * entry here and a runner in srv_job_runners[]. */
-enum srv_job_kind { SRV_JOB_GENERATE = 0, SRV_JOB__N };
+enum srv_job_kind { SRV_JOB_GENERATE = 0, SRV_JOB_RETRIEVE, SRV_JOB_DOC_DELETE, SRV_JOB__N };
 
 enum srv_phase {
     SRV_PH_NEW = 0,          /* body being read / handler not run yet */
@@ -232,10 +301,15 @@ struct srv_req {
     int body_toobig;
     int status;              /* MHD thread: status of the queued response, 0 = none */
     int admitted;            /* holds a queue_max slot (released at completion) */
+    int spool_fd;            /* route->spool: the body on disk (unlinked file), -1 = none */
+    int64_t spool_bytes;
+    char tenant[64];         /* documents the request may see (srv_tenant_of) */
 
     /* -- the job: loop thread while queued, worker while it runs -- */
     int kind;                /* enum srv_job_kind */
-    struct srv_gen_req gen;
+    struct srv_gen_req gen;  /* SRV_JOB_GENERATE */
+    struct srv_retrieve_req rq; /* SRV_JOB_RETRIEVE */
+    int64_t doc_id;          /* SRV_JOB_DOC_DELETE */
     struct srv_req *in_next; /* inbox link (inbox lock) */
     int in_msg;              /* enum srv_inbox_msg */
     struct srv_req *q_next;  /* loop FIFO link (loop thread) */
@@ -277,6 +351,10 @@ struct srv_model_info {
     int n_ctx;               /* context allocated */
     int n_vocab;
     char arch[32];
+    int has_sae;             /* 1: an SAE is loaded (retrieval modes s3 and hybrid) */
+    char model_sha256[65];   /* document rows are tagged with these two (srv_scan_document) */
+    char sae_hash[65];
+    char sae_path[256];      /* for messages */
 };
 
 struct srv_engine_ops {
@@ -291,9 +369,88 @@ struct srv_engine_ops {
     int (*generate)(void *eng, const int32_t *ids, size_t n_ids, const struct eng_gen_params *p,
                     const int *cancel, eng_emit_fn emit, void *ud, struct eng_gen_result *res,
                     struct s3_errinfo *err);
+    /* (optional) documents; an engine without them answers 503 on the document routes. */
+    /* Scan text into db (srv_scan_document) with scanner `which` (enum srv_scanner). */
+    int (*scan)(void *eng, int which, struct idx_db *db, const char *text, size_t len,
+                const struct srv_scan_doc_opts *o, int64_t *doc, struct srv_scan_stats *st,
+                struct s3_errinfo *err);
+    /* Query features of a question (srv_scan_query); S3_ENOTFOUND without an SAE. */
+    int (*query)(void *eng, const char *q, size_t len, struct idx_qfeat **feats,
+                 size_t *n_feats, struct s3_errinfo *err);
+    /* Plain-text tokens of text: *tok_end new (free()), the byte end of each token. */
+    int (*token_ends)(void *eng, const char *text, size_t len, size_t **tok_end, size_t *n,
+                      struct s3_errinfo *err);
 };
 
+/* Scanners of the engine: documents (ingestion jobs) and transient text (over-long prompts,
+ * which may run while an ingestion waits between chunks). Queries use the second one. */
+enum srv_scanner { SRV_SCANNER_DOCS = 0, SRV_SCANNER_TRANSIENT = 1 };
+
 extern const struct srv_engine_ops srv_engine_default; /* srv_engine.c: engine/engine.h */
+
+/* ---- documents (srv_docs.c) -------------------------------------------------------------- */
+
+enum srv_doc_state { SRV_DOC_QUEUED = 0, SRV_DOC_SCANNING, SRV_DOC_READY, SRV_DOC_FAILED,
+                     SRV_DOC_DELETED };
+
+/* An upload of this process: from POST until its scan ends (kept a while after, for its
+ * figures and errors). Fields after `state` are under srv.w_mu. */
+struct srv_doc_job {
+    int64_t id;              /* document row (made at POST, status 'scanning') */
+    char tenant[64];
+    char name[256];
+    char sha256[65];
+    int fd;                  /* the text (unlinked temporary file); worker closes it */
+    int64_t n_bytes;
+    double t_queued_ms;
+    int cancel;              /* __atomic; DELETE sets it; the scan polls it */
+    /* under w_mu */
+    int state;               /* enum srv_doc_state */
+    int64_t done_bytes, n_tokens;
+    double t_start_ms, t_end_ms;
+    char error[256];
+    struct srv_doc_job *next; /* registry list, oldest first */
+};
+
+/* MHD thread: append an upload piece to r's spool file (made at the first piece). */
+int srv__spool_write(struct srv *s, struct srv_req *r, const void *p, size_t n);
+/* MHD thread: queue a JSON reply (steals obj) / an error reply. */
+enum MHD_Result srv__reply_json(struct srv_req *r, int status, json_t *obj);
+enum MHD_Result srv__reply_error(struct srv_req *r, const struct srv_error *e);
+/* Route handlers (MHD threads). */
+enum MHD_Result srv__h_doc_post(struct srv *s, struct srv_req *r);
+enum MHD_Result srv__h_doc_list(struct srv *s, struct srv_req *r);
+enum MHD_Result srv__h_doc_one(struct srv *s, struct srv_req *r);
+enum MHD_Result srv__h_retrieve(struct srv *s, struct srv_req *r);
+/* Worker: open the index, fail scans a previous run left unfinished. */
+int srv__docs_open(struct srv *s, struct s3_errinfo *err);
+void srv__docs_close(struct srv *s);
+/* Worker: the next queued upload (state -> SCANNING), or NULL. Caller holds w_mu. */
+struct srv_doc_job *srv__docs_next_locked(struct srv *s);
+/* Worker: scan one upload. */
+void srv__docs_ingest(struct srv *s, struct srv_doc_job *d);
+/* Job runners (worker). */
+void srv__run_retrieve(struct srv *s, struct srv_req *r);
+void srv__run_doc_delete(struct srv *s, struct srv_req *r);
+/* Worker, between scan chunks: run the interactive jobs that wait (at most a few). */
+void srv__worker_yield(struct srv *s);
+/* Worker: evidence for a question: documents checked (404 unknown or another tenant's, 409
+ * not ready), mode resolved (no SAE: hybrid -> bm25 with *note set), query features,
+ * idx_retrieve. On failure fills e. *res filled on success (idx_result_deinit). */
+struct srv_evidence_info {
+    int mode;                /* mode run */
+    int budget;
+    double encode_ms, retrieval_ms;
+    const char *note;        /* static text or NULL */
+};
+int srv__evidence(struct srv *s, struct idx_db *db, const char *tenant, const int64_t *docs,
+                  size_t n_docs, const char *question, int mode, int budget,
+                  struct idx_result *res, struct srv_evidence_info *info, struct srv_error *e);
+/* Evidence spans as a JSON array. doc_label: NULL = "doc_<id>", else this label for every
+ * span; off: added to the byte offsets. New ref. */
+json_t *srv_evidence_json(const struct idx_result *res, const char *doc_label, int64_t off);
+/* Fill dm (MHD thread). */
+void srv__docs_metrics(struct srv *s, struct srv_doc_metrics *dm);
 
 /* ---- the server ------------------------------------------------------------------------ */
 
@@ -329,6 +486,18 @@ struct srv {
     int w_stop;
     int w_loaded;            /* 1 ok, <0 load failed (code) */
     struct s3_errinfo w_err;
+    int w_nested;            /* worker: 1 while a job runs between the chunks of a scan */
+
+    /* documents: registry under w_mu; wdb worker thread only; rdb under r_mu (MHD threads) */
+    int docs_on;             /* read-only after start: the engine has the document ops */
+    struct srv_doc_job *d_head, *d_tail;
+    int d_queued, d_running;
+    struct idx_db *wdb;
+    pthread_mutex_t r_mu;
+    struct idx_db *rdb;
+    atomic_uint_fast64_t scan_tokens;
+    atomic_uint_fast64_t scan_us;
+    _Atomic double scan_tps_last;
 
     /* any thread */
     atomic_int inflight;     /* jobs admitted whose HTTP request has not completed */

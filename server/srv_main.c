@@ -11,8 +11,9 @@ static void usage(FILE *f)
     fprintf(f, "usage: s3serve serve [--host ADDR] [--port N] [--config FILE] [--model PATH]\n"
                "                     [--api-keys K1,K2] [other options below]\n\n"
                "Serves the OpenAI-compatible API (POST /v1/chat/completions, POST "
-               "/v1/completions,\nGET /v1/models, GET /health, GET /metrics) until SIGINT or "
-               "SIGTERM.\n\n");
+               "/v1/completions,\nGET /v1/models, GET /health, GET /metrics) and the document "
+               "API (POST/GET\n/v1/documents, GET/DELETE /v1/documents/{id}, POST /v1/retrieve) "
+               "until SIGINT or\nSIGTERM.\n\n");
     cfg_usage(f);
 }
 

@@ -4,8 +4,8 @@
 
 #include "srv_int.h"
 
-static const int status_codes[SRV_N_STATUS - 1] = {200, 400, 401, 404, 405, 413,
-                                                   429, 499, 500, 503, 504, 0};
+static const int status_codes[SRV_N_STATUS - 1] = {200, 202, 400, 401, 404, 405, 409,
+                                                   413, 429, 499, 500, 503, 504, 0};
 /* upper bounds in seconds; the last bucket is +Inf */
 static const double bucket_le[SRV_N_BUCKETS - 1] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                     0.1,   0.25,   0.5,   1,    2.5};
@@ -34,7 +34,8 @@ void srv_metrics_request(struct srv_metrics *m, int route, int status, double se
     atomic_fetch_add(&m->lat_sum_us[route], (uint64_t)(seconds > 0 ? seconds * 1e6 : 0));
 }
 
-int srv_metrics_render(struct srv_metrics *m, int ready, struct srv_buf *o)
+int srv_metrics_render(struct srv_metrics *m, int ready, const struct srv_doc_metrics *dm,
+                       struct srv_buf *o)
 {
     int rc = 0;
 #define P(...)                                                                                 \
@@ -110,6 +111,36 @@ int srv_metrics_render(struct srv_metrics *m, int ready, struct srv_buf *o)
       "# TYPE s3_model_ready gauge\n"
       "s3_model_ready %d\n",
       ready);
+    if (dm) {
+        P("# HELP s3_documents Documents in the index by status (all tenants).\n"
+          "# TYPE s3_documents gauge\n"
+          "s3_documents{status=\"ready\"} %lld\n"
+          "s3_documents{status=\"scanning\"} %lld\n"
+          "s3_documents{status=\"failed\"} %lld\n",
+          (long long)dm->n_ready, (long long)dm->n_scanning, (long long)dm->n_failed);
+        P("# HELP s3_index_bytes Bytes of the index database in use.\n"
+          "# TYPE s3_index_bytes gauge\n"
+          "s3_index_bytes %lld\n",
+          (long long)dm->index_bytes);
+        P("# HELP s3_ingest_queue_depth Uploaded documents waiting for their scan.\n"
+          "# TYPE s3_ingest_queue_depth gauge\n"
+          "s3_ingest_queue_depth %d\n"
+          "# HELP s3_ingest_running Documents being scanned.\n"
+          "# TYPE s3_ingest_running gauge\n"
+          "s3_ingest_running %d\n",
+          dm->ingest_queued, dm->ingest_running);
+        P("# HELP s3_scan_tokens_total Token positions scanned (documents and long prompts).\n"
+          "# TYPE s3_scan_tokens_total counter\n"
+          "s3_scan_tokens_total %llu\n"
+          "# HELP s3_scan_seconds_total Time spent scanning.\n"
+          "# TYPE s3_scan_seconds_total counter\n"
+          "s3_scan_seconds_total %.3f\n",
+          (unsigned long long)dm->scan_tokens, dm->scan_seconds);
+        P("# HELP s3_scan_tokens_per_second Scan throughput of the last or current ingestion.\n"
+          "# TYPE s3_scan_tokens_per_second gauge\n"
+          "s3_scan_tokens_per_second %.1f\n",
+          dm->scan_tps_last);
+    }
 #undef P
     return rc;
 }

@@ -4,6 +4,7 @@
  * that ask for something this server cannot do (n > 1, logprobs, echo, tools) are rejected
  * instead of silently ignored. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -365,6 +366,7 @@ int srv_gen_parse(int kind, const char *body, size_t len, const struct srv_limit
     out->kind = kind;
     out->temperature = 1.0;
     out->top_p = 1.0;
+    out->ret.mode = -1;
 
     if (!body || len == 0) {
         rc = srv_errorf(e, 400, "invalid_request_error", NULL, NULL,
@@ -445,7 +447,11 @@ int srv_gen_parse(int kind, const char *body, size_t len, const struct srv_limit
         }
         out->include_usage = iu && json_is_true(iu);
     }
-    rc = parse_unsupported(root, kind, e);
+    if ((rc = parse_unsupported(root, kind, e)) < 0)
+        goto out;
+    if ((rc = srv_docs_field_parse(root, lim, &out->docs, &out->n_docs, e)) < 0)
+        goto out;
+    rc = srv_retrieval_field_parse(root, lim, &out->ret, e);
 out:
     json_decref(root);
     if (rc < 0)
@@ -467,7 +473,339 @@ void srv_gen_req_deinit(struct srv_gen_req *g)
     free(g->prompt_ids);
     for (size_t i = 0; i < g->n_stop; i++)
         free(g->stop[i]);
+    free(g->docs);
     int kind = g->kind;
     memset(g, 0, sizeof *g);
     g->kind = kind;
+    g->ret.mode = -1;
+}
+
+/* ---- extensions: documents and retrieval ----------------------------------------------- */
+
+int srv_doc_id_parse(const char *s, int64_t *id)
+{
+    if (!s || strncmp(s, "doc_", 4) != 0)
+        return S3_EINVAL;
+    const char *p = s + 4;
+    int64_t v = 0;
+    if (!*p || *p == '0')
+        return S3_EINVAL;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9' || v > (INT64_MAX - (*p - '0')) / 10)
+            return S3_EINVAL;
+        v = v * 10 + (*p - '0');
+    }
+    *id = v;
+    return 0;
+}
+
+const char *srv_doc_id_str(int64_t id, char out[32])
+{
+    snprintf(out, 32, "doc_%lld", (long long)id);
+    return out;
+}
+
+static int doc_not_found(struct srv_error *e, const char *param, const char *id)
+{
+    return srv_errorf(e, 404, "invalid_request_error", "document_not_found", param,
+                      "No document with id '%.100s' (ids look like 'doc_12').", id);
+}
+
+int srv_docs_field_parse(json_t *root, const struct srv_limits *lim, int64_t **docs,
+                         size_t *n_docs, struct srv_error *e)
+{
+    (void)lim;
+    *docs = NULL;
+    *n_docs = 0;
+    json_t *d = field(root, "documents");
+    if (!d)
+        return 0;
+    if (!json_is_array(d))
+        return type_error(e, "documents", "an array of document ids", d);
+    size_t n = json_array_size(d);
+    if (n > SRV_MAX_DOCS)
+        return srv_errorf(e, 400, "invalid_request_error", "array_above_max_length", "documents",
+                          "Invalid 'documents': at most %d documents per request, got %zu.",
+                          SRV_MAX_DOCS, n);
+    if (n == 0)
+        return 0;
+    int64_t *ids = malloc(n * sizeof *ids);
+    if (!ids)
+        return oom(e);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(d, i);
+        char p[32];
+        snprintf(p, sizeof p, "documents[%zu]", i);
+        int64_t id;
+        if (!json_is_string(v)) {
+            free(ids);
+            return type_error(e, p, "a string", v);
+        }
+        if (srv_doc_id_parse(json_string_value(v), &id) < 0) {
+            free(ids);
+            return doc_not_found(e, p, json_string_value(v));
+        }
+        size_t j = 0;
+        while (j < m && ids[j] != id)
+            j++;
+        if (j == m) /* duplicates are dropped */
+            ids[m++] = id;
+    }
+    *docs = ids;
+    *n_docs = m;
+    return 0;
+}
+
+int srv_retrieval_field_parse(json_t *root, const struct srv_limits *lim,
+                              struct srv_retrieval *r, struct srv_error *e)
+{
+    r->mode = -1;
+    r->budget = 0;
+    json_t *o = field(root, "retrieval");
+    if (!o)
+        return 0;
+    if (!json_is_object(o))
+        return type_error(e, "retrieval", "an object", o);
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v) {
+        if (strcmp(key, "mode") != 0 && strcmp(key, "budget") != 0)
+            return srv_errorf(e, 400, "invalid_request_error", "unknown_parameter", "retrieval",
+                              "Unknown parameter: 'retrieval.%.64s' (known: mode, budget).", key);
+    }
+    v = field(o, "mode");
+    if (v) {
+        if (!json_is_string(v))
+            return type_error(e, "retrieval.mode", "a string", v);
+        int m = idx_mode_parse(json_string_value(v));
+        if (m < 0)
+            return srv_errorf(e, 400, "invalid_request_error", "invalid_value", "retrieval.mode",
+                              "Invalid value: '%.64s'. Supported values are: 'hybrid', 's3', "
+                              "'bm25' and 'full'.", json_string_value(v));
+        if (m == IDX_MODE_S3 && lim->no_sae)
+            return srv_errorf(e, 400, "invalid_request_error", "unsupported_value",
+                              "retrieval.mode",
+                              "Retrieval mode 's3' needs an SAE, and this server runs without "
+                              "one (train it with `s3serve train-sae`); use 'bm25' or 'hybrid'.");
+        r->mode = m;
+    }
+    long long b = 0;
+    int has = 0;
+    long long hi = lim->max_budget > 0 ? lim->max_budget : (1 << 20);
+    int rc = get_int(o, "budget", 16, hi, &b, &has, e);
+    if (rc < 0) {
+        /* name the full path of the parameter */
+        char msg[sizeof e->message];
+        snprintf(msg, sizeof msg, "%s", e->message);
+        snprintf(e->param, sizeof e->param, "retrieval.budget");
+        return rc;
+    }
+    if (has)
+        r->budget = (int)b;
+    return 0;
+}
+
+int srv_retrieve_parse(const char *body, size_t len, const struct srv_limits *lim,
+                       struct srv_retrieve_req *out, struct srv_error *e)
+{
+    json_error_t jerr;
+    json_t *root = NULL;
+    int rc = 0;
+    memset(out, 0, sizeof *out);
+    out->ret.mode = -1;
+    if (!body || len == 0) {
+        rc = srv_errorf(e, 400, "invalid_request_error", NULL, NULL,
+                        "The request body is empty; a JSON object is required.");
+        goto out;
+    }
+    root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_json", NULL,
+                        "We could not parse the JSON body of your request: %s (line %d, column "
+                        "%d).", jerr.text, jerr.line, jerr.column);
+        goto out;
+    }
+    if (!json_is_object(root)) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_type", NULL,
+                        "The request body must be a JSON object, but got %s.", jtype_name(root));
+        goto out;
+    }
+    json_t *d = field(root, "documents");
+    if (!d) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "missing_required_parameter",
+                        "documents", "Missing required parameter: 'documents'.");
+        goto out;
+    }
+    if ((rc = srv_docs_field_parse(root, lim, &out->docs, &out->n_docs, e)) < 0)
+        goto out;
+    if (out->n_docs == 0) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "empty_array", "documents",
+                        "Invalid 'documents': empty array. Give at least one document id.");
+        goto out;
+    }
+    json_t *q = field(root, "query");
+    if (!q) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "missing_required_parameter", "query",
+                        "Missing required parameter: 'query'.");
+        goto out;
+    }
+    if (!json_is_string(q)) {
+        rc = type_error(e, "query", "a string", q);
+        goto out;
+    }
+    if (json_string_length(q) == 0) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_value", "query",
+                        "Invalid 'query': the question is empty.");
+        goto out;
+    }
+    if (!(out->query = strndup(json_string_value(q), json_string_length(q)))) {
+        rc = oom(e);
+        goto out;
+    }
+    if (strlen(out->query) != json_string_length(q)) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_value", "query",
+                        "Invalid 'query': it contains a NUL character.");
+        goto out;
+    }
+    rc = srv_retrieval_field_parse(root, lim, &out->ret, e);
+out:
+    json_decref(root);
+    if (rc < 0)
+        srv_retrieve_req_deinit(out);
+    return rc;
+}
+
+void srv_retrieve_req_deinit(struct srv_retrieve_req *q)
+{
+    if (!q)
+        return;
+    free(q->docs);
+    free(q->query);
+    memset(q, 0, sizeof *q);
+    q->ret.mode = -1;
+}
+
+int srv_text_check(const char *text, size_t len, const char *param, struct srv_error *e)
+{
+    struct s3_errinfo err = {0};
+    if (srv_scan_check_text(text, len, &err) == 0)
+        return 0;
+    return srv_errorf(e, 400, "invalid_request_error", "invalid_value", param,
+                      "Invalid document text: %s. Documents must be non-empty UTF-8 text.",
+                      err.msg);
+}
+
+int srv_doc_json_parse(const char *body, size_t len, char **text, size_t *n_text, char **name,
+                       struct srv_error *e)
+{
+    json_error_t jerr;
+    int rc = 0;
+    *text = NULL;
+    *name = NULL;
+    *n_text = 0;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return srv_errorf(e, 400, "invalid_request_error", "invalid_json", NULL,
+                          "We could not parse the JSON body of your request: %s (line %d, "
+                          "column %d). Send {\"text\": \"...\", \"name\": \"...\"} or "
+                          "the raw text with another Content-Type.", jerr.text, jerr.line,
+                          jerr.column);
+    if (!json_is_object(root)) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_type", NULL,
+                        "The request body must be a JSON object, but got %s.", jtype_name(root));
+        goto out;
+    }
+    json_t *t = field(root, "text");
+    if (!t) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "missing_required_parameter", "text",
+                        "Missing required parameter: 'text'.");
+        goto out;
+    }
+    if (!json_is_string(t)) {
+        rc = type_error(e, "text", "a string", t);
+        goto out;
+    }
+    json_t *n = field(root, "name");
+    if (n && !json_is_string(n)) {
+        rc = type_error(e, "name", "a string", n);
+        goto out;
+    }
+    if (n && (json_string_length(n) > 255 || strlen(json_string_value(n)) !=
+                                                 json_string_length(n))) {
+        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_value", "name",
+                        "Invalid 'name': at most 255 bytes, no NUL characters.");
+        goto out;
+    }
+    size_t tl = json_string_length(t);
+    if ((rc = srv_text_check(json_string_value(t), tl, "text", e)) < 0)
+        goto out;
+    *text = malloc(tl + 1);
+    *name = n ? strdup(json_string_value(n)) : NULL;
+    if (!*text || (n && !*name)) {
+        free(*text);
+        free(*name);
+        *text = *name = NULL;
+        rc = oom(e);
+        goto out;
+    }
+    memcpy(*text, json_string_value(t), tl + 1);
+    *n_text = tl;
+out:
+    json_decref(root);
+    return rc;
+}
+
+/* A cut at or after pos that is not inside a UTF-8 sequence. */
+static size_t utf8_fwd(const char *t, size_t len, size_t pos)
+{
+    while (pos < len && ((unsigned char)t[pos] & 0xc0) == 0x80)
+        pos++;
+    return pos;
+}
+
+/* Move a cut at pos to just after a line break (else a space) within [lo, hi]. */
+static size_t snap_cut(const char *t, size_t pos, size_t lo, size_t hi, int backwards)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        char want = pass == 0 ? '\n' : ' ';
+        if (backwards) {
+            for (size_t p = pos; p > lo; p--)
+                if (t[p - 1] == want)
+                    return p;
+        } else {
+            for (size_t p = pos; p < hi; p++)
+                if (t[p] == want)
+                    return p + 1;
+        }
+    }
+    return pos;
+}
+
+void srv_long_split(const char *text, size_t len, const size_t *tok_end, size_t n, int head_tok,
+                    int tail_tok, size_t *head_end, size_t *tail_start)
+{
+    size_t h = 0, t = len;
+    if (head_tok > 0 && n > 0)
+        h = tok_end[(size_t)head_tok < n ? (size_t)head_tok - 1 : n - 1];
+    if (tail_tok > 0 && (size_t)tail_tok < n)
+        t = tok_end[n - (size_t)tail_tok - 1];
+    else if (tail_tok > 0)
+        t = 0;
+    if (h > len)
+        h = len;
+    if (t > len)
+        t = len;
+    /* the head ends at a line break in its last quarter; the tail starts at one in its first
+     * quarter (whole lines read better, and the question usually starts a line) */
+    if (h > 0 && h < len)
+        h = snap_cut(text, h, h - h / 4, len, 1);
+    if (t > 0 && t < len)
+        t = snap_cut(text, t, 0, t + (len - t) / 4, 0);
+    h = utf8_fwd(text, len, h);
+    t = utf8_fwd(text, len, t);
+    if (t < h)
+        t = h;
+    *head_end = h;
+    *tail_start = t;
 }

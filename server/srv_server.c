@@ -12,6 +12,7 @@ int srv_start(struct srv *s, const struct cfg *c, const struct srv_engine_ops *o
     s->ops = ops;
     atomic_init(&s->next_id, 1);
     pthread_mutex_init(&s->in_mu, NULL);
+    pthread_mutex_init(&s->r_mu, NULL);
     pthread_mutex_init(&s->w_mu, NULL);
     pthread_cond_init(&s->w_cv, NULL);
     if ((rc = srv__worker_start(s, err)) < 0)
@@ -19,6 +20,8 @@ int srv_start(struct srv *s, const struct cfg *c, const struct srv_engine_ops *o
     s->limits.max_tokens_limit = c->max_tokens_limit;
     s->limits.model_id = c->model_id;
     s->limits.n_vocab = s->info.n_vocab;
+    s->limits.max_budget = s->info.n_ctx;
+    s->limits.no_sae = !s->info.has_sae;
     if ((rc = srv__loop_start(s, err)) < 0) {
         srv__worker_stop(s);
         goto fail;
@@ -33,6 +36,7 @@ int srv_start(struct srv *s, const struct cfg *c, const struct srv_engine_ops *o
 fail:
     pthread_cond_destroy(&s->w_cv);
     pthread_mutex_destroy(&s->w_mu);
+    pthread_mutex_destroy(&s->r_mu);
     pthread_mutex_destroy(&s->in_mu);
     return rc;
 }
@@ -47,5 +51,6 @@ void srv_stop(struct srv *s)
     srv__http_stop(s);
     pthread_cond_destroy(&s->w_cv);
     pthread_mutex_destroy(&s->w_mu);
+    pthread_mutex_destroy(&s->r_mu);
     pthread_mutex_destroy(&s->in_mu);
 }

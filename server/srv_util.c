@@ -166,7 +166,8 @@ void srv_methods_str(int methods, char *out, size_t cap)
 const char *srv_route_label(int id)
 {
     static const char *labels[SRV_ROUTE__N] = {
-        "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "other"};
+        "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics",
+        "/v1/documents", "/v1/retrieve", "other"};
     return id >= 0 && id < SRV_ROUTE__N ? labels[id] : "other";
 }
 
@@ -207,6 +208,27 @@ int srv_auth_check(const struct cfg *c, const char *authorization)
     for (size_t i = 0; i < c->n_api_keys; i++) /* no early exit: every key is compared */
         ok |= ct_equal(p, len, c->api_keys[i], strlen(c->api_keys[i]));
     return ok;
+}
+
+void srv_tenant_of(const struct cfg *c, const char *authorization, char out[64])
+{
+    out[0] = 0;
+    if (!c->n_api_keys || !authorization)
+        return;
+    const char *p = authorization;
+    while (*p == ' ')
+        p++;
+    if (strncasecmp(p, "Bearer ", 7) != 0)
+        return;
+    p += 7;
+    while (*p == ' ')
+        p++;
+    size_t len = strlen(p);
+    while (len && p[len - 1] == ' ')
+        len--;
+    char hex[65];
+    s3_sha256_hex(p, len, hex);
+    snprintf(out, 64, "k_%.16s", hex);
 }
 
 int srv_path_match(const char *pattern, const char *path, const char **arg)

@@ -126,3 +126,105 @@ def test_errors_through_client(client):
     with pytest.raises(openai.AuthenticationError) as e:
         bad.models.list()
     assert e.value.status_code == 401
+
+
+# ---- documents and over-long prompts (extension fields; the client passes them through) ----
+
+import time
+
+import httpx
+from gen_text import FACT, QUESTION, make_text
+
+
+def _upload(text, name):
+    h = {"Authorization": "Bearer " + KEY}
+    r = httpx.post(BASE + "/v1/documents", params={"name": name}, content=text.encode(),
+                   headers=h, timeout=60)
+    assert r.status_code == 202, r.text
+    doc = r.json()
+    assert doc["object"] == "document" and doc["id"].startswith("doc_")
+    for _ in range(1200):
+        d = httpx.get(BASE + "/v1/documents/" + doc["id"], headers=h, timeout=30).json()
+        assert d["status"] in ("queued", "scanning", "ready"), d
+        assert 0.0 <= d["progress"] <= 1.0
+        if d["status"] == "ready":
+            assert d["progress"] == 1.0 and d["n_tokens"] > 0
+            return doc["id"]
+        time.sleep(0.2)
+    raise AssertionError("document not ready in time")
+
+
+@pytest.fixture(scope="module")
+def doc_id():
+    return _upload(make_text(900, 0.6, seed=11), "aurora.txt")
+
+
+def test_chat_with_documents(client, doc_id):
+    r = chat(client, QUESTION, max_tokens=24,
+             extra_body={"documents": [doc_id], "retrieval": {"mode": "hybrid", "budget": 256}})
+    extra = r.model_extra
+    assert extra["s3"]["path"] == "retrieval"
+    assert extra["s3"]["mode"] in ("hybrid", "bm25")
+    assert extra["s3"]["budget"] == 256
+    ev = extra["evidence"]
+    assert ev and all(e["doc"] == doc_id for e in ev)
+    assert all(set(e) >= {"doc", "start", "end", "score", "source", "text"} for e in ev)
+    assert any("PELICAN-4471" in e["text"] for e in ev)
+    assert sum(e["end_token"] - e["start_token"] for e in ev) <= 256
+    assert r.choices[0].message.content
+    print("answer with documents:", repr(r.choices[0].message.content))
+
+
+def test_chat_with_documents_stream(client, doc_id):
+    stream = chat(client, QUESTION, max_tokens=8, stream=True,
+                  extra_body={"documents": [doc_id], "retrieval": {"budget": 128}})
+    chunks = list(stream)
+    first = chunks[0].model_extra
+    assert first["s3"]["path"] == "retrieval"
+    assert any("PELICAN-4471" in e["text"] for e in first["evidence"])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_completion_with_documents(client, doc_id):
+    r = client.completions.create(model=MODEL, prompt=QUESTION, max_tokens=8, temperature=0,
+                                  extra_body={"documents": [doc_id],
+                                              "retrieval": {"mode": "bm25", "budget": 128}})
+    assert r.model_extra["s3"]["mode"] == "bm25"
+    assert any(FACT in e["text"] for e in r.model_extra["evidence"])
+    assert r.choices[0].text
+
+
+def test_unknown_document_through_client(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        chat(client, QUESTION, extra_body={"documents": ["doc_987654"]})
+    assert e.value.code == "document_not_found"
+
+
+def test_prompt_four_times_the_window(client):
+    """A LongBench-style prompt (instruction, long context, question) 4x longer than the
+    window: the server scans the middle, keeps head and tail, answers from the evidence."""
+    window = client.models.retrieve(MODEL).model_extra["context_length"]
+    words = int(window * 4 / 1.05)  # the filler has about 1.14 tokens per word
+    context = make_text(words, 0.45, seed=5)
+    prompt = ("You are given a long text. Answer the question based on the text.\n\n" + context +
+              "\n\nNow answer the question based on the text above.\n\nQuestion: " + QUESTION +
+              "\nAnswer:")
+    t0 = time.time()
+    r = client.with_options(timeout=1800).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=16,
+        temperature=0, extra_body={"retrieval": {"budget": 768}})
+    dt = time.time() - t0
+    s3 = r.model_extra["s3"]
+    assert s3["path"] == "long_prompt"
+    assert s3["prompt_tokens_original"] >= 4 * window
+    assert r.usage.prompt_tokens < window
+    ev = r.model_extra["evidence"]
+    assert ev and all(e["doc"] == "prompt" for e in ev)
+    # offsets point into the message as sent
+    for e in ev:
+        assert prompt[e["start"]:e["end"]] == e["text"]
+    assert any("PELICAN-4471" in e["text"] for e in ev), [e["text"][:80] for e in ev]
+    assert r.choices[0].message.content
+    print("long prompt: %d tokens, scan %.1f s (%.0f tok/s), total %.1f s, answer %r" % (
+        s3["prompt_tokens_original"], s3["scan_ms"] / 1e3, s3["scan_tokens_per_second"], dt,
+        r.choices[0].message.content))

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cfg.h"
+#include "testutil.h"
 
 /* A fake environment: name=value pairs. */
 static const char *fake_env[16];
@@ -32,12 +33,11 @@ static void env_set(const char **pairs)
 static const char *tmp_file(const char *text)
 {
     static char path[256];
-    const char *dir = getenv("TMPDIR");
-    snprintf(path, sizeof path, "%s/s3cfgXXXXXX", dir && *dir ? dir : P_tmpdir);
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    close(fd);
+    s3t_tmp_path(path, sizeof path, "s3cfg");
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(text, 1, strlen(text), f), strlen(text));
+    ck_assert_int_eq(fclose(f), 0);
     return path;
 }
 
@@ -203,9 +203,5 @@ int main(void)
     tcase_add_test(tc, json_reader);
     tcase_add_test(tc, print_masks_keys);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s3t_run(s, CK_FORK_GETENV);
 }

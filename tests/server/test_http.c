@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "srv_int.h"
+#include "testutil.h"
 
 /* ---- stub engine: one token per prompt byte; emits "t<i> " every stub_delay_ms ---------- */
 
@@ -80,8 +81,8 @@ static int stub_generate(void *eng, const int32_t *ids, size_t n, const struct e
     return 0;
 }
 
-static const struct srv_engine_ops stub_ops = {stub_open, stub_close, stub_tokenize,
-                                               stub_generate};
+static const struct srv_engine_ops stub_ops = {
+    .open = stub_open, .close = stub_close, .tokenize = stub_tokenize, .generate = stub_generate};
 
 /* ---- harness ---------------------------------------------------------------------------- */
 
@@ -445,9 +446,5 @@ int main(void)
     tcase_add_test(tc, deadlines);
     tcase_add_test(tc, shutdown_in_flight);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s3t_run(s, CK_FORK_GETENV);
 }

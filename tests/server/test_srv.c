@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "srv_int.h"
+#include "testutil.h"
 
 static const struct srv_limits lim = {.max_tokens_limit = 1000, .model_id = "m1", .n_vocab = 100};
 
@@ -353,7 +354,7 @@ START_TEST(metrics_render)
     srv_metrics_request(&m, SRV_ROUTE_CHAT, 418, 3.0);
     atomic_store(&m.tokens_in, 12);
     atomic_store(&m.queue_depth, 3);
-    ck_assert_int_eq(srv_metrics_render(&m, 1, &b), 0);
+    ck_assert_int_eq(srv_metrics_render(&m, 1, NULL, &b), 0);
     const char *lines[] = {
         "s3_http_requests_total{route=\"/health\",status=\"200\"} 2\n",
         "s3_http_requests_total{route=\"/v1/chat/completions\",status=\"429\"} 1\n",
@@ -437,6 +438,279 @@ START_TEST(routes_and_buffers)
 }
 END_TEST
 
+/* ---- documents and retrieval fields ---------------------------------------------------- */
+
+static const struct srv_limits dlim = {.max_tokens_limit = 1000, .n_vocab = 100,
+                                       .max_budget = 8192};
+
+START_TEST(doc_ids)
+{
+    int64_t id = 0;
+    char buf[32];
+    ck_assert_int_eq(srv_doc_id_parse("doc_1", &id), 0);
+    ck_assert_int_eq(id, 1);
+    ck_assert_int_eq(srv_doc_id_parse("doc_9223372036854775807", &id), 0);
+    ck_assert(id == INT64_MAX);
+    static const char *bad[] = {"", "doc_", "doc_0", "doc_01", "doc_-1", "doc_1x", "Doc_1", "1",
+                                "doc_92233720368547758070", "doc_ 1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        ck_assert_msg(srv_doc_id_parse(bad[i], &id) == S3_EINVAL, "accepted '%s'", bad[i]);
+    ck_assert_int_eq(srv_doc_id_parse(NULL, &id), S3_EINVAL);
+    ck_assert_str_eq(srv_doc_id_str(42, buf), "doc_42");
+}
+END_TEST
+
+START_TEST(chat_with_documents)
+{
+    struct srv_gen_req g;
+    struct srv_error e;
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"q?\"}],"
+                       "\"documents\":[\"doc_3\",\"doc_7\",\"doc_3\"],"
+                       "\"retrieval\":{\"mode\":\"bm25\",\"budget\":512}}";
+    ck_assert_int_eq(srv_gen_parse(SRV_GEN_CHAT, body, strlen(body), &dlim, &g, &e), 0);
+    ck_assert_uint_eq(g.n_docs, 2); /* the duplicate is dropped */
+    ck_assert_int_eq(g.docs[0], 3);
+    ck_assert_int_eq(g.docs[1], 7);
+    ck_assert_int_eq(g.ret.mode, IDX_MODE_BM25);
+    ck_assert_int_eq(g.ret.budget, 512);
+    srv_gen_req_deinit(&g);
+
+    body = "{\"prompt\":\"x\",\"documents\":[],\"retrieval\":{\"mode\":\"full\"}}";
+    ck_assert_int_eq(srv_gen_parse(SRV_GEN_TEXT, body, strlen(body), &dlim, &g, &e), 0);
+    ck_assert_uint_eq(g.n_docs, 0);
+    ck_assert_ptr_null(g.docs);
+    ck_assert_int_eq(g.ret.mode, IDX_MODE_FULL);
+    ck_assert_int_eq(g.ret.budget, 0);
+    srv_gen_req_deinit(&g);
+
+    body = "{\"prompt\":\"x\"}"; /* absent: mode -1 (default), budget 0 */
+    ck_assert_int_eq(srv_gen_parse(SRV_GEN_TEXT, body, strlen(body), &dlim, &g, &e), 0);
+    ck_assert_int_eq(g.ret.mode, -1);
+    ck_assert_int_eq(g.ret.budget, 0);
+    srv_gen_req_deinit(&g);
+}
+END_TEST
+
+/* One bad extension field: status, code and param. */
+static void ext_fail(const char *fields, const struct srv_limits *l, int status,
+                     const char *code, const char *param)
+{
+    char body[1024];
+    struct srv_gen_req g;
+    struct srv_error e;
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],%s}",
+             fields);
+    memset(&e, 0, sizeof e);
+    int rc = srv_gen_parse(SRV_GEN_CHAT, body, strlen(body), l, &g, &e);
+    ck_assert_msg(rc < 0, "accepted %s", fields);
+    ck_assert_msg(e.status == status, "%s: status %d want %d (%s)", fields, e.status, status,
+                  e.message);
+    ck_assert_msg(e.code && !strcmp(e.code, code), "%s: code %s want %s", fields,
+                  e.code ? e.code : "(null)", code);
+    ck_assert_msg(!strcmp(e.param, param), "%s: param %s want %s", fields, e.param, param);
+    srv_gen_req_deinit(&g);
+}
+
+START_TEST(extension_errors)
+{
+    ext_fail("\"documents\":\"doc_1\"", &dlim, 400, "invalid_type", "documents");
+    ext_fail("\"documents\":[1]", &dlim, 400, "invalid_type", "documents[0]");
+    ext_fail("\"documents\":[\"doc_1\",\"nope\"]", &dlim, 404, "document_not_found",
+             "documents[1]");
+    char many[1200] = "\"documents\":[";
+    for (int i = 1; i <= SRV_MAX_DOCS + 1; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%s\"doc_%d\"", i > 1 ? "," : "",
+                 i);
+    strcat(many, "]");
+    ext_fail(many, &dlim, 400, "array_above_max_length", "documents");
+    ext_fail("\"retrieval\":\"bm25\"", &dlim, 400, "invalid_type", "retrieval");
+    ext_fail("\"retrieval\":{\"mode\":\"dense\"}", &dlim, 400, "invalid_value", "retrieval.mode");
+    ext_fail("\"retrieval\":{\"mode\":3}", &dlim, 400, "invalid_type", "retrieval.mode");
+    ext_fail("\"retrieval\":{\"budget\":0}", &dlim, 400, "integer_below_min_value",
+             "retrieval.budget");
+    ext_fail("\"retrieval\":{\"budget\":8193}", &dlim, 400, "integer_above_max_value",
+             "retrieval.budget");
+    ext_fail("\"retrieval\":{\"budget\":\"big\"}", &dlim, 400, "invalid_type",
+             "retrieval.budget");
+    ext_fail("\"retrieval\":{\"budjet\":100}", &dlim, 400, "unknown_parameter", "retrieval");
+    struct srv_limits nosae = dlim;
+    nosae.no_sae = 1;
+    ext_fail("\"retrieval\":{\"mode\":\"s3\"}", &nosae, 400, "unsupported_value",
+             "retrieval.mode");
+    /* without an SAE the other modes stay accepted */
+    struct srv_gen_req g;
+    struct srv_error e;
+    const char *ok = "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],"
+                     "\"retrieval\":{\"mode\":\"hybrid\",\"budget\":16}}";
+    ck_assert_int_eq(srv_gen_parse(SRV_GEN_CHAT, ok, strlen(ok), &nosae, &g, &e), 0);
+    ck_assert_int_eq(g.ret.mode, IDX_MODE_HYBRID);
+    ck_assert_int_eq(g.ret.budget, 16);
+    srv_gen_req_deinit(&g);
+}
+END_TEST
+
+START_TEST(retrieve_requests)
+{
+    struct srv_retrieve_req q;
+    struct srv_error e;
+    const char *body = "{\"documents\":[\"doc_2\"],\"query\":\"who?\",\"retrieval\":{\"budget\":64}}";
+    ck_assert_int_eq(srv_retrieve_parse(body, strlen(body), &dlim, &q, &e), 0);
+    ck_assert_uint_eq(q.n_docs, 1);
+    ck_assert_int_eq(q.docs[0], 2);
+    ck_assert_str_eq(q.query, "who?");
+    ck_assert_int_eq(q.ret.mode, -1);
+    ck_assert_int_eq(q.ret.budget, 64);
+    srv_retrieve_req_deinit(&q);
+    srv_retrieve_req_deinit(&q);
+
+    static const struct {
+        const char *body;
+        int status;
+        const char *code, *param;
+    } bad[] = {
+        {"", 400, NULL, ""},
+        {"{", 400, "invalid_json", ""},
+        {"[]", 400, "invalid_type", ""},
+        {"{\"query\":\"q\"}", 400, "missing_required_parameter", "documents"},
+        {"{\"documents\":[],\"query\":\"q\"}", 400, "empty_array", "documents"},
+        {"{\"documents\":[\"doc_1\"]}", 400, "missing_required_parameter", "query"},
+        {"{\"documents\":[\"doc_1\"],\"query\":7}", 400, "invalid_type", "query"},
+        {"{\"documents\":[\"doc_1\"],\"query\":\"\"}", 400, "invalid_value", "query"},
+        {"{\"documents\":[\"doc_1\"],\"query\":\"a\\u0000b\"}", 400, "invalid_json", ""},
+        {"{\"documents\":[\"x\"],\"query\":\"q\"}", 404, "document_not_found", "documents[0]"},
+        {"{\"documents\":[\"doc_1\"],\"query\":\"q\",\"retrieval\":{\"mode\":\"x\"}}", 400,
+         "invalid_value", "retrieval.mode"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&e, 0, sizeof e);
+        int rc = srv_retrieve_parse(bad[i].body, strlen(bad[i].body), &dlim, &q, &e);
+        ck_assert_msg(rc < 0, "accepted %s", bad[i].body);
+        ck_assert_msg(e.status == bad[i].status, "%s: status %d", bad[i].body, e.status);
+        if (bad[i].code)
+            ck_assert_msg(e.code && !strcmp(e.code, bad[i].code), "%s: code %s", bad[i].body,
+                          e.code ? e.code : "(null)");
+        ck_assert_msg(!strcmp(e.param, bad[i].param), "%s: param %s", bad[i].body, e.param);
+        ck_assert_ptr_null(q.docs);
+        ck_assert_ptr_null(q.query);
+    }
+}
+END_TEST
+
+START_TEST(document_bodies)
+{
+    char *text, *name;
+    size_t n;
+    struct srv_error e;
+    const char *b = "{\"text\":\"caf\\u00e9 au lait\",\"name\":\"menu.txt\",\"extra\":1}";
+    ck_assert_int_eq(srv_doc_json_parse(b, strlen(b), &text, &n, &name, &e), 0);
+    ck_assert_str_eq(text, "caf\xc3\xa9 au lait");
+    ck_assert_uint_eq(n, 13);
+    ck_assert_str_eq(name, "menu.txt");
+    free(text);
+    free(name);
+    b = "{\"text\":\"abc\"}";
+    ck_assert_int_eq(srv_doc_json_parse(b, strlen(b), &text, &n, &name, &e), 0);
+    ck_assert_ptr_null(name);
+    free(text);
+    static const struct {
+        const char *body, *code, *param;
+    } bad[] = {
+        {"{\"text\":", "invalid_json", ""},
+        {"\"abc\"", "invalid_json", ""},
+        {"[\"abc\"]", "invalid_type", ""},
+        {"{\"name\":\"x\"}", "missing_required_parameter", "text"},
+        {"{\"text\":5}", "invalid_type", "text"},
+        {"{\"text\":\"\"}", "invalid_value", "text"},
+        {"{\"text\":\"a\\u0000b\"}", "invalid_json", ""},
+        {"{\"text\":\"\\ud800\"}", "invalid_json", ""},
+        {"{\"text\":\"a\",\"name\":[]}", "invalid_type", "name"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&e, 0, sizeof e);
+        ck_assert_msg(srv_doc_json_parse(bad[i].body, strlen(bad[i].body), &text, &n, &name,
+                                         &e) < 0, "accepted %s", bad[i].body);
+        ck_assert_int_eq(e.status, 400);
+        ck_assert_msg(e.code && !strcmp(e.code, bad[i].code), "%s: code %s", bad[i].body,
+                      e.code ? e.code : "(null)");
+        ck_assert_msg(!strcmp(e.param, bad[i].param), "%s: param %s", bad[i].body, e.param);
+        ck_assert_ptr_null(text);
+    }
+    /* raw bodies: the byte offset of the first problem is in the message */
+    ck_assert_int_eq(srv_text_check("ok\n", 3, "body", &e), 0);
+    ck_assert_int_lt(srv_text_check("", 0, "body", &e), 0);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_str_eq(e.param, "body");
+    ck_assert_int_lt(srv_text_check("abc\0def", 7, "body", &e), 0);
+    ck_assert_msg(strstr(e.message, "offset 3"), "%s", e.message);
+    ck_assert_int_lt(srv_text_check("hello \xff world", 13, "body", &e), 0);
+    ck_assert_msg(strstr(e.message, "offset 6"), "%s", e.message);
+    ck_assert_int_lt(srv_text_check("ab\xc3", 3, "body", &e), 0); /* truncated sequence */
+    ck_assert_msg(strstr(e.message, "offset 2"), "%s", e.message);
+}
+END_TEST
+
+START_TEST(tenants)
+{
+    struct cfg c;
+    struct s3_errinfo err;
+    char t1[64], t2[64], t3[64];
+    cfg_defaults(&c);
+    srv_tenant_of(&c, "Bearer sk-anything-1", t1);
+    ck_assert_str_eq(t1, ""); /* no keys configured: one shared tenant */
+    ck_assert_int_eq(cfg_set(&c, "api_keys", "sk-first-key,sk-second-key", &err), 0);
+    srv_tenant_of(&c, "Bearer sk-first-key", t1);
+    srv_tenant_of(&c, "bearer   sk-first-key  ", t2);
+    srv_tenant_of(&c, "Bearer sk-second-key", t3);
+    ck_assert_str_eq(t1, t2);
+    ck_assert_str_ne(t1, t3);
+    ck_assert_uint_eq(strlen(t1), 18);
+    ck_assert(!strncmp(t1, "k_", 2));
+    /* an independent reference: the first 16 hex digits of sha256("sk-first-key") */
+    char hex[65];
+    s3_sha256_hex("sk-first-key", 12, hex);
+    ck_assert(!strncmp(t1 + 2, hex, 16));
+    ck_assert(strstr(t1, "sk-") == NULL); /* the key itself is not stored */
+    srv_tenant_of(&c, NULL, t1);
+    ck_assert_str_eq(t1, "");
+    cfg_deinit(&c);
+}
+END_TEST
+
+START_TEST(long_prompt_split)
+{
+    /* 10 tokens of 4 bytes: "aaa\n" "bbb " ... */
+    char text[41];
+    size_t ends[10];
+    for (int i = 0; i < 10; i++) {
+        memcpy(text + 4 * i, "xyz ", 4);
+        text[4 * i + 3] = (i == 1 || i == 7) ? '\n' : ' ';
+        ends[i] = (size_t)(4 * i + 4);
+    }
+    text[40] = 0;
+    size_t h, t;
+    /* head of 3 tokens ends at byte 12; the line break at byte 7 is in its last quarter? no
+     * (12 - 3 = 9 > 8): the cut falls back to the space at byte 11 */
+    srv_long_split(text, 40, ends, 10, 3, 2, &h, &t);
+    ck_assert_uint_eq(h, 12);
+    /* tail of 2 tokens starts at byte 32 (after token 7, whose line break ends at 31) */
+    ck_assert_uint_eq(t, 32);
+    /* head of 2 tokens ends right after the line break at byte 7 */
+    srv_long_split(text, 40, ends, 10, 2, 3, &h, &t);
+    ck_assert_uint_eq(h, 8);
+    ck_assert_uint_eq(t, 28);
+    ck_assert(text[t - 1] == ' ' || text[t - 1] == '\n');
+    /* head and tail overlap: the tail never starts before the head ends */
+    srv_long_split(text, 40, ends, 10, 8, 8, &h, &t);
+    ck_assert_uint_le(h, t);
+    /* cuts never split a UTF-8 sequence */
+    const char *u = "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9";
+    size_t ue[4] = {1, 3, 7, 8}; /* token ends inside sequences */
+    srv_long_split(u, 8, ue, 4, 1, 1, &h, &t);
+    ck_assert_uint_eq(h % 2, 0);
+    ck_assert_uint_eq(t % 2, 0);
+}
+END_TEST
+
 static Suite *srv_suite(void)
 {
     Suite *s = suite_create("server");
@@ -455,15 +729,18 @@ static Suite *srv_suite(void)
     tcase_add_test(tc, metrics_render);
     tcase_add_test(tc, auth_keys);
     tcase_add_test(tc, routes_and_buffers);
+    tcase_add_test(tc, doc_ids);
+    tcase_add_test(tc, chat_with_documents);
+    tcase_add_test(tc, extension_errors);
+    tcase_add_test(tc, retrieve_requests);
+    tcase_add_test(tc, document_bodies);
+    tcase_add_test(tc, tenants);
+    tcase_add_test(tc, long_prompt_split);
     suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(srv_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s3t_run(srv_suite(), CK_FORK_GETENV);
 }
