@@ -549,8 +549,15 @@ static void run_generate(struct srv *s, struct srv_req *r)
     }
     int n_ctx = s->info.n_ctx;
     int want = r->gen.max_tokens ? r->gen.max_tokens : 1;
-    if (!r->gen.n_docs && n_ids + (size_t)want > (size_t)n_ctx && long_eligible(s, r)) {
-        /* longer than the window: scan the middle, answer from head + evidence + tail */
+    /* an explicit retrieval mode and budget on a prompt longer than budget + head + tail
+     * asks for the evidence path even when the prompt would fit (matched-budget runs) */
+    const int asked = r->gen.ret.mode >= 0 && r->gen.ret.budget > 0 &&
+                      n_ids > (size_t)r->gen.ret.budget + (size_t)s->cfg->long_head_tokens +
+                                  (size_t)s->cfg->long_tail_tokens;
+    if (!r->gen.n_docs && (n_ids + (size_t)want > (size_t)n_ctx || asked) &&
+        long_eligible(s, r)) {
+        /* longer than the window (or retrieval asked for): scan the middle, answer from
+         * head + evidence + tail */
         free(ids);
         ids = NULL;
         if (plan_long(s, r, n_ids, &pl, &e) < 0) {

@@ -176,8 +176,10 @@ def test_chat_with_documents(client, doc_id):
 
 
 def test_chat_with_documents_stream(client, doc_id):
+    # budget 256: room for two passages, so hybrid keeps both sources' best (at 128 tokens
+    # a single passage fits and fusion must pick one source)
     stream = chat(client, QUESTION, max_tokens=8, stream=True,
-                  extra_body={"documents": [doc_id], "retrieval": {"budget": 128}})
+                  extra_body={"documents": [doc_id], "retrieval": {"budget": 256}})
     chunks = list(stream)
     first = chunks[0].model_extra
     assert first["s3"]["path"] == "retrieval"
@@ -228,3 +230,24 @@ def test_prompt_four_times_the_window(client):
     print("long prompt: %d tokens, scan %.1f s (%.0f tok/s), total %.1f s, answer %r" % (
         s3["prompt_tokens_original"], s3["scan_ms"] / 1e3, s3["scan_tokens_per_second"], dt,
         r.choices[0].message.content))
+
+
+def test_prompt_within_window_with_explicit_budget(client):
+    """A prompt that fits the window but asks for retrieval at a smaller budget (matched-budget
+    evaluation) takes the evidence path; without the retrieval field it is read whole."""
+    context = make_text(1400, 0.5, seed=9)
+    prompt = ("Read the text and answer.\n\n" + context + "\n\nQuestion: " + QUESTION +
+              "\nAnswer:")
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=8,
+        temperature=0, extra_body={"retrieval": {"mode": "bm25", "budget": 256}})
+    s3 = r.model_extra["s3"]
+    assert s3["path"] == "long_prompt"
+    assert s3["mode"] == "bm25"
+    assert r.usage.prompt_tokens < s3["prompt_tokens_original"]
+    assert any("PELICAN-4471" in e["text"] for e in r.model_extra["evidence"])
+    plain = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=4,
+        temperature=0)
+    assert plain.model_extra["s3"]["path"] == "full"
+    assert plain.usage.prompt_tokens > s3["budget"] + 768
