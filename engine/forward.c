@@ -16,7 +16,9 @@
  *
  * Prefill runs each matrix as a GEMM over the whole ubatch; decode is the same code with
  * n = 1. Every step is one task of the context's thread pool: matrices split by rows,
- * per-token work by tokens, attention by (head, 4 queries). No allocation per token. */
+ * per-token work by tokens, attention by (head, 4 queries); for a few tokens (decode) the
+ * per-token steps run on the calling thread, which saves four pool hand-offs per layer.
+ * No allocation per token. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,10 +172,17 @@ static void task(void *ud, int ith, int nth)
     }
 }
 
+/* Rows below which the per-token phases (norm, bias, rope, quantise, SwiGLU) run on the
+ * calling thread: for a few tokens they cost less than a hand-off to the pool. */
+#define SMALL_N 4
+
 static void run(struct eng_ctx *c, struct job *j, enum phase ph)
 {
     j->ph = ph;
-    krn_pool_run(c->pool, task, j);
+    if (ph != PH_MATMUL && ph != PH_ATTN && j->n - (ph == PH_NORM ? j->t0 : 0) <= SMALL_N)
+        task(j, 0, 1);
+    else
+        krn_pool_run(c->pool, task, j);
 }
 
 static void run_matmul(struct eng_ctx *c, struct job *j, const struct krn_qact *act, int n_mat,

@@ -33,8 +33,8 @@ void krn_pool_run(struct krn_pool *p, krn_task_fn fn, void *ud);
 
 /* ---- quantised matrix multiply ----------------------------------------------------------------
  * Weights are repacked at load into a layout for integer dot products: 32-element blocks,
- * unsigned 4-bit (from Q4_1: w = d*q + m) or signed 8-bit (from Q8_0 and, requantised, from
- * any other type: w = d*q) values, with f32 scales. Activations are quantised per 32-block to
+ * unsigned 4-bit (from Q4_1: w = d*q + m, d and m kept as f16 as stored) or signed 8-bit (from
+ * Q8_0 and, requantised, from any other type: w = d*q, d in f32) values. Activations are quantised per 32-block to
  * int8 exactly as ggml's Q8_1 (d = amax/127 rounded to f16, q = round-half-even(x*127/amax),
  * s = f16(d*sum q)). y = W x is then sum_b d_w d_x isum_b + m_w s_x, as llama.cpp computes. */
 enum krn_qtype { KRN_Q4 = 1, KRN_Q8 = 2 };
@@ -47,8 +47,9 @@ struct krn_qmat {
     size_t q_row_bytes; /* nbp*16 (Q4) or nbp*32 (Q8) */
     uint8_t *q;         /* (n_rows, q_row_bytes), owned. Q4: per block pair 32 bytes, low nibble
                            of byte j = element j of the even block, high nibble = of the odd */
-    float *d;           /* (n_rows, nbp) scales, owned */
-    float *m;           /* (n_rows, nbm) minimums (Q4 only; zero padded), owned */
+    float *d;           /* (n_rows, nbp) scales (Q8 only; NULL for Q4), owned */
+    uint16_t *d16;      /* (n_rows, nbp) f16 scales (Q4 only, exact from Q4_1), owned */
+    uint16_t *m16;      /* (n_rows, nbm) f16 minimums (Q4 only; zero padded), owned */
 };
 
 /* Repack n_rows x n_cols of a ggml type into w (zeroed or deinit'ed). Q4_1 and Q8_0 are kept

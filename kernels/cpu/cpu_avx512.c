@@ -8,7 +8,13 @@
  * int32 partial sums (lanes 0-7: even block, 8-15: odd block), which are converted to float
  * and accumulated with the per-lane scale d_w*d_x. The Q4 minimum term sum_b m_w s_x is
  * folded into the same accumulator 16 blocks at a time, and one horizontal sum at the end
- * gives y. R = C = 4 uses 16 accumulators, 4 weight and 4 scale registers. */
+ * gives y. R = C = 4 uses 16 accumulators, 4 weight and 4 scale registers.
+ *
+ * Many tokens (prefill): Q4 rows are first widened, 16 at a time, into a per-thread buffer
+ * (bytes and 16-lane scale vectors), so the tiles (4 rows x 3 tokens) only load them. Few
+ * tokens (decode): each weight is used once, so the loop is bound by streaming the weights;
+ * it prefetches a few row chunks ahead. Both give bit-identical sums per (row, token), so a
+ * token's result does not depend on how the tokens were batched. */
 #if defined(__x86_64__) && defined(__GNUC__)
 
 #include <immintrin.h>
@@ -56,15 +62,29 @@ struct qtile {
     const struct krn_qact *a;
     float *y;
     int ldy;
+    /* Q4 rows u_r0.. unpacked for many tokens (or NULL): per row and block pair, 64 bytes of
+     * 4-bit values widened to bytes and the 16-lane scale vector of load_dpair16 */
+    const uint8_t *uw;
+    const float *ud;
+    int u_r0;
 };
 
 TGT static INL __m512i load_w_q4(const uint8_t *p)
 {
-    const __m256i v = _mm256_loadu_si256((const __m256i *)p);
-    const __m256i mask = _mm256_set1_epi8(0x0F);
-    const __m256i lo = _mm256_and_si256(v, mask);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    /* both halves hold the 32 bytes; the upper half is shifted right by 4, then all masked */
+    const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
+    const __m512i vs = _mm512_mask_srli_epi16(v, (__mmask32)0xFFFF0000u, v, 4);
+    return _mm512_and_si512(vs, _mm512_set1_epi8(0x0F));
+}
+
+/* The two f16 scales of a Q4 block pair, as load_dpair. */
+TGT static INL __m512 load_dpair16(const uint16_t *d)
+{
+    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    int32_t bits;
+    memcpy(&bits, d, sizeof(bits));
+    const __m128 v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
 }
 
 TGT static INL __m512 load_dpair(const float *d)
@@ -75,7 +95,8 @@ TGT static INL __m512 load_dpair(const float *d)
 }
 
 /* R rows from r, C tokens from t. */
-TGT static INL void tile_kernel(const struct qtile *k, int r, int t, const int R, const int C)
+TGT static INL void tile_kernel(const struct qtile *k, int r, int t, const int R, const int C,
+                                const int U)
 {
     const struct krn_qmat *w = k->w;
     const struct krn_qact *a = k->a;
@@ -84,12 +105,16 @@ TGT static INL void tile_kernel(const struct qtile *k, int r, int t, const int R
     __m512 acc[4][4];
     const uint8_t *wq[4];
     const float *wd[4];
+    const uint16_t *wd16[4];
     const int8_t *aq[4];
     const float *ad[4];
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++) {
         wq[i] = w->q + (size_t)(r + i) * w->q_row_bytes;
-        wd[i] = w->d + (size_t)(r + i) * w->nbp;
+        if (q4)
+            wd16[i] = w->d16 + (size_t)(r + i) * w->nbp;
+        else
+            wd[i] = w->d + (size_t)(r + i) * w->nbp;
     }
 #pragma GCC unroll 4
     for (int j = 0; j < C; j++) {
@@ -108,6 +133,13 @@ TGT static INL void tile_kernel(const struct qtile *k, int r, int t, const int R
         __m512 dw[4];
 #pragma GCC unroll 4
         for (int i = 0; i < R; i++) {
+            if (U) {
+                const size_t o = (size_t)(r + i - k->u_r0) * np + (size_t)p;
+                wv[i] = _mm512_load_si512((const void *)(k->uw + o * 64));
+                neg[i] = 0;
+                dw[i] = _mm512_load_ps(k->ud + o * 16);
+                continue;
+            }
             if (q4) {
                 wv[i] = load_w_q4(wq[i] + (size_t)p * 32);
                 neg[i] = 0;
@@ -116,7 +148,7 @@ TGT static INL void tile_kernel(const struct qtile *k, int r, int t, const int R
                 neg[i] = _mm512_movepi8_mask(v);
                 wv[i] = _mm512_abs_epi8(v);
             }
-            dw[i] = load_dpair(wd[i] + 2 * p);
+            dw[i] = q4 ? load_dpair16(wd16[i] + 2 * p) : load_dpair(wd[i] + 2 * p);
         }
 #pragma GCC unroll 4
         for (int j = 0; j < C; j++) {
@@ -138,7 +170,8 @@ TGT static INL void tile_kernel(const struct qtile *k, int r, int t, const int R
                 const __m512 sv = _mm512_loadu_ps(a->s + (size_t)(t + j) * a->nbm + c);
 #pragma GCC unroll 4
                 for (int i = 0; i < R; i++) {
-                    const __m512 mv = _mm512_loadu_ps(w->m + (size_t)(r + i) * w->nbm + c);
+                    const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        (const __m256i *)(w->m16 + (size_t)(r + i) * w->nbm + c)));
                     acc[i][j] = _mm512_fmadd_ps(mv, sv, acc[i][j]);
                 }
             }
@@ -154,31 +187,110 @@ TGT static INL void tile_kernel(const struct qtile *k, int r, int t, const int R
 TGT static void tile_r4(const struct qtile *k, int r, int t, int C)
 {
     switch (C) {
-    case 4: tile_kernel(k, r, t, 4, 4); break;
-    case 3: tile_kernel(k, r, t, 4, 3); break;
-    case 2: tile_kernel(k, r, t, 4, 2); break;
-    default: tile_kernel(k, r, t, 4, 1); break;
+    case 4: tile_kernel(k, r, t, 4, 4, 0); break;
+    case 3: tile_kernel(k, r, t, 4, 3, 0); break;
+    case 2: tile_kernel(k, r, t, 4, 2, 0); break;
+    default: tile_kernel(k, r, t, 4, 1, 0); break;
     }
 }
 
 TGT static void tile_r1(const struct qtile *k, int r, int t, int C)
 {
     switch (C) {
-    case 4: tile_kernel(k, r, t, 1, 4); break;
-    case 3: tile_kernel(k, r, t, 1, 3); break;
-    case 2: tile_kernel(k, r, t, 1, 2); break;
-    default: tile_kernel(k, r, t, 1, 1); break;
+    case 4: tile_kernel(k, r, t, 1, 4, 0); break;
+    case 3: tile_kernel(k, r, t, 1, 3, 0); break;
+    case 2: tile_kernel(k, r, t, 1, 2, 0); break;
+    default: tile_kernel(k, r, t, 1, 1, 0); break;
+    }
+}
+
+/* Per-thread scratch for widened Q4 rows: UNPACK_PAIRS (row, block pair) entries. */
+#define UNPACK_PAIRS 1024
+#ifndef UT
+#define UT 3 /* tokens per tile on widened rows: 12 accumulators, no spills */
+#endif
+static _Thread_local _Alignas(64) uint8_t unpack_w[UNPACK_PAIRS * 64];
+static _Thread_local _Alignas(64) float unpack_d[UNPACK_PAIRS * 16];
+
+TGT static void tile_r4u(const struct qtile *k, int r, int t, int C)
+{
+    switch (C) {
+    case 4: tile_kernel(k, r, t, 4, 4, 1); break;
+    case 3: tile_kernel(k, r, t, 4, 3, 1); break;
+    case 2: tile_kernel(k, r, t, 4, 2, 1); break;
+    default: tile_kernel(k, r, t, 4, 1, 1); break;
+    }
+}
+
+TGT static void tile_r1u(const struct qtile *k, int r, int t, int C)
+{
+    switch (C) {
+    case 4: tile_kernel(k, r, t, 1, 4, 1); break;
+    case 3: tile_kernel(k, r, t, 1, 3, 1); break;
+    case 2: tile_kernel(k, r, t, 1, 2, 1); break;
+    default: tile_kernel(k, r, t, 1, 1, 1); break;
     }
 }
 
 TGT void krn__qmatmul_avx512(const struct krn_qmat *w, const struct krn_qact *a, int n_tok,
                              float *y, int ldy, int r0, int r1)
 {
-    const struct qtile k = {w, a, y, ldy};
+    struct qtile k = {w, a, y, ldy, NULL, NULL, 0};
+    const int np = w->nbp / 2;
+    if (w->qtype == KRN_Q4 && n_tok > 4 && np <= UNPACK_PAIRS / 4) {
+        /* many tokens: widen each chunk of rows once instead of once per 4-token tile */
+        const int rch = UNPACK_PAIRS / np >= 16 ? 16 : (UNPACK_PAIRS / np) & ~3;
+        for (int rc = r0; rc < r1; rc += rch) {
+            const int rce = rc + rch < r1 ? rc + rch : r1;
+            for (int r = rc; r < rce; r++) {
+                const uint8_t *wq = w->q + (size_t)r * w->q_row_bytes;
+                const uint16_t *wd = w->d16 + (size_t)r * w->nbp;
+                for (int p = 0; p < np; p++) {
+                    const size_t o = (size_t)(r - rc) * np + (size_t)p;
+                    _mm512_store_si512((void *)(unpack_w + o * 64),
+                                       load_w_q4(wq + (size_t)p * 32));
+                    _mm512_store_ps(unpack_d + o * 16, load_dpair16(wd + 2 * p));
+                }
+            }
+            k.uw = unpack_w, k.ud = unpack_d, k.u_r0 = rc;
+            for (int t = 0; t < n_tok; t += UT) {
+                const int C = n_tok - t < UT ? n_tok - t : UT;
+                int r = rc;
+                for (; r + 4 <= rce; r += 4)
+                    tile_r4u(&k, r, t, C);
+                for (; r < rce; r++)
+                    tile_r1u(&k, r, t, C);
+            }
+        }
+        return;
+    }
     /* rows in chunks whose weights stay in L1/L2 while all tokens stream past */
     const int RCH = 16;
+#ifndef PF_DIST
+#define PF_DIST 32
+#endif
     for (int rc = r0; rc < r1; rc += RCH) {
         const int rce = rc + RCH < r1 ? rc + RCH : r1;
+        const int ps = rc == r0 ? rce : rce + PF_DIST;
+        if (n_tok <= 4 && ps < r1) {
+            /* few tokens: the weights stream once; ask for them a few chunks ahead of use */
+            const int pe = rc == r0 ? (rce + PF_DIST + RCH < r1 ? rce + PF_DIST + RCH : r1)
+                                    : (ps + RCH < r1 ? ps + RCH : r1);
+            const char *q0 = (const char *)(w->q + (size_t)ps * w->q_row_bytes);
+            const size_t qn = (size_t)(pe - ps) * w->q_row_bytes;
+            for (size_t o = 0; o < qn; o += 64)
+                _mm_prefetch(q0 + o, _MM_HINT_T0);
+            const char *d0 = w->d16 ? (const char *)(w->d16 + (size_t)ps * w->nbp)
+                                    : (const char *)(w->d + (size_t)ps * w->nbp);
+            const size_t dn = (size_t)(pe - ps) * w->nbp * (w->d16 ? 2 : 4);
+            for (size_t o = 0; o < dn; o += 64)
+                _mm_prefetch(d0 + o, _MM_HINT_T0);
+            if (w->m16) {
+                const char *m0 = (const char *)(w->m16 + (size_t)ps * w->nbm);
+                for (size_t o = 0; o < (size_t)(pe - ps) * w->nbm * 2; o += 64)
+                    _mm_prefetch(m0 + o, _MM_HINT_T0);
+            }
+        }
         for (int t = 0; t < n_tok; t += 4) {
             const int C = n_tok - t < 4 ? n_tok - t : 4;
             int r = rc;
@@ -242,7 +354,17 @@ TGT void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, co
                 _mm512_storeu_ps(&qf[qq][d], round_f16(_mm512_loadu_ps(qi + d)));
         }
         /* scores: 16 keys at a time, K transposed so each dim is a contiguous row */
-        for (int j = 0; j < n_kv; j += 16) {
+        for (int j = 0; nqq == 1 && j < n_kv; j += 16) {
+            /* one query (decode): the same sums in the same order as the 4-query path */
+            const __mmask16 mk = n_kv - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n_kv - j)) - 1);
+            __m512 s0 = _mm512_setzero_ps();
+            for (int d = 0; d < head_dim; d++)
+                s0 = _mm512_fmadd_ps(
+                    _mm512_set1_ps(qf[0][d]),
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, kh + (size_t)d * n_ctx + j)), s0);
+            _mm512_mask_storeu_ps(sc[0] + j, mk, _mm512_mul_ps(s0, _mm512_set1_ps(scale)));
+        }
+        for (int j = 0; nqq > 1 && j < n_kv; j += 16) {
             const __mmask16 mk = n_kv - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n_kv - j)) - 1);
             __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (int d = 0; d < head_dim; d++) {
@@ -260,7 +382,7 @@ TGT void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, co
             _mm512_mask_storeu_ps(sc[3] + j, mk, _mm512_mul_ps(s3, vs));
         }
         /* causal softmax per query; probabilities past a query's own keys are zero */
-        for (int qq = 0; qq < 4; qq++) {
+        for (int qq = 0; qq < (nqq == 1 ? 1 : 4); qq++) {
             float *s = sc[qq];
             const int nk = qq < nqq ? pos0 + i0 + qq + 1 : 0;
             if (nk == 0) {
@@ -297,7 +419,17 @@ TGT void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, co
         for (int qq = 0; qq < 4; qq++)
             for (int c = 0; c < nd; c++)
                 o[qq][c] = _mm512_setzero_ps();
-        if (nd == 4) {
+        if (nd == 4 && nqq == 1) {
+            for (int j = 0; j < n_kv; j++) {
+                const uint16_t *vr = vh + (size_t)j * head_dim;
+                const __m512 p = _mm512_set1_ps(sc[0][j]);
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++)
+                    o[0][c] = _mm512_fmadd_ps(
+                        p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vr + 16 * c))),
+                        o[0][c]);
+            }
+        } else if (nd == 4) {
             for (int j = 0; j < n_kv; j++) {
                 const uint16_t *vr = vh + (size_t)j * head_dim;
                 const __m512 v0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vr));

@@ -123,15 +123,20 @@ void krn_qmat_deinit(struct krn_qmat *w)
         return;
     free(w->q);
     free(w->d);
-    free(w->m);
+    free(w->d16);
+    free(w->m16);
     memset(w, 0, sizeof(*w));
 }
 
 size_t krn_qmat_bytes(const struct krn_qmat *w)
 {
-    size_t n = (size_t)w->n_rows * (w->q_row_bytes + (size_t)w->nbp * sizeof(float));
-    if (w->m)
-        n += (size_t)w->n_rows * (size_t)w->nbm * sizeof(float);
+    size_t n = (size_t)w->n_rows * w->q_row_bytes;
+    if (w->d)
+        n += (size_t)w->n_rows * (size_t)w->nbp * sizeof(float);
+    if (w->d16)
+        n += (size_t)w->n_rows * (size_t)w->nbp * sizeof(uint16_t);
+    if (w->m16)
+        n += (size_t)w->n_rows * (size_t)w->nbm * sizeof(uint16_t);
     return n;
 }
 
@@ -167,10 +172,13 @@ int krn_qmat_init(struct krn_qmat *w, uint32_t ggml_type, const void *data, int 
     w->nbm = (nb + 15) & ~15;
     w->q_row_bytes = (size_t)w->nbp * (w->qtype == KRN_Q4 ? 16 : 32);
     w->q = calloc((size_t)n_rows, w->q_row_bytes);
-    w->d = calloc((size_t)n_rows * (size_t)w->nbp, sizeof(float));
-    if (w->qtype == KRN_Q4)
-        w->m = calloc((size_t)n_rows * (size_t)w->nbm, sizeof(float));
-    if (!w->q || !w->d || (w->qtype == KRN_Q4 && !w->m)) {
+    if (w->qtype == KRN_Q4) {
+        w->d16 = calloc((size_t)n_rows * (size_t)w->nbp, sizeof(uint16_t));
+        w->m16 = calloc((size_t)n_rows * (size_t)w->nbm, sizeof(uint16_t));
+    } else {
+        w->d = calloc((size_t)n_rows * (size_t)w->nbp, sizeof(float));
+    }
+    if (!w->q || (w->qtype == KRN_Q4 ? !w->d16 || !w->m16 : !w->d)) {
         rc = S3_ENOMEM;
         goto out;
     }
@@ -185,13 +193,13 @@ int krn_qmat_init(struct krn_qmat *w, uint32_t ggml_type, const void *data, int 
     for (int r = 0; r < n_rows; r++) {
         const uint8_t *src = (const uint8_t *)data + (size_t)r * src_row;
         uint8_t *q = w->q + (size_t)r * w->q_row_bytes;
-        float *d = w->d + (size_t)r * w->nbp;
         if (ggml_type == T_Q4_1) {
-            float *m = w->m + (size_t)r * w->nbm;
+            uint16_t *d16 = w->d16 + (size_t)r * w->nbp;
+            uint16_t *m16 = w->m16 + (size_t)r * w->nbm;
             for (int b = 0; b < nb; b++) {
                 const uint8_t *blk = src + (size_t)b * 20;
-                d[b] = rd_half(blk);
-                m[b] = rd_half(blk + 2);
+                d16[b] = (uint16_t)(blk[0] | (blk[1] << 8));
+                m16[b] = (uint16_t)(blk[2] | (blk[3] << 8));
                 uint8_t *qp = q + (size_t)(b / 2) * 32;
                 const int shift = (b & 1) ? 4 : 0;
                 for (int j = 0; j < 16; j++) {
@@ -200,6 +208,7 @@ int krn_qmat_init(struct krn_qmat *w, uint32_t ggml_type, const void *data, int 
                 }
             }
         } else if (ggml_type == T_Q8_0) {
+            float *d = w->d + (size_t)r * w->nbp;
             for (int b = 0; b < nb; b++) {
                 const uint8_t *blk = src + (size_t)b * 34;
                 d[b] = rd_half(blk);
@@ -209,6 +218,7 @@ int krn_qmat_init(struct krn_qmat *w, uint32_t ggml_type, const void *data, int 
             rc = krn_dequant(ggml_type, src, tmp, n_cols);
             if (rc < 0)
                 goto out;
+            float *d = w->d + (size_t)r * w->nbp;
             for (int b = 0; b < nb; b++)
                 d[b] = quant_block_q8(tmp + (size_t)b * QK, (int8_t *)(q + (size_t)b * 32));
         }
@@ -220,7 +230,19 @@ out:
     return rc;
 }
 
-/* Weight element j of block b of row r as an integer, and the block's d and m. */
+/* Block b of row r: its scale d and minimum m (0 for Q8). */
+static float qmat_d(const struct krn_qmat *w, int r, int b)
+{
+    const size_t i = (size_t)r * w->nbp + (size_t)b;
+    return w->d16 ? krn_fp16_to_f32(w->d16[i]) : w->d[i];
+}
+
+static float qmat_m(const struct krn_qmat *w, int r, int b)
+{
+    return w->m16 ? krn_fp16_to_f32(w->m16[(size_t)r * w->nbm + b]) : 0.0f;
+}
+
+/* Weight element j of block b of row r as an integer. */
 static int qmat_q(const struct krn_qmat *w, int r, int b, int j)
 {
     const uint8_t *q = w->q + (size_t)r * w->q_row_bytes;
@@ -234,8 +256,8 @@ void krn_qmat_row(const struct krn_qmat *w, int r, float *out)
 {
     const int nb = w->n_cols / QK;
     for (int b = 0; b < nb; b++) {
-        const float d = w->d[(size_t)r * w->nbp + b];
-        const float m = w->m ? w->m[(size_t)r * w->nbm + b] : 0.0f;
+        const float d = qmat_d(w, r, b);
+        const float m = qmat_m(w, r, b);
         for (int j = 0; j < QK; j++)
             out[b * QK + j] = (float)qmat_q(w, r, b, j) * d + m;
     }
@@ -321,9 +343,8 @@ void krn_qmatmul_ref(const struct krn_qmat *w, const struct krn_qact *a, int n_t
                 int isum = 0;
                 for (int j = 0; j < QK; j++)
                     isum += qmat_q(w, r, b, j) * qa[b * QK + j];
-                acc += (w->d[(size_t)r * w->nbp + b] * da[b * 8]) * (float)isum;
-                if (w->m)
-                    macc += w->m[(size_t)r * w->nbm + b] * sa[b];
+                acc += (qmat_d(w, r, b) * da[b * 8]) * (float)isum;
+                macc += qmat_m(w, r, b) * sa[b];
             }
             y[(size_t)t * ldy + r] = acc + macc;
         }
