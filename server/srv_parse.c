@@ -356,10 +356,33 @@ static int parse_unsupported(json_t *root, int kind, struct srv_error *e)
     return 0;
 }
 
+/* Parse a request body that must be one JSON object. *root is new on success. */
+static int parse_body_object(const char *body, size_t len, json_t **root, struct srv_error *e)
+{
+    json_error_t jerr;
+    *root = NULL;
+    if (!body || len == 0)
+        return srv_errorf(e, 400, "invalid_request_error", NULL, NULL,
+                          "The request body is empty; a JSON object is required.");
+    json_t *r = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!r)
+        return srv_errorf(e, 400, "invalid_request_error", "invalid_json", NULL,
+                          "We could not parse the JSON body of your request: %s (line %d, "
+                          "column %d).", jerr.text, jerr.line, jerr.column);
+    if (!json_is_object(r)) {
+        int rc = srv_errorf(e, 400, "invalid_request_error", "invalid_type", NULL,
+                            "The request body must be a JSON object, but got %s.",
+                            jtype_name(r));
+        json_decref(r);
+        return rc;
+    }
+    *root = r;
+    return 0;
+}
+
 int srv_gen_parse(int kind, const char *body, size_t len, const struct srv_limits *lim,
                   struct srv_gen_req *out, struct srv_error *e)
 {
-    json_error_t jerr;
     json_t *root = NULL;
     int rc = 0;
     memset(out, 0, sizeof *out);
@@ -368,24 +391,8 @@ int srv_gen_parse(int kind, const char *body, size_t len, const struct srv_limit
     out->top_p = 1.0;
     out->ret.mode = -1;
 
-    if (!body || len == 0) {
-        rc = srv_errorf(e, 400, "invalid_request_error", NULL, NULL,
-                        "The request body is empty; a JSON object is required.");
+    if ((rc = parse_body_object(body, len, &root, e)) < 0)
         goto out;
-    }
-    root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_json", NULL,
-                        "We could not parse the JSON body of your request: %s (line %d, column "
-                        "%d).", jerr.text, jerr.line, jerr.column);
-        goto out;
-    }
-    if (!json_is_object(root)) {
-        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_type", NULL,
-                        "The request body must be a JSON object, but got %s.",
-                        jtype_name(root));
-        goto out;
-    }
 
     json_t *model = field(root, "model");
     if (model && !json_is_string(model)) {
@@ -609,28 +616,12 @@ int srv_retrieval_field_parse(json_t *root, const struct srv_limits *lim,
 int srv_retrieve_parse(const char *body, size_t len, const struct srv_limits *lim,
                        struct srv_retrieve_req *out, struct srv_error *e)
 {
-    json_error_t jerr;
     json_t *root = NULL;
     int rc = 0;
     memset(out, 0, sizeof *out);
     out->ret.mode = -1;
-    if (!body || len == 0) {
-        rc = srv_errorf(e, 400, "invalid_request_error", NULL, NULL,
-                        "The request body is empty; a JSON object is required.");
+    if ((rc = parse_body_object(body, len, &root, e)) < 0)
         goto out;
-    }
-    root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_json", NULL,
-                        "We could not parse the JSON body of your request: %s (line %d, column "
-                        "%d).", jerr.text, jerr.line, jerr.column);
-        goto out;
-    }
-    if (!json_is_object(root)) {
-        rc = srv_errorf(e, 400, "invalid_request_error", "invalid_type", NULL,
-                        "The request body must be a JSON object, but got %s.", jtype_name(root));
-        goto out;
-    }
     json_t *d = field(root, "documents");
     if (!d) {
         rc = srv_errorf(e, 400, "invalid_request_error", "missing_required_parameter",
