@@ -285,6 +285,20 @@ oom:
 
 /* S[pos] += w * lut[code] for every entry of a blob (format in index_int.h); positions
  * outside [base, min(lim, n)) end the walk. Returns S3_EFORMAT on a malformed blob. */
+
+/* Step the postings row of (doc, seg, feature f) with st from the SELECT below: SQLITE_ROW,
+ * SQLITE_DONE (absent) or an error code. */
+static int step_posting(sqlite3_stmt *st, int64_t doc, int64_t seg, const struct idx_qfeat *f)
+{
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, doc);
+    sqlite3_bind_int64(st, 2, seg);
+    sqlite3_bind_int(st, 3, f->layer);
+    sqlite3_bind_int(st, 4, f->kv_head);
+    sqlite3_bind_int(st, 5, f->feature);
+    return sqlite3_step(st);
+}
+
 static int accumulate(int64_t base, int64_t lim, const uint8_t *p, size_t nb, const float *lut,
                       float w, float *S, int64_t n)
 {
@@ -354,13 +368,7 @@ int idx__score_positions(struct idx_db *db, int64_t doc, int64_t n_tokens,
             continue;
         if (segs.n == 1) {
             /* a finished document has one segment: decode the row in place */
-            sqlite3_reset(st);
-            sqlite3_bind_int64(st, 1, doc);
-            sqlite3_bind_int64(st, 2, se[0]);
-            sqlite3_bind_int(st, 3, f[i].layer);
-            sqlite3_bind_int(st, 4, f[i].kv_head);
-            sqlite3_bind_int(st, 5, f[i].feature);
-            src = sqlite3_step(st);
+            src = step_posting(st, doc, se[0], &f[i]);
             if (src == SQLITE_DONE)
                 continue;
             if (src != SQLITE_ROW) {
@@ -383,13 +391,7 @@ int idx__score_positions(struct idx_db *db, int64_t doc, int64_t n_tokens,
         buf.n = blk.n = 0;
         int64_t df = 0;
         for (size_t k = 0; k < segs.n; k++) {
-            sqlite3_reset(st);
-            sqlite3_bind_int64(st, 1, doc);
-            sqlite3_bind_int64(st, 2, se[2 * k]);
-            sqlite3_bind_int(st, 3, f[i].layer);
-            sqlite3_bind_int(st, 4, f[i].kv_head);
-            sqlite3_bind_int(st, 5, f[i].feature);
-            src = sqlite3_step(st);
+            src = step_posting(st, doc, se[2 * k], &f[i]);
             if (src == SQLITE_DONE)
                 continue;
             if (src != SQLITE_ROW) {
