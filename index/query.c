@@ -283,9 +283,6 @@ oom:
 
 /* ---- S3 position scores ------------------------------------------------------------------ */
 
-/* S[pos] += w * lut[code] for every entry of a blob (format in index_int.h); positions
- * outside [base, min(lim, n)) end the walk. Returns S3_EFORMAT on a malformed blob. */
-
 /* Step the postings row of (doc, seg, feature f) with st from the SELECT below: SQLITE_ROW,
  * SQLITE_DONE (absent) or an error code. */
 static int step_posting(sqlite3_stmt *st, int64_t doc, int64_t seg, const struct idx_qfeat *f)
@@ -299,6 +296,8 @@ static int step_posting(sqlite3_stmt *st, int64_t doc, int64_t seg, const struct
     return sqlite3_step(st);
 }
 
+/* S[pos] += w * lut[code] for every entry of a blob (format in index_int.h); positions
+ * outside [base, min(lim, n)) end the walk. Returns S3_EFORMAT on a malformed blob. */
 static int accumulate(int64_t base, int64_t lim, const uint8_t *p, size_t nb, const float *lut,
                       float w, float *S, int64_t n)
 {
