@@ -176,6 +176,67 @@ START_TEST(test_gpu_vs_cpu)
 }
 END_TEST
 
+/* The public engine API with device "cuda": logits and, in scan mode, the hooked K of the
+ * device path agree with the CPU model. */
+START_TEST(test_public_api_device)
+{
+    char buf[1024];
+    const char *path = model_path(buf, sizeof buf);
+    FILE *f = fopen(path, "rb");
+    if (!f || !eng__cuda_available()) {
+        fprintf(stderr, "SKIP: %s\n", f ? "no CUDA device or backend" : "no model file");
+        if (f)
+            fclose(f);
+        return;
+    }
+    fclose(f);
+    struct s3_errinfo err = {0};
+    struct eng_model *mc = NULL, *mg = NULL;
+    struct eng_ctx *cc = NULL, *cg = NULL;
+    struct eng_model_opts go = {.device = "cuda"};
+    ck_assert_msg(eng_model_load(path, NULL, &mc, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng_model_load(path, &go, &mg, &err) == 0, "%s", err.msg);
+    const struct eng_hparams *hp = eng_model_hparams(mc);
+    const int nv = hp->n_vocab;
+    struct eng_ctx_opts co = {.n_ctx = 512};
+    ck_assert_msg(eng_ctx_new(mc, &co, &cc, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng_ctx_new(mg, &co, &cg, &err) == 0, "%s", err.msg);
+    const char *text = "Once upon a time, in a small village by the sea, there lived an old man";
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(eng_tok_encode(eng_model_tok(mc), text, strlen(text), 0, &ids, &n), 0);
+    float *lc = malloc(sizeof(float) * nv), *lg = malloc(sizeof(float) * nv);
+    ck_assert_int_eq(eng_ctx_prefill(cc, ids, n, lc, NULL), 0);
+    ck_assert_int_eq(eng_ctx_prefill(cg, ids, n, lg, NULL), 0);
+    ck_assert_int_eq(eng_ctx_pos(cg), (int)n);
+    ck_assert_double_lt(rel_l2(lg, lc, (size_t)nv), 0.05);
+    ck_assert_int_eq(argmax(lg, nv), argmax(lc, nv));
+    /* scan mode: hooked K only, no logits, the pass stops after the hooked layer */
+    const int dq = hp->n_head * hp->head_dim, dkv = hp->n_head_kv * hp->head_dim;
+    const int layer = hp->n_layer > 1 ? 1 : 0;
+    struct qk_capture kc = {.layer = layer, .dq = dq, .dkv = dkv}, kg = kc;
+    kc.q = malloc(sizeof(float) * n * dq), kc.k = malloc(sizeof(float) * n * dkv);
+    kg.q = malloc(sizeof(float) * n * dq), kg.k = malloc(sizeof(float) * n * dkv);
+    eng_ctx_reset(cc);
+    eng_ctx_reset(cg);
+    eng_ctx_set_scan_only(cc, 1);
+    eng_ctx_set_scan_only(cg, 1);
+    eng_ctx_set_qk_hook(cc, capture, &kc, 1ull << layer);
+    eng_ctx_set_qk_hook(cg, capture, &kg, 1ull << layer);
+    ck_assert_int_eq(eng_ctx_prefill(cc, ids, n, NULL, NULL), 0);
+    ck_assert_int_eq(eng_ctx_prefill(cg, ids, n, NULL, NULL), 0);
+    ck_assert_int_eq(kg.n, (int)n);
+    const double kr = rel_l2(kg.k, kc.k, n * (size_t)dkv);
+    fprintf(stderr, "public api, device cuda, scan mode: layer %d k rel_l2 %.2e\n", layer, kr);
+    ck_assert_double_lt(kr, 0.02);
+    free(ids), free(lc), free(lg), free(kc.q), free(kc.k), free(kg.q), free(kg.k);
+    eng_ctx_free(cc);
+    eng_ctx_free(cg);
+    eng_model_free(mc);
+    eng_model_free(mg);
+}
+END_TEST
+
 /* Device hook of the scan test: copy this layer's k rows back (synchronously) and count. */
 struct dev_capture {
     int layer, calls, dkv, n;
@@ -305,6 +366,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_gpu_vs_cpu);
     tcase_add_test(tc, test_scan_flavour);
+    tcase_add_test(tc, test_public_api_device);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
     return s3t_run(s, CK_NOFORK);
