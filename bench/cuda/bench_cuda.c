@@ -143,15 +143,15 @@ static int cmd_scan(int argc, char **argv)
         switch (c) {
         case 'm': model = optarg; break;
         case 't': n_sizes = parse_list(optarg, sizes, 8); break;
-        case 'c': chunk = atoi(optarg); break;
+        case 'c': chunk = (int)strtol(optarg, NULL, 10); break;
         case 'k': n_hooks = parse_list(optarg, hooks, 64); break;
-        case 'd': sae_dict = atoi(optarg); break;
-        case 's': sae_k = atoi(optarg); break;
-        case 'g': n_decode = atoi(optarg); break;
+        case 'd': sae_dict = (int)strtol(optarg, NULL, 10); break;
+        case 's': sae_k = (int)strtol(optarg, NULL, 10); break;
+        case 'g': n_decode = (int)strtol(optarg, NULL, 10); break;
         case 'l': label = optarg; break;
         case 'p': dev_path = strcmp(optarg, "host") != 0; break;
-        case 'f': full = atoi(optarg); break;
-        case 'x': compare = atoi(optarg); break;
+        case 'f': full = (int)strtol(optarg, NULL, 10); break;
+        case 'x': compare = (int)strtol(optarg, NULL, 10); break;
         default: return 2;
         }
     }
