@@ -356,11 +356,14 @@ START_TEST(overload_and_disconnect)
         sleep_ms(5);
     ck_assert_int_eq(atomic_load(&stub_canceled), 1);
     ck_assert_msg(now_ms() - t0 < 1000, "cancel took %.0f ms", now_ms() - t0);
-    /* the worker is free again */
+    /* the worker is free again (until the canceled request's slot is released, a retry may
+     * still be refused: count those, the metric below includes them) */
+    int n_rejected = 1;
     for (int i = 0; i < 50; i++) {
         http("POST", "/v1/chat/completions", NULL, CHAT(",\"max_tokens\":1"), &r);
         if (r.status != 429)
             break;
+        n_rejected++;
         sleep_ms(10);
     }
     ck_assert_int_eq(r.status, 200);
@@ -376,7 +379,9 @@ START_TEST(overload_and_disconnect)
     ck_assert_int_eq(atomic_load(&stub_canceled), 2);
     http("GET", "/metrics", NULL, NULL, &r);
     ck_assert_ptr_nonnull(strstr(r.body, "s3_generations_canceled_total 2\n"));
-    ck_assert_ptr_nonnull(strstr(r.body, "s3_requests_rejected_total 1\n"));
+    char want[64];
+    snprintf(want, sizeof want, "s3_requests_rejected_total %d\n", n_rejected);
+    ck_assert_msg(strstr(r.body, want) != NULL, "metrics lack '%s'", want);
     stop();
 }
 END_TEST
