@@ -29,6 +29,21 @@ static const char *model_path(char *buf, size_t n)
     return buf;
 }
 
+/* The model path when a GPU and the model file are present; otherwise NULL after a SKIP line. */
+static const char *gpu_model_path(char *buf, size_t n)
+{
+    const char *path = model_path(buf, n);
+    FILE *f = fopen(path, "rb");
+    if (!f || !eng__cuda_available()) {
+        fprintf(stderr, "SKIP: %s\n", f ? "no CUDA device or backend" : "no model file");
+        if (f)
+            fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    return path;
+}
+
 struct qk_capture {
     int layer, n, dq, dkv;
     float *q, *k; /* copies of the hooked layer's rows */
@@ -78,15 +93,9 @@ static int argmax(const float *x, int n)
 START_TEST(test_gpu_vs_cpu)
 {
     char buf[1024];
-    const char *path = model_path(buf, sizeof buf);
-    FILE *f = fopen(path, "rb");
-    if (!f || !eng__cuda_available()) {
-        fprintf(stderr, "SKIP: %s\n", f ? "no CUDA device or backend" : "no model file");
-        if (f)
-            fclose(f);
+    const char *path = gpu_model_path(buf, sizeof buf);
+    if (!path)
         return;
-    }
-    fclose(f);
     struct s3_errinfo err = {0};
     struct eng_model *m = NULL;
     struct eng_ctx *c = NULL;
@@ -181,15 +190,9 @@ END_TEST
 START_TEST(test_public_api_device)
 {
     char buf[1024];
-    const char *path = model_path(buf, sizeof buf);
-    FILE *f = fopen(path, "rb");
-    if (!f || !eng__cuda_available()) {
-        fprintf(stderr, "SKIP: %s\n", f ? "no CUDA device or backend" : "no model file");
-        if (f)
-            fclose(f);
+    const char *path = gpu_model_path(buf, sizeof buf);
+    if (!path)
         return;
-    }
-    fclose(f);
     struct s3_errinfo err = {0};
     struct eng_model *mc = NULL, *mg = NULL;
     struct eng_ctx *cc = NULL, *cg = NULL;
@@ -269,15 +272,9 @@ static int dev_capture(void *ud, struct krn_cuda_dev *dev, int layer, int pos0, 
 START_TEST(test_scan_flavour)
 {
     char buf[1024];
-    const char *path = model_path(buf, sizeof buf);
-    FILE *f = fopen(path, "rb");
-    if (!f || !eng__cuda_available()) {
-        fprintf(stderr, "SKIP: %s\n", f ? "no CUDA device or backend" : "no model file");
-        if (f)
-            fclose(f);
+    const char *path = gpu_model_path(buf, sizeof buf);
+    if (!path)
         return;
-    }
-    fclose(f);
     struct s3_errinfo err = {0};
     struct eng_model *m = NULL;
     struct eng_cuda_model *cm = NULL;
