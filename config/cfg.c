@@ -64,6 +64,8 @@ static const struct cfg_key cfg_keys[] = {
      "over-long prompts: tokens kept from the start"},
     {"long_tail_tokens", CFG_INT, F(long_tail_tokens), 0, 16, 1024,
      "over-long prompts: tokens kept from the end (the question)"},
+    {"long_cache_mb", CFG_INT, F(long_cache_mb), 0, 0, 1 << 20,
+     "over-long prompts: MiB of scanned contexts kept for reuse (0 = none)"},
 };
 
 #define N_KEYS (sizeof cfg_keys / sizeof cfg_keys[0])
@@ -93,6 +95,7 @@ void cfg_defaults(struct cfg *c)
     c->retrieval_budget = 1024;
     c->long_head_tokens = 256;
     c->long_tail_tokens = 512;
+    c->long_cache_mb = 256;
 }
 
 void cfg_deinit(struct cfg *c)

@@ -54,6 +54,7 @@ struct cfg {
     int retrieval_budget;       /* evidence tokens when a request with documents gives none */
     int long_head_tokens;       /* over-long prompts: tokens kept from the start ... */
     int long_tail_tokens;       /* ... and from the end (the question) */
+    int long_cache_mb;          /* scanned middles of long prompts kept for reuse, 0 = off */
 };
 
 /* Lookup used for the environment; NULL means getenv. Returns a borrowed string or NULL. */

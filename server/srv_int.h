@@ -493,6 +493,7 @@ struct srv {
     struct srv_doc_job *d_head, *d_tail;
     int d_queued, d_running;
     struct idx_db *wdb;
+    struct srv_lcache *lcache; /* worker thread only: scanned middles of long prompts */
     pthread_mutex_t r_mu;
     struct idx_db *rdb;
     atomic_uint_fast64_t scan_tokens;
@@ -506,6 +507,23 @@ struct srv {
     atomic_uint_fast64_t next_id;
     struct srv_metrics metrics;
 };
+
+/* Long-prompt cache (srv_lcache.c), worker thread only. max_bytes 0 keeps nothing. */
+struct srv_lcache;
+struct srv_lcache_hit {
+    struct idx_db *db; /* borrowed from the cache */
+    int64_t doc;
+    int64_t n_tokens;
+};
+int srv_lcache_new(int64_t max_bytes, struct srv_lcache **out);
+void srv_lcache_free(struct srv_lcache *c);
+/* 1 and *hit filled when text with this sha256 hex and length was scanned before, else 0. */
+int srv_lcache_get(struct srv_lcache *c, const char *sha, size_t len,
+                   struct srv_lcache_hit *hit);
+/* Takes db (always: kept, or closed when it does not fit). Returns 1 kept, 0 closed. */
+int srv_lcache_put(struct srv_lcache *c, const char *sha, size_t len, struct idx_db *db,
+                   int64_t doc, int64_t n_tokens);
+void srv_lcache_stats(const struct srv_lcache *c, int *entries, int64_t *bytes);
 
 /* Start worker (loads the model), loop and HTTP daemon. Returns after the port is bound. */
 int srv_start(struct srv *s, const struct cfg *c, const struct srv_engine_ops *ops,

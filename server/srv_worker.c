@@ -360,7 +360,8 @@ static int plan_long(struct srv *s, struct srv_req *r, size_t n_orig, struct pla
     struct srv_scan_stats st = {0};
     size_t *ends = NULL, n_tok = 0, n_ids = 0, evn = 0;
     int32_t *ids = NULL;
-    char *ev = NULL, *tailq = NULL;
+    char *ev = NULL, *tailq = NULL, sha[65] = "";
+    size_t mlen = 0;
     int64_t tdoc = 0;
     int rc, at = -1;
     const char *what = r->gen.kind == SRV_GEN_CHAT ? "messages" : "prompt";
@@ -414,22 +415,34 @@ static int plan_long(struct srv *s, struct srv_req *r, size_t n_orig, struct pla
         rc = S3_EINVAL;
         goto out;
     }
-    /* the middle, scanned into an index that lives as long as this request */
-    if ((rc = idx_open(":memory:", NULL, &tdb, &err)) < 0) {
-        srv_error_from_code(e, S3_EINTERNAL, err.msg);
-        goto out;
-    }
-    struct srv_scan_doc_opts o = {.name = "prompt", .no_resume = 1,
-                                  .cancel = (const volatile int *)&r->cancel};
-    double t0 = s3_now_ms();
-    rc = s->ops->scan(s->eng, SRV_SCANNER_TRANSIENT, tdb, text + h_end, t_start - h_end, &o,
-                      &tdoc, &st, &err);
-    double scan_ms = s3_now_ms() - t0;
-    atomic_fetch_add(&s->scan_tokens, (uint64_t)st.n_scanned);
-    atomic_fetch_add(&s->scan_us, (uint64_t)(scan_ms * 1e3));
-    if (rc < 0) {
-        srv_error_from_code(e, rc == S3_ECANCELED ? S3_ECANCELED : S3_EINTERNAL, err.msg);
-        goto out;
+    /* the middle, scanned into an in-memory index, or found in the long-prompt cache */
+    mlen = t_start - h_end;
+    struct srv_lcache_hit hit = {0};
+    struct idx_db *db = NULL;
+    double scan_ms = 0;
+    s3_sha256_hex(text + h_end, mlen, sha);
+    if (srv_lcache_get(s->lcache, sha, mlen, &hit)) {
+        db = hit.db;
+        tdoc = hit.doc;
+        st.n_tokens = hit.n_tokens;
+    } else {
+        if ((rc = idx_open(":memory:", NULL, &tdb, &err)) < 0) {
+            srv_error_from_code(e, S3_EINTERNAL, err.msg);
+            goto out;
+        }
+        struct srv_scan_doc_opts o = {.name = "prompt", .no_resume = 1,
+                                      .cancel = (const volatile int *)&r->cancel};
+        double t0 = s3_now_ms();
+        rc = s->ops->scan(s->eng, SRV_SCANNER_TRANSIENT, tdb, text + h_end, mlen, &o, &tdoc,
+                          &st, &err);
+        scan_ms = s3_now_ms() - t0;
+        atomic_fetch_add(&s->scan_tokens, (uint64_t)st.n_scanned);
+        atomic_fetch_add(&s->scan_us, (uint64_t)(scan_ms * 1e3));
+        if (rc < 0) {
+            srv_error_from_code(e, rc == S3_ECANCELED ? S3_ECANCELED : S3_EINTERNAL, err.msg);
+            goto out;
+        }
+        db = tdb;
     }
     /* the question: the last paragraphs of the tail (prompts end with the question; the
      * rest of the tail is context, whose words would drown the question's in BM25) */
@@ -440,7 +453,7 @@ static int plan_long(struct srv *s, struct srv_req *r, size_t n_orig, struct pla
         rc = S3_ENOMEM;
         goto out;
     }
-    if ((rc = srv__evidence(s, tdb, NULL, &tdoc, 1, tailq, r->gen.ret.mode, budget, &res, &info,
+    if ((rc = srv__evidence(s, db, NULL, &tdoc, 1, tailq, r->gen.ret.mode, budget, &res, &info,
                             e)) < 0)
         goto out;
     size_t jn;
@@ -466,14 +479,15 @@ static int plan_long(struct srv *s, struct srv_req *r, size_t n_orig, struct pla
     json_object_set_new(pl->s3, "head_bytes", json_integer((json_int_t)h_end));
     json_object_set_new(pl->s3, "tail_bytes", json_integer((json_int_t)(len - t_start)));
     json_object_set_new(pl->s3, "scanned_tokens", json_integer(st.n_tokens));
+    json_object_set_new(pl->s3, "scan_cached", json_boolean(db != tdb));
     json_object_set_new(pl->s3, "scan_ms", json_real(scan_ms));
     json_object_set_new(pl->s3, "scan_tokens_per_second",
                         json_real(scan_ms > 0 ? (double)st.n_tokens * 1e3 / scan_ms : 0));
     pl->evidence = srv_evidence_json(&res, "prompt", (int64_t)h_end);
     S3_LOG(S3_LOG_INFO,
-           "event=long_prompt req=%llu tokens=%zu scanned=%lld scan_ms=%.0f mode=%s budget=%d "
-           "evidence_tokens=%lld prompt_tokens=%zu",
-           (unsigned long long)r->id, n_orig, (long long)st.n_tokens, scan_ms,
+           "event=long_prompt req=%llu tokens=%zu scanned=%lld cached=%d scan_ms=%.0f mode=%s "
+           "budget=%d evidence_tokens=%lld prompt_tokens=%zu",
+           (unsigned long long)r->id, n_orig, (long long)st.n_tokens, db != tdb, scan_ms,
            idx_mode_name(info.mode), budget, (long long)res.n_tokens, pl->n_ids);
 out:
     free(ends);
@@ -481,7 +495,10 @@ out:
     free(ev);
     free(tailq);
     idx_result_deinit(&res);
-    idx_close(tdb);
+    if (tdb && rc == 0) /* kept for a repeat of this context, or closed */
+        srv_lcache_put(s->lcache, sha, mlen, tdb, tdoc, st.n_tokens);
+    else
+        idx_close(tdb);
     return rc;
 }
 
@@ -770,6 +787,13 @@ static void *worker_main(void *arg)
         s->ops->close(s->eng);
         s->eng = NULL;
     }
+    if (rc == 0 && (rc = srv_lcache_new((int64_t)s->cfg->long_cache_mb << 20, &s->lcache)) < 0) {
+        s3_errf(&err, rc, "out of memory");
+        if (s->docs_on)
+            srv__docs_close(s);
+        s->ops->close(s->eng);
+        s->eng = NULL;
+    }
     pthread_mutex_lock(&s->w_mu);
     s->w_loaded = rc < 0 ? rc : 1;
     s->w_err = err;
@@ -795,6 +819,8 @@ static void *worker_main(void *arg)
         else
             break; /* stop, and no job left */
     }
+    srv_lcache_free(s->lcache);
+    s->lcache = NULL;
     if (s->docs_on)
         srv__docs_close(s);
     s->ops->close(s->eng);

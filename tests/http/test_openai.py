@@ -227,9 +227,19 @@ def test_prompt_four_times_the_window(client):
         assert prompt[e["start"]:e["end"]] == e["text"]
     assert any("PELICAN-4471" in e["text"] for e in ev), [e["text"][:80] for e in ev]
     assert r.choices[0].message.content
+    assert s3["scan_cached"] is False
     print("long prompt: %d tokens, scan %.1f s (%.0f tok/s), total %.1f s, answer %r" % (
         s3["prompt_tokens_original"], s3["scan_ms"] / 1e3, s3["scan_tokens_per_second"], dt,
         r.choices[0].message.content))
+    # the same context again, other mode: the scanned middle comes from the long-prompt cache
+    r2 = client.with_options(timeout=1800).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=16,
+        temperature=0, extra_body={"retrieval": {"mode": "bm25", "budget": 768}})
+    s2 = r2.model_extra["s3"]
+    assert s2["scan_cached"] is True and s2["scan_ms"] == 0
+    assert s2["scanned_tokens"] == s3["scanned_tokens"]
+    assert s2["mode"] == "bm25"
+    assert any("PELICAN-4471" in e["text"] for e in r2.model_extra["evidence"])
 
 
 def test_prompt_within_window_with_explicit_budget(client):

@@ -711,6 +711,60 @@ START_TEST(long_prompt_split)
 }
 END_TEST
 
+static struct idx_db *mem_db(void)
+{
+    struct idx_db *db = NULL;
+    struct s3_errinfo err = {0};
+    ck_assert_int_eq(idx_open(":memory:", NULL, &db, &err), 0);
+    return db;
+}
+
+START_TEST(long_prompt_cache)
+{
+    struct srv_lcache *c = NULL;
+    struct srv_lcache_hit hit = {0};
+    struct s3_errinfo err = {0};
+    int64_t one = 0, bytes = 0;
+    int n = 0;
+    struct idx_db *a = mem_db();
+    ck_assert_int_eq(idx_db_bytes(a, &one, &err), 0);
+    ck_assert_int_gt(one, 0);
+    /* room for two indexes of this size, not three */
+    ck_assert_int_eq(srv_lcache_new(2 * one + one / 2, &c), 0);
+    ck_assert_int_eq(srv_lcache_put(c, "aa", 10, a, 1, 100), 1);
+    ck_assert_int_eq(srv_lcache_put(c, "bb", 10, mem_db(), 2, 200), 1);
+    /* same hash, other length: a miss */
+    ck_assert_int_eq(srv_lcache_get(c, "aa", 11, &hit), 0);
+    ck_assert_int_eq(srv_lcache_get(c, "aa", 10, &hit), 1);
+    ck_assert_ptr_eq(hit.db, a);
+    ck_assert_int_eq(hit.doc, 1);
+    ck_assert_int_eq(hit.n_tokens, 100);
+    /* "aa" was used last: the third insert evicts "bb" */
+    ck_assert_int_eq(srv_lcache_put(c, "cc", 10, mem_db(), 3, 300), 1);
+    ck_assert_int_eq(srv_lcache_get(c, "bb", 10, &hit), 0);
+    ck_assert_int_eq(srv_lcache_get(c, "aa", 10, &hit), 1);
+    ck_assert_int_eq(srv_lcache_get(c, "cc", 10, &hit), 1);
+    ck_assert_int_eq(hit.doc, 3);
+    srv_lcache_stats(c, &n, &bytes);
+    ck_assert_int_eq(n, 2);
+    ck_assert_int_eq(bytes, 2 * one);
+    srv_lcache_free(c);
+
+    /* a limit below one index keeps nothing (the index is closed: ASan sees no leak) */
+    ck_assert_int_eq(srv_lcache_new(one - 1, &c), 0);
+    ck_assert_int_eq(srv_lcache_put(c, "aa", 10, mem_db(), 1, 100), 0);
+    ck_assert_int_eq(srv_lcache_get(c, "aa", 10, &hit), 0);
+    srv_lcache_stats(c, &n, &bytes);
+    ck_assert_int_eq(n, 0);
+    ck_assert_int_eq(bytes, 0);
+    srv_lcache_free(c);
+    /* off (long_cache_mb 0) */
+    ck_assert_int_eq(srv_lcache_new(0, &c), 0);
+    ck_assert_int_eq(srv_lcache_put(c, "aa", 10, mem_db(), 1, 100), 0);
+    srv_lcache_free(c);
+}
+END_TEST
+
 static Suite *srv_suite(void)
 {
     Suite *s = suite_create("server");
@@ -736,6 +790,7 @@ static Suite *srv_suite(void)
     tcase_add_test(tc, document_bodies);
     tcase_add_test(tc, tenants);
     tcase_add_test(tc, long_prompt_split);
+    tcase_add_test(tc, long_prompt_cache);
     suite_add_tcase(s, tc);
     return s;
 }
