@@ -4,12 +4,12 @@ eval/needles.py: ingest every document with `s3serve ingest`, then for every que
 and budget run `s3serve retrieve` and count the questions whose gold answer appears in the
 returned spans (case-insensitive substring).
 
-Usage: eval/needle_eval.py [--dir eval/out/needles] [--db DIR/needles.db]
+Usage: eval/needle_eval.py [--dir eval/out/needles] [--db DIR/needles.db] [--ingest-extra OPTS]
                            [--modes s3,bm25,hybrid] [--budgets 512,1024,2048]
                            [--bin build/s3serve] [--sae FILE] [--json OUT]
 Prints a table: recall per (set, length) row and (mode, budget) column, and the mean
 retrieval latency. The database is reused: documents already ingested are not scanned again
-(ids are kept in DIR/ingested.json).
+(ids are kept next to the database, in DB.ids.json).
 """
 import argparse
 import collections
@@ -36,17 +36,20 @@ def main():
     ap.add_argument("--bin", default="build/s3serve")
     ap.add_argument("--sae", default=None)
     ap.add_argument("--extra", default="", help="extra retrieve options, space separated")
+    ap.add_argument("--ingest-extra", default="",
+                    help="extra ingest options, space separated (e.g. \"--index-k 4\")")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     db = a.db or os.path.join(a.dir, "needles.db")
     sae = ["--sae", a.sae] if a.sae else []
     qs = [json.loads(l) for l in open(os.path.join(a.dir, "questions.jsonl"), encoding="utf-8")]
-    state_path = os.path.join(a.dir, "ingested.json")
+    state_path = db + ".ids.json"
     ids = json.load(open(state_path)) if os.path.exists(state_path) else {}
     for name in sorted({q["doc"] for q in qs}):
         if name in ids:
             continue
-        out = run([a.bin, "ingest", "--db", db, "--quiet"] + sae + [os.path.join(a.dir, name)])
+        out = run([a.bin, "ingest", "--db", db, "--quiet"] + sae + a.ingest_extra.split() +
+                  [os.path.join(a.dir, name)])
         ids[name] = out.split()[-1]
         json.dump(ids, open(state_path, "w"))
         print("ingested %s as %s" % (name, ids[name]), file=sys.stderr)

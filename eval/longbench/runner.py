@@ -183,7 +183,9 @@ def _mode_order(m):
 
 def run(client, data_dir, out_dir, modes, tasks, settings, tokenizer_factory, limit=None,
         retry_errors=False, progress=None):
-    """Runs every (mode, task); returns the number of requests sent."""
+    """Runs every (mode, task); returns the number of requests sent. Each sample goes through
+    all modes before the next one, so the server's long-prompt cache scans its context once
+    for all retrieval modes."""
     for m in modes:
         if m not in MODES:
             raise ValueError("unknown mode %r (modes: %s)" % (m, ", ".join(MODES)))
@@ -192,39 +194,49 @@ def run(client, data_dir, out_dir, modes, tasks, settings, tokenizer_factory, li
     progress = progress or Progress()
     tokenizer = None
     sent = 0
-    for mode in modes:
-        for task in tasks:
-            items = load_items(data_dir, task)
-            if limit is not None:
-                items = items[:limit]
-            mdir = os.path.join(out_dir, mode)
-            os.makedirs(mdir, exist_ok=True)
-            path = os.path.join(mdir, task + ".jsonl")
-            rows = read_preds(path, drop_errors=retry_errors)
-            done = {r.get("_id") for r in rows}
-            todo = [(i, it) for i, it in enumerate(items) if item_key(it, i) not in done]
-            total = len(items)
-            n_done = total - len(todo)
-            if not todo:
-                progress.update(mode, task, n_done, total, 0.0, force=True)
-                continue
-            if mode == "full" and tokenizer is None:
-                tokenizer = tokenizer_factory()
-            spent = 0.0
-            with open(path, "a", encoding="utf-8") as f:
-                for k, (i, item) in enumerate(todo):
+    for task in tasks:
+        items = load_items(data_dir, task)
+        if limit is not None:
+            items = items[:limit]
+        total = len(items)
+        done, files, n_done, spent, n_run = {}, {}, {}, {}, {}
+        try:
+            for mode in modes:
+                mdir = os.path.join(out_dir, mode)
+                os.makedirs(mdir, exist_ok=True)
+                path = os.path.join(mdir, task + ".jsonl")
+                rows = read_preds(path, drop_errors=retry_errors)
+                done[mode] = {r.get("_id") for r in rows}
+                n_done[mode] = sum(1 for i, it in enumerate(items)
+                                   if item_key(it, i) in done[mode])
+                spent[mode], n_run[mode] = 0.0, 0
+                if n_done[mode] == total:
+                    progress.update(mode, task, total, total, 0.0, force=True)
+                    continue
+                files[mode] = open(path, "a", encoding="utf-8")
+            for i, item in enumerate(items):
+                key = item_key(item, i)
+                for mode in modes:
+                    if mode not in files or key in done[mode]:
+                        continue
+                    if mode == "full" and tokenizer is None:
+                        tokenizer = tokenizer_factory()
                     t0 = time.monotonic()
                     try:
                         row = run_sample(client, task, item, mode, settings, tokenizer)
                     except ConnectError as e:
                         raise SystemExit("server unreachable: %s\n(the run can be resumed "
                                          "with the same command)" % e) from None
-                    row["_id"] = item_key(item, i)
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    f.flush()
+                    row["_id"] = key
+                    files[mode].write(json.dumps(row, ensure_ascii=False) + "\n")
+                    files[mode].flush()
                     sent += 1
-                    spent += time.monotonic() - t0
-                    n_done += 1
-                    progress.update(mode, task, n_done, total, spent / (k + 1),
-                                    force=(k + 1 == len(todo)))
+                    spent[mode] += time.monotonic() - t0
+                    n_run[mode] += 1
+                    n_done[mode] += 1
+                    progress.update(mode, task, n_done[mode], total,
+                                    spent[mode] / n_run[mode], force=(n_done[mode] == total))
+        finally:
+            for f in files.values():
+                f.close()
     return sent

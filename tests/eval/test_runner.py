@@ -90,7 +90,10 @@ def test_end_to_end_scores_and_wire_format(tmp_path):
         assert do_run(srv.url, data, out, ["full", "s3"]) == 10
         reqs = srv.requests
     paths = [p for p, _ in reqs]
-    assert paths == (["/v1/chat/completions"] * 2 + ["/v1/completions"] * 3) * 2
+    # task by task, each sample through every mode before the next sample
+    assert paths == ["/v1/chat/completions"] * 4 + ["/v1/completions"] * 6
+    modes_sent = [b.get("retrieval", {}).get("mode") for _, b in reqs]
+    assert modes_sent == ["full", "s3"] * 5
     # full mode: the hotpotqa prompt (95 words) is middle-truncated to 30 + 30 words
     # (the whitespace tokenizer decodes with single spaces)
     tok = WhitespaceTokenizer()
@@ -100,15 +103,15 @@ def test_end_to_end_scores_and_wire_format(tmp_path):
     assert "Paris has the tower. f0f" in p0  # head and tail joined with nothing between
     assert p0.endswith("Question: Where is the tower? Answer:")
     # prompts within max_length go out byte for byte
-    assert reqs[2][1]["prompt"] == ("Please determine the type of the question below. Here are "
+    assert reqs[4][1]["prompt"] == ("Please determine the type of the question below. Here are "
                                     "some examples of questions.\n\nQ: Who? Type: Human\n"
                                     "What city is largest?")
     assert reqs[0][1]["retrieval"] == {"mode": "full"} and reqs[0][1]["max_tokens"] == 32
     # s3 mode: the whole prompt goes out, with the budget
-    assert FILLER in reqs[5][1]["messages"][0]["content"]
-    assert reqs[5][1]["retrieval"] == {"mode": "s3", "budget": 128}
-    assert reqs[2][1]["prompt"].startswith("Please determine the type")
-    assert reqs[4][1]["max_tokens"] == 64 and reqs[4][1]["temperature"] == 0
+    assert FILLER in reqs[1][1]["messages"][0]["content"]
+    assert reqs[1][1]["retrieval"] == {"mode": "s3", "budget": 128}
+    assert reqs[5][1]["prompt"].startswith("Please determine the type")
+    assert reqs[8][1]["max_tokens"] == 64 and reqs[8][1]["temperature"] == 0
 
     rows = read_preds(os.path.join(out, "s3", "hotpotqa.jsonl"))
     assert [r["_id"] for r in rows] == ["h1", "h2"]
