@@ -36,7 +36,7 @@
 #define SRV_SCAN_OVERLAP     128    /* W: tokens of the previous chunk re-read as a prefix */
 #define SRV_SCAN_PASS_MIN    64     /* a passage closes at the first sentence start past this */
 #define SRV_SCAN_SENT_MAX    48     /* longer sentences are split */
-#define SRV_SCAN_INDEX_K     8      /* strongest SAE features indexed per token and slot */
+#define SRV_SCAN_INDEX_K     4      /* strongest SAE features indexed per token and slot */
 #define SRV_SCAN_QFEATS      32     /* query features kept per (layer, kv head) */
 #define SRV_SCAN_MAX_QTOKENS 1024   /* longest question encoded */
 
