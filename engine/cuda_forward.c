@@ -29,6 +29,7 @@
 
 #include "cuda_forward.h"
 #include "engine_int.h"
+#include "sae.h"
 
 #ifdef S3_HAVE_CUDA
 
@@ -713,8 +714,11 @@ static int run_hooks(struct eng_cuda_ctx *dc, int n, int pos0, const struct hook
     return 0;
 }
 
-static int begin(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
-                 const struct hooks *hook, struct s3_errinfo *err)
+/* Validate a ubatch and queue its token upload. h_pinned: the tokens already in pinned host
+ * memory that stays untouched until the upload has run (the pipelined scan), or NULL: they
+ * are copied into dc->h_tok (the caller syncs before the next ubatch). */
+static int begin_ex(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
+                    const struct hooks *hook, const int32_t *h_pinned, struct s3_errinfo *err)
 {
     if (!dc || !tokens || n < 1 || n > dc->n_ub || pos0 < 0 || pos0 + n > dc->n_ctx)
         return s3_errf(err, S3_EINVAL, "cuda: bad ubatch (n %d at %d)", n, pos0);
@@ -727,10 +731,19 @@ static int begin(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0
     dc->n_ev = 0;
     if ((rc = mark(dc, ST_OTHER)) < 0)
         return dev_fail(dc->dev, rc, err);
-    memcpy(dc->h_tok, tokens, (size_t)n * sizeof(int32_t));
-    if ((rc = krn_cuda_upload_async(dc->dev, dc->tok, dc->h_tok, (size_t)n * 4)) < 0)
+    if (!h_pinned) {
+        memcpy(dc->h_tok, tokens, (size_t)n * sizeof(int32_t));
+        h_pinned = dc->h_tok;
+    }
+    if ((rc = krn_cuda_upload_async(dc->dev, dc->tok, h_pinned, (size_t)n * 4)) < 0)
         return dev_fail(dc->dev, rc, err);
     return 0;
+}
+
+static int begin(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
+                 const struct hooks *hook, struct s3_errinfo *err)
+{
+    return begin_ex(dc, tokens, n, pos0, hook, NULL, err);
 }
 
 static int finish(struct eng_cuda_ctx *dc, int n, int rc, struct s3_errinfo *err)
@@ -806,6 +819,254 @@ int eng__cuda_ubatch_argmax(struct eng_cuda_ctx *dc, const int32_t *tokens, int 
     if (rc == 0)
         rc = krn_cuda_download(dc->dev, next, dc->argmax, sizeof(int32_t));
     return finish(dc, n, rc, err);
+}
+
+
+/* ---- device SAE scan -------------------------------------------------------------------------- */
+
+struct eng_cuda_sae_scan {
+    struct eng_ctx *c;               /* borrowed */
+    struct eng_cuda_ctx *dc;         /* borrowed (c->cuda) */
+    struct krn_cuda_dev *dev;        /* borrowed */
+    const struct eng_sae *sae;       /* borrowed */
+    int n_kv, hd, n_dict, k, n_rows, n_unit;
+    uint64_t mask;                   /* indexed layers */
+    float *d_w;                      /* per unit: W_enc (n_dict, hd), b_enc (n_dict), b_dec (hd) */
+    size_t unit_floats;
+    float *d_scr;                    /* encoder scratch (n_ub, hd + n_dict) */
+    uint16_t *d_ids;                 /* (n_unit, n_rows, k) records of the pass being computed */
+    float *d_acts;
+    /* two sets of pinned host buffers, used in turn by successive passes */
+    int32_t *h_tok[2];               /* (n_ctx) tokens of the pass */
+    uint16_t *h_ids[2];              /* (n_unit, n_rows, k) */
+    float *h_acts[2];
+    struct krn_cuda_event *ev[2];    /* records of that set copied */
+    int n_out[2];
+    int head, n_flight;              /* oldest set in flight, passes in flight */
+    /* state of the pass being queued (read by the device hook) */
+    int prefix, cur_out, hook_rc;
+};
+
+int eng__cuda_ctx_on_device(const struct eng_ctx *c)
+{
+    return c && c->cuda;
+}
+
+void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss)
+{
+    if (!ss)
+        return;
+    if (ss->dev)
+        krn_cuda_sync(ss->dev);
+    krn_cuda_free(ss->d_w);
+    krn_cuda_free(ss->d_scr);
+    krn_cuda_free(ss->d_ids);
+    krn_cuda_free(ss->d_acts);
+    for (int i = 0; i < 2; i++) {
+        krn_cuda_host_free(ss->h_tok[i]);
+        krn_cuda_host_free(ss->h_ids[i]);
+        krn_cuda_host_free(ss->h_acts[i]);
+        krn_cuda_event_free(ss->ev[i]);
+    }
+    free(ss);
+}
+
+int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_rows, int k,
+                           struct eng_cuda_sae_scan **out, struct s3_errinfo *err)
+{
+    int rc = 0;
+    float *host = NULL;
+    *out = NULL;
+    if (!c || !c->cuda)
+        return s3_errf(err, S3_EDEVICE, "cuda scan: the context is not on a device");
+    if (!s)
+        return s3_errf(err, S3_EINVAL, "cuda scan: no SAE");
+    const struct eng_sae_info *in = eng_sae_get_info(s);
+    struct eng_cuda_ctx *dc = c->cuda;
+    if (in->d_head != dc->cm->hd || in->n_head_kv != dc->cm->n_head_kv ||
+        in->layers[in->n_idx - 1] >= dc->cm->n_layer || in->layers[in->n_idx - 1] >= 64)
+        return s3_errf(err, S3_EINVAL, "cuda scan: the SAE does not fit the model");
+    if (n_rows < 1 || n_rows > dc->n_ctx || k < 1 || k > in->k)
+        return s3_errf(err, S3_EINVAL, "cuda scan: bad sizes (rows %d, k %d)", n_rows, k);
+    struct eng_cuda_sae_scan *ss = calloc(1, sizeof(*ss));
+    if (!ss)
+        return s3_errf(err, S3_ENOMEM, "cuda scan: out of memory");
+    ss->c = c;
+    ss->dc = dc;
+    ss->dev = dc->dev;
+    ss->sae = s;
+    ss->n_kv = in->n_head_kv;
+    ss->hd = in->d_head;
+    ss->n_dict = in->n_dict;
+    ss->k = k;
+    ss->n_rows = n_rows;
+    ss->n_unit = in->n_idx * in->n_head_kv;
+    ss->mask = eng_sae_layer_mask(s);
+    const size_t nd = (size_t)ss->n_dict, hd = (size_t)ss->hd;
+    ss->unit_floats = nd * hd + nd + hd;
+    const size_t nrec = (size_t)ss->n_unit * (size_t)n_rows * (size_t)k;
+    if ((rc = krn_cuda_malloc(ss->dev, (void **)&ss->d_w,
+                              (size_t)ss->n_unit * ss->unit_floats * sizeof(float))) < 0 ||
+        (rc = krn_cuda_malloc(ss->dev, (void **)&ss->d_scr,
+                              (size_t)dc->n_ub * (hd + nd) * sizeof(float))) < 0 ||
+        (rc = krn_cuda_malloc(ss->dev, (void **)&ss->d_ids, nrec * sizeof(uint16_t))) < 0 ||
+        (rc = krn_cuda_malloc(ss->dev, (void **)&ss->d_acts, nrec * sizeof(float))) < 0)
+        goto fail;
+    for (int i = 0; i < 2; i++)
+        if ((rc = krn_cuda_host_alloc(ss->dev, (void **)&ss->h_tok[i],
+                                      (size_t)dc->n_ctx * sizeof(int32_t))) < 0 ||
+            (rc = krn_cuda_host_alloc(ss->dev, (void **)&ss->h_ids[i],
+                                      nrec * sizeof(uint16_t))) < 0 ||
+            (rc = krn_cuda_host_alloc(ss->dev, (void **)&ss->h_acts[i],
+                                      nrec * sizeof(float))) < 0 ||
+            (rc = krn_cuda_event_new(ss->dev, &ss->ev[i])) < 0)
+            goto fail;
+    host = malloc(ss->unit_floats * sizeof(float));
+    if (!host) {
+        rc = s3_errf(err, S3_ENOMEM, "cuda scan: out of memory");
+        goto out;
+    }
+    for (int u = 0; u < ss->n_unit; u++) {
+        struct eng_sae_unit un;
+        /* eng_sae_get_unit only looks the tensors up; they are read here, not written */
+        if (eng_sae_get_unit((struct eng_sae *)(uintptr_t)s, u / ss->n_kv, u % ss->n_kv, &un) <
+            0) {
+            rc = s3_errf(err, S3_EINTERNAL, "cuda scan: SAE unit %d missing", u);
+            goto out;
+        }
+        memcpy(host, un.w_enc, nd * hd * sizeof(float));
+        memcpy(host + nd * hd, un.b_enc, nd * sizeof(float));
+        memcpy(host + nd * hd + nd, un.b_dec, hd * sizeof(float));
+        if ((rc = krn_cuda_upload(ss->dev, ss->d_w + (size_t)u * ss->unit_floats, host,
+                                  ss->unit_floats * sizeof(float))) < 0)
+            goto fail;
+    }
+    goto out;
+fail:
+    rc = s3_errf(err, rc == S3_ENOMEM ? S3_ENOMEM : S3_EDEVICE,
+                 "cuda scan: cannot set up the device encoder (%s)", krn_cuda_errmsg(ss->dev));
+out:
+    free(host);
+    if (rc < 0) {
+        eng__cuda_sae_scan_free(ss);
+        return rc;
+    }
+    *out = ss;
+    return 0;
+}
+
+/* Device hook: encode the keys of this layer's rows past the prefix, every kv head, into the
+ * pass's records (unit-major, rows of the pass after the prefix). */
+static int sae_scan_hook(void *ud, struct krn_cuda_dev *dev, int layer, int pos0, int n,
+                         const float *d_q, const float *d_k, int ld)
+{
+    struct eng_cuda_sae_scan *ss = ud;
+    (void)d_q;
+    const int slot = eng_sae_slot_of_layer(ss->sae, layer);
+    if (slot < 0)
+        return 0;
+    const int r0 = ss->prefix > pos0 ? ss->prefix - pos0 : 0;
+    if (r0 >= n)
+        return 0;
+    const int row0 = pos0 + r0 - ss->prefix;
+    const size_t nd = (size_t)ss->n_dict, hd = (size_t)ss->hd;
+    for (int h = 0; h < ss->n_kv; h++) {
+        const int u = slot * ss->n_kv + h;
+        const float *w = ss->d_w + (size_t)u * ss->unit_floats;
+        const size_t rec = ((size_t)u * (size_t)ss->cur_out + (size_t)row0) * (size_t)ss->k;
+        int rc = krn_cuda_sae_encode(dev, d_k + (size_t)r0 * (size_t)ld + (size_t)h * hd, ld,
+                                     n - r0, ss->hd, w, w + nd * hd, w + nd * hd + nd,
+                                     ss->n_dict, ss->k, ss->d_scr, ss->d_ids + rec,
+                                     ss->d_acts + rec);
+        if (rc < 0) {
+            ss->hook_rc = rc;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void eng__cuda_sae_scan_drain(struct eng_cuda_sae_scan *ss)
+{
+    if (!ss)
+        return;
+    krn_cuda_sync(ss->dev);
+    ss->n_flight = 0;
+    ss->head = 0;
+}
+
+int eng__cuda_sae_scan_in_flight(const struct eng_cuda_sae_scan *ss)
+{
+    return ss ? ss->n_flight : 0;
+}
+
+int eng__cuda_sae_scan_submit(struct eng_cuda_sae_scan *ss, const int32_t *ids, int n,
+                              int prefix, struct s3_errinfo *err)
+{
+    if (!ss || !ids || n < 1 || prefix < 0 || prefix >= n || n - prefix > ss->n_rows ||
+        n > ss->dc->n_ctx)
+        return s3_errf(err, S3_EINVAL, "cuda scan: bad pass (n %d, prefix %d)", n, prefix);
+    if (ss->n_flight >= 2)
+        return s3_errf(err, S3_EBUSY, "cuda scan: two passes in flight already");
+    struct eng_cuda_ctx *dc = ss->dc;
+    const int set = (ss->head + ss->n_flight) & 1;
+    int rc = 0, n_hooked = 0;
+    /* the set's previous pass was waited for: its tokens and records are free */
+    memcpy(ss->h_tok[set], ids, (size_t)n * sizeof(int32_t));
+    ss->prefix = prefix;
+    ss->cur_out = n - prefix;
+    ss->hook_rc = 0;
+    const struct hooks hs = {.mask = ss->mask, .cancel = ss->c->cancel, .scan_only = 1,
+                             .no_q = 1, .dev_fn = sae_scan_hook, .dev_ud = ss};
+    for (int pos0 = 0; pos0 < n; pos0 += dc->n_ub) {
+        const int nb = n - pos0 < dc->n_ub ? n - pos0 : dc->n_ub;
+        if ((rc = begin_ex(dc, ids + pos0, nb, pos0, &hs, ss->h_tok[set] + pos0, err)) < 0)
+            goto fail;
+        if ((rc = enqueue_layers(dc, nb, pos0, &hs, &n_hooked)) < 0) {
+            if (rc == S3_ECANCELED && ss->hook_rc < 0)
+                rc = ss->hook_rc;
+            rc = rc == S3_ECANCELED ? s3_errf(err, rc, "cuda scan: cancelled")
+                                    : dev_fail(dc->dev, rc, err);
+            goto fail;
+        }
+    }
+    const size_t nrec = (size_t)ss->n_unit * (size_t)ss->cur_out * (size_t)ss->k;
+    if ((rc = krn_cuda_download_async(ss->dev, ss->h_ids[set], ss->d_ids,
+                                      nrec * sizeof(uint16_t))) < 0 ||
+        (rc = krn_cuda_download_async(ss->dev, ss->h_acts[set], ss->d_acts,
+                                      nrec * sizeof(float))) < 0 ||
+        (rc = krn_cuda_event_record(ss->dev, ss->ev[set])) < 0) {
+        rc = dev_fail(dc->dev, rc, err);
+        goto fail;
+    }
+    ss->n_out[set] = ss->cur_out;
+    ss->n_flight++;
+    dc->stats.n_tokens += n;
+    dc->stats.n_ubatch += (n + dc->n_ub - 1) / dc->n_ub;
+    return 0;
+fail:
+    eng__cuda_sae_scan_drain(ss);
+    return rc;
+}
+
+int eng__cuda_sae_scan_wait(struct eng_cuda_sae_scan *ss, const uint16_t **ids,
+                            const float **acts, int *n_out, struct s3_errinfo *err)
+{
+    if (!ss || ss->n_flight < 1)
+        return s3_errf(err, S3_EINVAL, "cuda scan: no pass in flight");
+    const int set = ss->head;
+    int rc = krn_cuda_event_wait_host(ss->dev, ss->ev[set]);
+    if (rc < 0) {
+        rc = dev_fail(ss->dev, rc, err);
+        eng__cuda_sae_scan_drain(ss);
+        return rc;
+    }
+    ss->head ^= 1;
+    ss->n_flight--;
+    *ids = ss->h_ids[set];
+    *acts = ss->h_acts[set];
+    *n_out = ss->n_out[set];
+    return 0;
 }
 
 #else /* !S3_HAVE_CUDA: the device path is not built */
@@ -896,6 +1157,53 @@ void eng__cuda_ctx_stats(const struct eng_cuda_ctx *dc, struct eng_cuda_stats *o
 {
     (void)dc;
     memset(out, 0, sizeof(*out));
+}
+
+int eng__cuda_ctx_on_device(const struct eng_ctx *c)
+{
+    (void)c;
+    return 0;
+}
+
+int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_rows, int k,
+                           struct eng_cuda_sae_scan **out, struct s3_errinfo *err)
+{
+    (void)c, (void)s, (void)n_rows, (void)k;
+    *out = NULL;
+    return no_cuda(err);
+}
+
+void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss)
+{
+    (void)ss;
+}
+
+int eng__cuda_sae_scan_submit(struct eng_cuda_sae_scan *ss, const int32_t *ids, int n,
+                              int prefix, struct s3_errinfo *err)
+{
+    (void)ss, (void)ids, (void)n, (void)prefix;
+    return no_cuda(err);
+}
+
+int eng__cuda_sae_scan_wait(struct eng_cuda_sae_scan *ss, const uint16_t **ids,
+                            const float **acts, int *n_out, struct s3_errinfo *err)
+{
+    (void)ss;
+    *ids = NULL;
+    *acts = NULL;
+    *n_out = 0;
+    return no_cuda(err);
+}
+
+void eng__cuda_sae_scan_drain(struct eng_cuda_sae_scan *ss)
+{
+    (void)ss;
+}
+
+int eng__cuda_sae_scan_in_flight(const struct eng_cuda_sae_scan *ss)
+{
+    (void)ss;
+    return 0;
 }
 
 #endif

@@ -106,3 +106,62 @@ struct krn_cuda_dev *eng__cuda_ctx_dev(const struct eng_cuda_ctx *dc);
 
 void eng__cuda_ctx_set_profile(struct eng_cuda_ctx *dc, int on);
 void eng__cuda_ctx_stats(const struct eng_cuda_ctx *dc, struct eng_cuda_stats *out);
+
+/* ---- device SAE scan (used by server/scan.c) -----------------------------------------------
+ *
+ * The scan's pipeline on the GPU: the keys of every indexed layer and kv head are Top-k
+ * encoded on the device straight from the projection rows (a device hook of the scan ubatch,
+ * krn_cuda_sae_encode), and only the records (position, feature, activation) are copied, as
+ * one asynchronous copy per pass, into one of two pinned host buffers. A pass is submitted
+ * without waiting; the caller writes the records of pass i while the GPU computes pass i+1:
+ *
+ *     eng__cuda_sae_scan_new(ctx, sae, B, KI, &ss, &err);
+ *     submit(pass 0);
+ *     for (i = 0; ; i++) {
+ *         if (more) submit(pass i+1);          // returns at once: the GPU queues it
+ *         wait(&ids, &acts, &n_out);           // records of pass i (host sync per pass only)
+ *         write the index for pass i;          // overlaps with the GPU's pass i+1
+ *     }
+ *
+ * Records of a pass: ids (n_unit, n_out, k) u16 and acts (n_unit, n_out, k) f32, unit
+ * u = slot * n_head_kv + kv_head (slot = indexed layer, ascending), row r = position
+ * prefix + r of the pass; per row the k strongest latents by activation descending, then id
+ * ascending (the SAE contract's order; the first k of a Top-K code for k <= K).
+ *
+ * Device memory: the SAE encoders (n_unit * n_dict * (d + 1) + d floats), the records of one
+ * pass and the encoder scratch (n_ub * (d + n_dict) floats), all allocated here: nothing grows
+ * with the document. One thread at a time, the context's own thread. */
+struct eng_sae;
+struct eng_ctx;
+struct eng_cuda_sae_scan;
+
+/* 1 when c runs on a device (model loaded with device "cuda"). */
+int eng__cuda_ctx_on_device(const struct eng_ctx *c);
+
+/* For context c (device "cuda"; borrowed, must outlive ss) and SAE s (borrowed, must outlive
+ * ss; must fit c's model): upload the encoders and allocate the buffers for passes of at most
+ * n_rows indexed rows, k latents kept per row (1 <= k <= the SAE's k). *out is new; free with
+ * eng__cuda_sae_scan_free (NULL allowed). S3_EDEVICE when c is not on a device or the device
+ * fails, S3_ENOMEM, S3_EINVAL for bad sizes. */
+int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_rows, int k,
+                           struct eng_cuda_sae_scan **out, struct s3_errinfo *err);
+void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss);
+
+/* Queue one pass: tokens ids (n, borrowed for the call; copied) at positions 0..n-1 of the
+ * context (its KV cache is reused from position 0, the scan flavour: nothing past the highest
+ * indexed layer's projection runs), the first `prefix` of them a re-read prefix whose keys
+ * are not encoded (0 <= prefix < n, n - prefix <= n_rows, n <= the context's n_ctx). Returns
+ * once the work is queued. At most two passes in flight: S3_EBUSY for a third (wait first).
+ * Checks the context's cancel flag between layers (S3_ECANCELED). On any error every pass in
+ * flight is dropped (the device is synchronised first). */
+int eng__cuda_sae_scan_submit(struct eng_cuda_sae_scan *ss, const int32_t *ids, int n,
+                              int prefix, struct s3_errinfo *err);
+/* Wait for the oldest pass in flight and return its records: *ids, *acts borrowed (pinned
+ * host memory), valid until the second submit after that pass's own; *n_out = its n - prefix.
+ * S3_EINVAL when nothing is in flight, S3_EDEVICE (everything in flight dropped). */
+int eng__cuda_sae_scan_wait(struct eng_cuda_sae_scan *ss, const uint16_t **ids,
+                            const float **acts, int *n_out, struct s3_errinfo *err);
+/* Drop every pass in flight (waits for the device). */
+void eng__cuda_sae_scan_drain(struct eng_cuda_sae_scan *ss);
+/* Passes in flight (0..2). */
+int eng__cuda_sae_scan_in_flight(const struct eng_cuda_sae_scan *ss);

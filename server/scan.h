@@ -11,6 +11,12 @@
  * what has been scanned. The KV cache is reset per chunk: memory is bounded by B + W, not by
  * the document's length.
  *
+ * On a GPU (model loaded with device "cuda") the keys are Top-k encoded on the device, only
+ * the records (position, feature, activation) come back, asynchronously into pinned memory,
+ * and the scan is pipelined: the GPU computes chunk i+1 while this thread writes the index of
+ * chunk i (one host wait per chunk, none per token or layer). The index written is the same
+ * as the CPU path's up to the GPU's rounding (fp16 GEMMs, fp32 encoder).
+ *
  * Usage:
  *     struct srv_scan *sc;  int64_t doc;
  *     srv_scan_new(model, sae, NULL, &sc, &err);
@@ -58,6 +64,8 @@ struct srv_scan_opts {
     int n_ctx;           /* engine context length; 0 = B + W */
     int index_k;         /* features indexed per token and (layer, kv head): the strongest of
                           * the SAE's k; 0 = min(k, SRV_SCAN_INDEX_K), < 0 = all k */
+    int host_sae;        /* 1: with a model on a GPU, still copy the keys to the host and
+                          * encode them there (the CPU path's encoder; for comparisons) */
 };
 
 struct srv_scan;

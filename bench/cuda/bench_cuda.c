@@ -4,6 +4,8 @@
  *   s3cuda_bench scan --model F [--tokens 32768,131072,1048576] [--chunk 2048]
  *                     [--hook 3,8,23,29] [--sae-dict 2048 --sae-k 16] [--decode 128]
  *                     [--sae-path dev|host] [--full 0|1] [--label NAME]
+ *   s3cuda_bench ingest --model F [--tokens 1048576] [--chunk 2048] [--hook 3,9,24,31]
+ *                       [--sae-dict 2048 --sae-k 16] [--budget 2048] [--decode 64] [--db PATH]
  *   s3cuda_bench attn                                 attention kernels alone (TFLOP/s)
  *
  * scan: chunked prefill of N generated token ids, B tokens per chunk, each chunk at positions
@@ -15,7 +17,14 @@
  * pre-RoPE K rows are copied to the host, handed to a host hook, uploaded again and encoded
  * (the older path). Without --sae-dict the host hook just receives the K rows. Prints one JSON line per case: tokens/s, device memory beyond
  * the weights (peak, from cudaMemGetInfo), per-stage device time. Then decode: a 2048-token
- * prompt and --decode greedy steps (time to first token, decode tokens/s). */
+ * prompt and --decode greedy steps (time to first token, decode tokens/s).
+ *
+ * ingest: the product's pipelined GPU scan (eng__cuda_sae_scan_*, as server/scan.c runs it)
+ * of --tokens generated ids with the SQLite index written (postings, one passage per 128
+ * tokens, FTS), then a question over that document: query features, S3 retrieval, prompt
+ * prefill (question + evidence up to --budget tokens), greedy decode. Prints tok/s of the
+ * scan with the host's time split (submit, waiting for the GPU, SQLite), and the time to
+ * first token split into its parts and the decode tokens/s. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,7 +36,9 @@
 #include "cuda_forward.h"
 #include "engine.h"
 #include "engine_int.h"
+#include "idx.h"
 #include "quant.h"
+#include "sae.h"
 
 int cli_gguf_synth(int argc, char **argv);
 
@@ -379,6 +390,331 @@ static int cmd_scan(int argc, char **argv)
     return 0;
 }
 
+static void rm_db_files(const char *p)
+{
+    char q[1100];
+    remove(p);
+    snprintf(q, sizeof q, "%s-wal", p);
+    remove(q);
+    snprintf(q, sizeof q, "%s-shm", p);
+    remove(q);
+}
+
+/* Query features of the question: each query head's pre-RoPE q encoded by its kv group's SAE,
+ * activations summed per (slot, feature). */
+struct qcap {
+    const struct eng_sae *sae;
+    struct eng_sae_enc *enc;
+    int n_head, n_kv, hd, n_dict;
+    float *sum;                    /* (n_slot, n_dict) */
+    uint16_t *ids;
+    float *acts;
+};
+
+static int q_hook(void *ud, int layer, int pos0, int n, const float *q, const float *k)
+{
+    struct qcap *c = ud;
+    const int sl = eng_sae_slot_of_layer(c->sae, layer);
+    const int kk = eng_sae_get_info(c->sae)->k;
+    (void)pos0, (void)k;
+    if (sl < 0 || !q || n > 64)
+        return 0;
+    for (int h = 0; h < c->n_head; h++) {
+        const int kv = eng_sae_kv_of_q_head(c->sae, h);
+        if (eng_sae_encode(c->enc, sl, kv, q + (size_t)h * c->hd, (size_t)c->n_head * c->hd, n,
+                           c->ids, c->acts) < 0)
+            return 1;
+        float *v = c->sum + ((size_t)sl * c->n_kv + kv) * c->n_dict;
+        for (int i = 0; i < n * kk; i++)
+            v[c->ids[i]] += c->acts[i];
+    }
+    return 0;
+}
+/* ---- ingest: the product's scan pipeline over a long document, then a question ------------- */
+
+static double dt_ms(double *t)
+{
+    const double now = s3_now_ms(), d = now - *t;
+    *t = now;
+    return d;
+}
+
+/* The scan of N generated token ids the way server/scan.c runs it on a GPU (device SAE
+ * records, two passes in flight, SQLite postings + passages + FTS written for chunk i while
+ * the GPU computes chunk i+1), then a question: its query features (host SAE on the pre-RoPE
+ * queries), S3 retrieval over the index, a prompt of question + evidence prefilled, greedy
+ * decode. Time to first token = question encoding + retrieval + prompt prefill. */
+static int cmd_ingest(int argc, char **argv)
+{
+    const char *model = NULL, *label = "model", *db_path = "/tmp/s3cuda_ingest.db";
+    long long n_tok = 1048576, hooks[64] = {3, 9, 24, 31};
+    int n_hooks = 4, chunk = 2048, sae_dict = 2048, sae_k = 16, ki = 8, n_decode = 64,
+        budget = 2048, q_len = 32;
+    static const struct option lo[] = {{"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},
+                                       {"chunk", 1, 0, 'c'}, {"hook", 1, 0, 'k'},
+                                       {"sae-dict", 1, 0, 'd'}, {"sae-k", 1, 0, 's'},
+                                       {"decode", 1, 0, 'g'}, {"label", 1, 0, 'l'},
+                                       {"db", 1, 0, 'b'}, {"budget", 1, 0, 'u'},
+                                       {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 't': n_tok = strtoll(optarg, NULL, 10); break;
+        case 'c': chunk = (int)strtol(optarg, NULL, 10); break;
+        case 'k': n_hooks = parse_list(optarg, hooks, 64); break;
+        case 'd': sae_dict = (int)strtol(optarg, NULL, 10); break;
+        case 's': sae_k = (int)strtol(optarg, NULL, 10); break;
+        case 'g': n_decode = (int)strtol(optarg, NULL, 10); break;
+        case 'l': label = optarg; break;
+        case 'b': db_path = optarg; break;
+        case 'u': budget = (int)strtol(optarg, NULL, 10); break;
+        default: return 2;
+        }
+    }
+    if (!model || n_tok < chunk || chunk < 256 || n_hooks < 1 || sae_k < ki) {
+        fprintf(stderr, "ingest: --model required (tokens >= chunk >= 256)\n");
+        return 2;
+    }
+    struct s3_errinfo err = {0};
+    struct eng_model *m = NULL;
+    struct eng_model_opts mo = {.device = "cuda"};
+    struct eng_ctx *ctx = NULL, *gen = NULL;
+    struct eng_sae *sae = NULL;
+    struct eng_sae_enc *enc = NULL;
+    struct eng_cuda_sae_scan *ss = NULL;
+    struct idx_db *db = NULL;
+    struct idx_writer *w = NULL;
+    struct krn_cuda_dev *probe = NULL;
+    int rc = 1;
+    double t = s3_now_ms();
+    if (eng_model_load(model, &mo, &m, &err) < 0)
+        goto fail;
+    const double load_ms = dt_ms(&t);
+    const struct eng_hparams *hp = eng_model_hparams(m);
+    /* a random SAE for this model at the hooked layers */
+    struct eng_sae_info in = {.n_layer = hp->n_layer, .n_head = hp->n_head,
+                              .n_head_kv = hp->n_head_kv, .d_head = hp->head_dim,
+                              .n_dict = sae_dict, .k = sae_k};
+    memcpy(in.model_sha256, hp->model_sha256, 65);
+    snprintf(in.arch, sizeof in.arch, "%s", hp->arch);
+    for (int i = 0; i < n_hooks; i++)
+        if (hooks[i] >= 0 && hooks[i] < hp->n_layer && hooks[i] < 64)
+            in.layers[in.n_idx++] = (int)hooks[i];
+    if (eng_sae_new(&in, &sae, &err) < 0)
+        goto fail;
+    for (int sl = 0; sl < in.n_idx; sl++)
+        for (int h = 0; h < in.n_head_kv; h++) {
+            struct eng_sae_unit u;
+            eng_sae_get_unit(sae, sl, h, &u);
+            for (size_t i = 0; i < (size_t)sae_dict * in.d_head; i++)
+                u.w_enc[i] = u.w_dec[i] = (float)((int)rand_tok(2001) - 1000) * 1e-3f;
+        }
+    const int n_slot = in.n_idx * in.n_head_kv;
+    size_t free0, total;
+    if (krn_cuda_dev_new(0, &probe) < 0 || krn_cuda_mem_info(probe, &free0, &total) < 0)
+        goto fail; /* free0: with the weights loaded, before any context */
+    struct eng_ctx_opts co = {.n_ctx = chunk, .n_batch = chunk};
+    if (eng_ctx_new(m, &co, &ctx, &err) < 0 ||
+        eng__cuda_sae_scan_new(ctx, sae, chunk, ki, &ss, &err) < 0)
+        goto fail;
+    /* document: generated ids; text = their pieces, one passage per 128 tokens */
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n_tok);
+    int64_t *off = malloc(sizeof(int64_t) * (size_t)(n_tok + 1));
+    char *text = malloc((size_t)n_tok * 8 + 1);
+    int32_t *feat = malloc(sizeof(int32_t) * (size_t)n_slot * chunk * ki);
+    struct idx_slot *slots = malloc(sizeof(*slots) * (size_t)n_slot);
+    struct idx_passage *pas = malloc(sizeof(*pas) * (size_t)(chunk / 128 + 2));
+    int64_t *sent_t = malloc(sizeof(int64_t) * (size_t)(n_tok / 128 + 2)),
+            *sent_c = malloc(sizeof(int64_t) * (size_t)(n_tok / 128 + 2));
+    if (!ids || !off || !text || !feat || !slots || !pas || !sent_t || !sent_c)
+        goto fail;
+    size_t tl = 0;
+    for (long long i = 0; i < n_tok; i++) {
+        ids[i] = 2 + rand_tok(hp->n_vocab - 2);
+        off[i] = (int64_t)tl;
+        tl += (size_t)snprintf(text + tl, 9, "w%d ", (int)(ids[i] % 100000));
+    }
+    off[n_tok] = (int64_t)tl;
+    for (int s = 0; s < n_slot; s++)
+        slots[s] = (struct idx_slot){in.layers[s / in.n_head_kv], s % in.n_head_kv};
+    char sha[65];
+    s3_sha256_hex(text, tl, sha);
+    rm_db_files(db_path);
+    struct idx_doc_meta meta = {.name = "ingest", .text_sha256 = sha,
+                                .model_hash = hp->model_sha256, .sae_hash = sha,
+                                .n_bytes = (int64_t)tl};
+    if (idx_open(db_path, NULL, &db, &err) < 0 || idx_writer_begin(db, &meta, &w, &err) < 0)
+        goto fail;
+    size_t min_free = free0;
+    /* the pipeline */
+    double submit_ms = 0, wait_ms = 0, write_ms = 0, t0;
+    int64_t n_pass = 0, pass_tok = 0;
+    t = s3_now_ms();
+    const double t_scan = t;
+    t0 = s3_now_ms();
+    if (eng__cuda_sae_scan_submit(ss, ids, chunk, 0, &err) < 0)
+        goto fail;
+    submit_ms += dt_ms(&t0);
+    for (int64_t next = 0; next < n_tok;) {
+        const int n = n_tok - next < chunk ? (int)(n_tok - next) : chunk;
+        const int64_t nn = next + n;
+        if (nn < n_tok) {
+            const int n2 = n_tok - nn < chunk ? (int)(n_tok - nn) : chunk;
+            if (eng__cuda_sae_scan_submit(ss, ids + nn, n2, 0, &err) < 0)
+                goto fail;
+        }
+        submit_ms += dt_ms(&t0);
+        const uint16_t *rid;
+        const float *ract;
+        int n_out;
+        if (eng__cuda_sae_scan_wait(ss, &rid, &ract, &n_out, &err) < 0)
+            goto fail;
+        wait_ms += dt_ms(&t0);
+        for (size_t i = 0; i < (size_t)n_slot * n_out * ki; i++)
+            feat[i] = rid[i];
+        size_t np = 0;
+        while (pass_tok + 128 <= nn || (nn == n_tok && pass_tok < nn)) {
+            const int64_t e = pass_tok + 128 <= nn ? pass_tok + 128 : nn;
+            const size_t si = (size_t)(pass_tok / 128);
+            sent_t[si] = pass_tok + (e - pass_tok) / 2;
+            sent_c[si] = off[sent_t[si]];
+            pas[np++] = (struct idx_passage){pass_tok, e, off[pass_tok], off[e],
+                                             text + off[pass_tok], 1, sent_t + si, sent_c + si};
+            pass_tok = e;
+        }
+        struct idx_chunk ch = {.tok0 = next, .n_tok = n, .n_slot = n_slot, .slots = slots,
+                               .k = ki, .feat = feat, .act = ract, .n_passages = np,
+                               .passages = pas};
+        if (idx_writer_add(w, &ch, &err) < 0)
+            goto fail;
+        write_ms += dt_ms(&t0);
+        next = nn;
+        if (++n_pass % 64 == 0) {
+            size_t f;
+            krn_cuda_mem_info(probe, &f, &total);
+            min_free = f < min_free ? f : min_free;
+        }
+    }
+    if (idx_writer_finish(w, &err) < 0)
+        goto fail;
+    write_ms += dt_ms(&t0);
+    const double scan_ms = s3_now_ms() - t_scan;
+    const int64_t doc = idx_writer_doc(w);
+    int64_t db_bytes = 0;
+    idx_db_bytes(db, &db_bytes, &err);
+    printf("{\"bench\":\"ingest\",\"label\":\"%s\",\"tokens\":%lld,\"chunk\":%d,\"hooked_layers\":%d,"
+           "\"sae_dict\":%d,\"sae_k\":%d,\"index_k\":%d,\"load_ms\":%.0f,\"seconds\":%.3f,"
+           "\"tok_per_s\":%.0f,\"host_ms\":{\"submit\":%.0f,\"wait_gpu\":%.0f,\"sqlite\":%.0f},"
+           "\"index_bytes_per_token\":%.1f,\"extra_device_gib\":%.3f}\n",
+           label, n_tok, chunk, in.n_idx, sae_dict, sae_k, ki, load_ms, scan_ms / 1000,
+           n_tok / (scan_ms / 1000), submit_ms, wait_ms, write_ms, (double)db_bytes / n_tok,
+           (double)(free0 - min_free) / 1073741824.0);
+    fflush(stdout);
+    /* the question */
+    const double tq = s3_now_ms();
+    double tq0 = tq;
+    int32_t q[64];
+    for (int i = 0; i < q_len; i++)
+        q[i] = 2 + rand_tok(hp->n_vocab - 2);
+    struct qcap qc = {.sae = sae, .n_head = hp->n_head, .hd = hp->head_dim, .n_dict = sae_dict,
+                      .sum = calloc((size_t)n_slot * sae_dict, sizeof(float))};
+    if (!qc.sum || eng_sae_enc_new(sae, 64, &enc) < 0)
+        goto fail;
+    qc.enc = enc;
+    qc.ids = malloc(sizeof(uint16_t) * 64 * sae_k);
+    qc.acts = malloc(sizeof(float) * 64 * sae_k);
+    qc.n_kv = hp->n_head_kv;
+    eng_ctx_reset(ctx);
+    eng_ctx_set_qk_hook(ctx, q_hook, &qc, eng_sae_layer_mask(sae));
+    if (eng_ctx_prefill(ctx, q, (size_t)q_len, NULL, NULL) < 0)
+        goto fail;
+    eng_ctx_set_qk_hook(ctx, NULL, NULL, 0);
+    struct idx_qfeat *qf = malloc(sizeof(*qf) * (size_t)n_slot * 32);
+    size_t nqf = 0;
+    for (int s = 0; s < n_slot; s++) { /* top 32 per slot, weights summing to 1 */
+        float *v = qc.sum + (size_t)s * sae_dict;
+        double tot = 0;
+        const size_t s0 = nqf;
+        for (int r = 0; r < 32; r++) {
+            int b = -1;
+            for (int f = 0; f < sae_dict; f++)
+                if (v[f] > 0 && (b < 0 || v[f] > v[b]))
+                    b = f;
+            if (b < 0)
+                break;
+            qf[nqf++] = (struct idx_qfeat){slots[s].layer, slots[s].kv_head, b, v[b]};
+            tot += v[b];
+            v[b] = 0;
+        }
+        for (size_t i = s0; i < nqf; i++)
+            qf[i].weight = (float)(qf[i].weight / tot);
+    }
+    const double qenc_ms = dt_ms(&tq0);
+    struct idx_query iq = {.mode = IDX_MODE_S3, .budget = budget, .feats = qf, .n_feats = nqf,
+                           .docs = &doc, .n_docs = 1};
+    struct idx_result res = {0};
+    if (idx_retrieve(db, &iq, &res, &err) < 0)
+        goto fail;
+    const double retr_ms = dt_ms(&tq0);
+    /* prompt: question, then the evidence spans' tokens, in document order */
+    const int n_ctx_gen = budget + q_len + n_decode + 64;
+    int32_t *prompt = malloc(sizeof(int32_t) * (size_t)n_ctx_gen);
+    int np_ = 0;
+    for (int i = 0; i < q_len; i++)
+        prompt[np_++] = q[i];
+    for (size_t j = 0; j < res.n_spans; j++)
+        for (int64_t p = res.spans[j].start_tok; p < res.spans[j].end_tok && np_ < budget + q_len;
+             p++)
+            prompt[np_++] = ids[p];
+    struct eng_ctx_opts go = {.n_ctx = n_ctx_gen, .n_batch = n_ctx_gen};
+    if (eng_ctx_new(m, &go, &gen, &err) < 0)
+        goto fail;
+    tq0 = s3_now_ms();
+    float *logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
+    if (eng_ctx_prefill(gen, prompt, (size_t)np_, logits, NULL) < 0)
+        goto fail;
+    int32_t tok = 0;
+    for (int i = 1; i < hp->n_vocab; i++)
+        tok = logits[i] > logits[tok] ? i : tok;
+    const double prefill_ms = dt_ms(&tq0);
+    const double ttft = qenc_ms + retr_ms + prefill_ms;
+    for (int s = 0; s < n_decode; s++) {
+        if (eng_ctx_decode(gen, tok, logits) < 0)
+            goto fail;
+        tok = 0;
+        for (int i = 1; i < hp->n_vocab; i++)
+            tok = logits[i] > logits[tok] ? i : tok;
+    }
+    const double dec_ms = dt_ms(&tq0);
+    printf("{\"bench\":\"question\",\"label\":\"%s\",\"doc_tokens\":%lld,\"question_tokens\":%d,"
+           "\"evidence_spans\":%zu,\"prompt_tokens\":%d,\"ttft_ms\":%.1f,\"ttft_parts_ms\":{"
+           "\"query_encode\":%.1f,\"retrieve\":%.1f,\"prefill_first_token\":%.1f},"
+           "\"decode_tokens\":%d,\"decode_tok_per_s\":%.1f}\n",
+           label, n_tok, q_len, res.n_spans, np_, ttft, qenc_ms, retr_ms, prefill_ms, n_decode,
+           n_decode / (dec_ms / 1000));
+    idx_result_deinit(&res);
+    free(prompt), free(logits), free(qf), free(qc.sum), free(qc.ids), free(qc.acts);
+    free(ids), free(off), free(text), free(feat), free(slots), free(pas), free(sent_t),
+        free(sent_c);
+    rc = 0;
+fail:
+    if (rc)
+        fprintf(stderr, "ingest: %s\n", err.msg[0] ? err.msg : "failed");
+    eng__cuda_sae_scan_free(ss);
+    eng_sae_enc_free(enc);
+    idx_writer_free(w);
+    idx_close(db);
+    rm_db_files(db_path);
+    eng_ctx_free(gen);
+    eng_ctx_free(ctx);
+    eng_sae_free(sae);
+    eng_model_free(m);
+    krn_cuda_dev_free(probe);
+    return rc;
+}
+
 /* Attention kernels alone: causal chunks (8B and 135M head shapes) for both tensor-core
  * variants, and decode (one query over a long cache) for the split and plain paths. */
 static int cmd_attn(void)
@@ -454,6 +790,8 @@ int main(int argc, char **argv)
         return cli_gguf_synth(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "scan") == 0)
         return cmd_scan(argc - 1, argv + 1);
-    fprintf(stderr, "usage: s3cuda_bench synth|scan|attn ...\n");
+    if (argc >= 2 && strcmp(argv[1], "ingest") == 0)
+        return cmd_ingest(argc - 1, argv + 1);
+    fprintf(stderr, "usage: s3cuda_bench synth|scan|ingest|attn ...\n");
     return 2;
 }

@@ -4,6 +4,8 @@
 # runtime libraries the build needs, as `usr/...`) and vendor-deb/slice3.gguf (the first 3
 # layers of the default model: `s3serve gguf-synth --slice 3 --out vendor-deb/slice3.gguf`).
 # Writes logs under $OUT (default ./out-h200). Usage: bash bench/cuda/run_h200.sh [quick]
+# Switches (environment): MEMCHECK=0, ATTN=0, SCAN_135M=0 skip those parts; TOKENS_8B,
+# TOKENS_135M, INGEST_TOKENS set the sizes.
 set -u
 OUT=${OUT:-$PWD/out-h200}; mkdir -p "$OUT"
 ROOT=$PWD; V=$ROOT/vendor-deb/root; B=$ROOT/build-h200; M=$B/synth-models; mkdir -p $M
@@ -26,7 +28,7 @@ log configure
 cmake -S . -B $B -DS3_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_BUILD_TYPE=Release \
   > $OUT/configure.log 2>&1 || { tail -30 $OUT/configure.log; exit 1; }
 log build
-cmake --build $B -j16 --target cuda_test_kernels cuda_test_forward s3cuda_bench \
+cmake --build $B -j16 --target cuda_test_kernels cuda_test_forward cuda_test_scan s3cuda_bench \
   > $OUT/build.log 2>&1 || { grep -E "error|Error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
 ldd $B/cuda_test_kernels | grep "not found"
 log tests
@@ -35,18 +37,29 @@ grep -E "attn|Checks|Failure|Error" $OUT/test_kernels.log | tail -30
 # a failing kernel test leaves the benchmarks on the single-stage attention kernel
 [ $KRC -ne 0 ] && { echo "kernel tests FAILED: benchmarks with S3_CUDA_ATTN=1"; export S3_CUDA_ATTN=1; }
 S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf $B/cuda_test_forward 2>&1 | tee $OUT/test_forward.log | tail -8
+S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf $B/cuda_test_scan 2>&1 | tee $OUT/test_scan.log | tail -24
+if [ "${MEMCHECK:-1}" = 1 ]; then
 log memcheck
 timeout 150 compute-sanitizer --tool memcheck --leak-check full --report-api-errors no $B/cuda_test_kernels > $OUT/memcheck.log 2>&1
 grep -E "ERROR SUMMARY|Checks" $OUT/memcheck.log
+fi
 [ "${1:-}" = quick ] && exit 0
+if [ "${ATTN:-1}" = 1 ]; then
 log bench-attn
 $B/bench_cuda/s3cuda_bench attn 2>&1 | tee $OUT/bench_attn.jsonl
+fi
+# ingest: the product's pipelined scan with SQLite writing over a 1M-token document, then a
+# question (time to first token, decode tok/s)
 log bench-135m
 $B/bench_cuda/s3cuda_bench synth --shape smollm2-135m --type q4_1 --out $M/smol.gguf
-$B/bench_cuda/s3cuda_bench scan --model $M/smol.gguf --label smollm2-135m --tokens 32768,131072,1048576 \
+timeout ${INGEST_TIMEOUT:-240} $B/bench_cuda/s3cuda_bench ingest --model $M/smol.gguf --label smollm2-135m --tokens ${INGEST_TOKENS:-1048576} \
+  --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee $OUT/ingest_135m.jsonl
+[ "${SCAN_135M:-1}" = 1 ] && $B/bench_cuda/s3cuda_bench scan --model $M/smol.gguf --label smollm2-135m --tokens ${TOKENS_135M:-32768,131072,1048576} \
   --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --compare 1 2>&1 | tee $OUT/bench_135m.jsonl
 log bench-8b
 $B/bench_cuda/s3cuda_bench synth --shape llama3-8b --type q4_1 --out $M/l8b.gguf
+timeout ${INGEST_TIMEOUT:-240} $B/bench_cuda/s3cuda_bench ingest --model $M/l8b.gguf --label llama3-8b --tokens ${INGEST_TOKENS:-1048576} \
+  --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee $OUT/ingest_8b.jsonl
 $B/bench_cuda/s3cuda_bench scan --model $M/l8b.gguf --label llama3-8b --tokens ${TOKENS_8B:-32768,131072,1048576} \
   --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --compare 1 2>&1 | tee $OUT/bench_8b.jsonl
 rm -f $M/l8b.gguf

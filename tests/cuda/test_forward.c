@@ -16,32 +16,15 @@
 #endif
 #include "engine.h"
 #include "engine_int.h"
+#include "cudatest.h"
 #include "testutil.h"
 
 #define N_GEN 12
 
-static const char *model_path(char *buf, size_t n)
-{
-    const char *p = getenv("S3_CUDA_MODEL");
-    if (p && *p)
-        return p;
-    snprintf(buf, n, "%s/%s", s3t_root(), S3T_MODEL_REL);
-    return buf;
-}
-
 /* The model path when a GPU and the model file are present; otherwise NULL after a SKIP line. */
 static const char *gpu_model_path(char *buf, size_t n)
 {
-    const char *path = model_path(buf, n);
-    FILE *f = fopen(path, "rb");
-    if (!f || !eng__cuda_available()) {
-        fprintf(stderr, "SKIP: %s\n", f ? "no CUDA device or backend" : "no model file");
-        if (f)
-            fclose(f);
-        return NULL;
-    }
-    fclose(f);
-    return path;
+    return cudat_gpu_model_path(buf, n);
 }
 
 struct qk_capture {

@@ -1,0 +1,520 @@
+/* tests/cuda/test_scan.c - the scan with its keys encoded on the GPU against the CPU path on
+ * the same model file and SAE:
+ *   - device encoder (eng__cuda_sae_scan_*): the top feature of (token, layer, kv head)
+ *     entries equals the CPU reference encoder's on the CPU model's keys (thresholds as
+ *     below); a pass with
+ *     a re-read prefix gives exactly the rows of a pass without one; passes split into several
+ *     ubatches; two passes in flight come back in order; a third is refused;
+ *   - the product's scan (srv_scan_document, pipelined on the GPU) of a planted-needle
+ *     document into one database per device: the same passages, the indexed top features
+ *     equal (>= 95% of all entries, >= 99.5% of those whose CPU winner leads by > 2%: the
+ *     CPU path's 8-bit activation quantisation flips near ties), S3 spans for the same query
+ *     features printed with their overlap (not required equal: the random SAE's scores are
+ *     flat), the needle retrieved by both (hybrid);
+ *     a GPU scan stopped after 3 chunks and resumed indexes exactly what an uninterrupted
+ *     GPU scan does.
+ * SAE: random unit encoder rows (fixed seed) centred on the keys' mean, 256 latents, k 8,
+ * made here for the model file (no trained SAE fits a layer slice).
+ * Model: $S3_CUDA_MODEL, else the default model. Skips without a GPU or model. CK_FORK=no. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cudatest.h"
+#include "engine.h"
+#include "idx.h"
+#include "sae.h"
+#include "scan.h"
+
+#define N_DICT 256
+#define SAE_K  8
+#define MAX_SLOT 16 /* (layer, kv head) slots the observer keeps */
+
+static const char *NEEDLE = "The secret passphrase of the Kestrel observatory is velvet-thistle-25.";
+static const char *QUESTION = "What is the secret passphrase of the Kestrel observatory?";
+
+static uint64_t g_rng;
+static double urand(void)
+{
+    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+    return (double)(g_rng >> 11) / 9007199254740992.0;
+}
+
+/* Prose of about n_bytes from a few word lists (deterministic), the needle as its own
+ * paragraph at fraction `at` (at < 0: none). *len = its length; new. */
+static char *make_text(size_t n_bytes, double at, size_t *len)
+{
+    static const char *subj[] = {"The old keeper", "A quiet river", "The northern tower",
+                                 "Every traveller", "The harbour master", "A grey heron",
+                                 "The village council", "Our small boat"};
+    static const char *verb[] = {"watched", "remembered", "carried", "measured", "followed",
+                                 "described", "repaired", "ignored"};
+    static const char *obj[] = {"the evening tide", "a lantern of brass", "the winter storms",
+                                "seven wooden crates", "the fading stars", "the long road east",
+                                "a map of the coast", "the bells at noon"};
+    static const char *tail[] = {"before dawn", "with great care", "for many years",
+                                 "without a word", "near the cliffs", "in the rain"};
+    char *d = malloc(n_bytes + 512);
+    size_t pos = 0, plant = at < 0 ? (size_t)-1 : (size_t)(at * (double)n_bytes);
+    uint64_t r = 0x9e3779b97f4a7c15ull;
+    int planted = at < 0, in_par = 0;
+    while (pos < n_bytes) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        pos += (size_t)snprintf(d + pos, n_bytes + 512 - pos, "%s %s %s %s. ", subj[r % 8],
+                                verb[(r >> 8) % 8], obj[(r >> 16) % 8], tail[(r >> 24) % 6]);
+        if (++in_par == 5) {
+            d[pos - 1] = '\n';
+            d[pos++] = '\n';
+            in_par = 0;
+            if (!planted && pos >= plant) {
+                pos += (size_t)snprintf(d + pos, n_bytes + 512 - pos, "%s\n\n", NEEDLE);
+                planted = 1;
+            }
+        }
+    }
+    d[pos] = 0;
+    *len = pos;
+    return d;
+}
+
+struct kcap {
+    int n_layer_cap;
+    int layers[2];
+    int dkv, n_max;
+    float *k[2]; /* (n_max, dkv) keys of each captured layer */
+};
+
+static int kcap_hook(void *ud, int layer, int pos0, int n, const float *q, const float *k)
+{
+    struct kcap *c = ud;
+    (void)q;
+    for (int i = 0; i < c->n_layer_cap; i++)
+        if (c->layers[i] == layer && pos0 + n <= c->n_max)
+            memcpy(c->k[i] + (size_t)pos0 * c->dkv, k, sizeof(float) * (size_t)n * c->dkv);
+    return 0;
+}
+
+/* Random SAE for m: layers {1, n_layer - 1}, encoder rows random unit vectors, b_dec = mean
+ * of the keys kc (CPU model) of each (layer, kv head), decoder = encoder, b_enc 0. */
+static struct eng_sae *make_sae(const struct eng_hparams *hp, const struct kcap *kc, int n)
+{
+    struct eng_sae_info in = {.n_layer = hp->n_layer, .n_head = hp->n_head,
+                              .n_head_kv = hp->n_head_kv, .d_head = hp->head_dim,
+                              .n_dict = N_DICT, .k = SAE_K, .n_idx = kc->n_layer_cap};
+    memcpy(in.model_sha256, hp->model_sha256, 65);
+    snprintf(in.arch, sizeof in.arch, "%s", hp->arch);
+    for (int i = 0; i < kc->n_layer_cap; i++)
+        in.layers[i] = kc->layers[i];
+    struct eng_sae *s = NULL;
+    struct s3_errinfo err = {0};
+    ck_assert_msg(eng_sae_new(&in, &s, &err) == 0, "%s", err.msg);
+    const int hd = hp->head_dim;
+    g_rng = 0x2545f4914f6cdd1dull;
+    for (int sl = 0; sl < in.n_idx; sl++)
+        for (int h = 0; h < hp->n_head_kv; h++) {
+            struct eng_sae_unit u;
+            ck_assert_int_eq(eng_sae_get_unit(s, sl, h, &u), 0);
+            for (int j = 0; j < N_DICT; j++) {
+                double nrm = 0;
+                for (int i = 0; i < hd; i++) {
+                    double g = urand() + urand() + urand() - 1.5;
+                    u.w_enc[(size_t)j * hd + i] = (float)g;
+                    nrm += g * g;
+                }
+                for (int i = 0; i < hd; i++) {
+                    u.w_enc[(size_t)j * hd + i] /= (float)sqrt(nrm);
+                    u.w_dec[(size_t)j * hd + i] = u.w_enc[(size_t)j * hd + i];
+                }
+                u.b_enc[j] = 0;
+            }
+            for (int i = 0; i < hd; i++) {
+                double m = 0;
+                for (int r = 0; r < n; r++)
+                    m += kc->k[sl][(size_t)r * kc->dkv + (size_t)h * hd + i];
+                u.b_dec[i] = (float)(m / n);
+            }
+        }
+    return s;
+}
+
+struct fixture {
+    struct eng_model *mc, *mg;   /* CPU and GPU copies of the model */
+    struct eng_sae *sae;
+    int32_t *ids;
+    size_t n;
+    struct kcap kc;
+};
+
+/* Load both models, tokenize a text of ~n_bytes, take the CPU keys, make the SAE. */
+static int fixture_open(struct fixture *f, size_t n_bytes)
+{
+    char buf[1024];
+    const char *path = cudat_gpu_model_path(buf, sizeof buf);
+    memset(f, 0, sizeof *f);
+    if (!path)
+        return 0;
+    struct s3_errinfo err = {0};
+    struct eng_model_opts go = {.device = "cuda"};
+    ck_assert_msg(eng_model_load(path, NULL, &f->mc, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng_model_load(path, &go, &f->mg, &err) == 0, "%s", err.msg);
+    const struct eng_hparams *hp = eng_model_hparams(f->mc);
+    ck_assert_int_ge(hp->n_layer, 3);
+    size_t len;
+    char *text = make_text(n_bytes, -1, &len);
+    ck_assert_int_eq(eng_tok_encode(eng_model_tok(f->mc), text, len, 0, &f->ids, &f->n), 0);
+    free(text);
+    ck_assert(f->n > 600 && f->n <= 2048);
+    f->kc = (struct kcap){.n_layer_cap = 2, .layers = {1, hp->n_layer - 1},
+                          .dkv = hp->n_head_kv * hp->head_dim, .n_max = (int)f->n};
+    for (int i = 0; i < 2; i++)
+        f->kc.k[i] = malloc(sizeof(float) * f->n * (size_t)f->kc.dkv);
+    struct eng_ctx_opts co = {.n_ctx = 2048};
+    struct eng_ctx *c = NULL;
+    ck_assert_msg(eng_ctx_new(f->mc, &co, &c, &err) == 0, "%s", err.msg);
+    eng_ctx_set_qk_hook(c, kcap_hook, &f->kc, (1ull << 1) | (1ull << (hp->n_layer - 1)));
+    ck_assert_int_eq(eng_ctx_prefill(c, f->ids, f->n, NULL, NULL), 0);
+    eng_ctx_free(c);
+    f->sae = make_sae(hp, &f->kc, (int)f->n);
+    return 1;
+}
+
+static void fixture_close(struct fixture *f)
+{
+    eng_sae_free(f->sae);
+    eng_model_free(f->mc);
+    eng_model_free(f->mg);
+    free(f->ids);
+    free(f->kc.k[0]);
+    free(f->kc.k[1]);
+}
+
+/* ---- the device encoder ------------------------------------------------------------------- */
+
+START_TEST(test_device_encoder)
+{
+    struct fixture f;
+    if (!fixture_open(&f, 7000))
+        return;
+    struct s3_errinfo err = {0};
+    const struct eng_hparams *hp = eng_model_hparams(f.mc);
+    const int n = (int)f.n, n_kv = hp->n_head_kv, hd = hp->head_dim, n_unit = 2 * n_kv;
+    /* ubatches of 512 on the device: a pass spans several */
+    struct eng_ctx_opts co = {.n_ctx = 2048, .n_batch = 512};
+    struct eng_ctx *cg = NULL;
+    ck_assert_msg(eng_ctx_new(f.mg, &co, &cg, &err) == 0, "%s", err.msg);
+    struct eng_cuda_sae_scan *ss = NULL;
+    ck_assert_msg(eng__cuda_sae_scan_new(cg, f.sae, 2048, SAE_K, &ss, &err) == 0, "%s",
+                  err.msg);
+    /* pass A: no prefix; pass B: prefix 700 (crosses a ubatch boundary); both in flight */
+    const int pre = 700;
+    ck_assert_msg(eng__cuda_sae_scan_submit(ss, f.ids, n, 0, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng__cuda_sae_scan_submit(ss, f.ids, n, pre, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(eng__cuda_sae_scan_in_flight(ss), 2);
+    ck_assert_int_eq(eng__cuda_sae_scan_submit(ss, f.ids, n, 0, &err), S3_EBUSY);
+    const uint16_t *ia, *ib;
+    const float *aa, *ab;
+    int na, nb;
+    ck_assert_msg(eng__cuda_sae_scan_wait(ss, &ia, &aa, &na, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng__cuda_sae_scan_wait(ss, &ib, &ab, &nb, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(na, n);
+    ck_assert_int_eq(nb, n - pre);
+    ck_assert_int_eq(eng__cuda_sae_scan_wait(ss, &ib, &ab, &nb, &err), S3_EINVAL);
+    /* B's rows are A's rows from the prefix on, exactly */
+    long diff_b = 0;
+    for (int u = 0; u < n_unit; u++)
+        for (int r = 0; r < n - pre; r++)
+            for (int j = 0; j < SAE_K; j++) {
+                size_t a = ((size_t)u * n + r + pre) * SAE_K + j,
+                       b = ((size_t)u * (n - pre) + r) * SAE_K + j;
+                diff_b += ia[a] != ib[b] || aa[a] != ab[b];
+            }
+    ck_assert_int_eq(diff_b, 0);
+    /* A against the CPU reference encoder on the CPU model's keys */
+    uint16_t *rid = malloc(sizeof(uint16_t) * (size_t)n * SAE_K);
+    float *ract = malloc(sizeof(float) * (size_t)n * SAE_K);
+    long same_top = 0, total = 0, order_ok = 0, same_dec = 0, n_dec = 0;
+    double sum_rel = 0;
+    for (int sl = 0; sl < 2; sl++)
+        for (int h = 0; h < n_kv; h++) {
+            ck_assert_int_eq(eng_sae_encode_ref(f.sae, sl, h, f.kc.k[sl] + (size_t)h * hd,
+                                                (size_t)f.kc.dkv, n, rid, ract),
+                             0);
+            const int u = sl * n_kv + h;
+            for (int r = 0; r < n; r++) {
+                const uint16_t *gi = ia + ((size_t)u * n + r) * SAE_K;
+                const float *ga = aa + ((size_t)u * n + r) * SAE_K;
+                const int eq = gi[0] == rid[(size_t)r * SAE_K];
+                same_top += eq;
+                total++;
+                /* decisive: the reference's winner leads its runner-up by > 2% */
+                const float a0 = ract[(size_t)r * SAE_K], a1 = ract[(size_t)r * SAE_K + 1];
+                if (a0 - a1 > 0.02f * a0) {
+                    n_dec++;
+                    same_dec += eq;
+                }
+                int ok = 1;
+                for (int j = 0; j < SAE_K; j++) {
+                    ok &= gi[j] < N_DICT && ga[j] >= 0;
+                    if (j)
+                        ok &= ga[j] <= ga[j - 1];
+                }
+                order_ok += ok;
+                sum_rel += fabs(ga[0] - ract[(size_t)r * SAE_K]) /
+                           fmax(1e-6, fabs(ract[(size_t)r * SAE_K]));
+            }
+        }
+    fprintf(stderr, "device encoder: top feature equal for %ld of %ld (%.2f%%); where the CPU's "
+                    "top leads by > 2%%: %ld of %ld (%.2f%%); top activation mean rel diff "
+                    "%.2e\n",
+            same_top, total, 100.0 * same_top / total, same_dec, n_dec,
+            100.0 * same_dec / (n_dec ? n_dec : 1), sum_rel / total);
+    ck_assert_int_eq(order_ok, total);
+    /* the CPU path's keys carry its 8-bit activation quantisation (relative L2 ~8e-3 against
+       the GPU's fp16 path): near ties between the top two latents may flip, decisive
+       winners must not */
+    ck_assert_int_ge(100 * same_top, 95 * total);
+    ck_assert_int_ge(n_dec, total / 2);
+    ck_assert_int_ge(1000 * same_dec, 995 * n_dec);
+    /* bad passes */
+    ck_assert_int_eq(eng__cuda_sae_scan_submit(ss, f.ids, n, n, &err), S3_EINVAL);
+    ck_assert_int_eq(eng__cuda_sae_scan_submit(ss, f.ids, 0, 0, &err), S3_EINVAL);
+    ck_assert_int_eq(eng__cuda_sae_scan_submit(ss, f.ids, 3000, 0, &err), S3_EINVAL);
+    /* a CPU context has no device encoder */
+    struct eng_ctx *cc = NULL;
+    struct eng_cuda_sae_scan *none = (struct eng_cuda_sae_scan *)1;
+    ck_assert_msg(eng_ctx_new(f.mc, &co, &cc, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(eng__cuda_sae_scan_new(cc, f.sae, 2048, SAE_K, &none, &err), S3_EDEVICE);
+    ck_assert_ptr_null(none);
+    ck_assert_int_eq(eng__cuda_sae_scan_new(cg, f.sae, 2048, SAE_K + 1, &none, &err), S3_EINVAL);
+    free(rid), free(ract);
+    eng__cuda_sae_scan_free(ss);
+    eng_ctx_free(cc);
+    eng_ctx_free(cg);
+    fixture_close(&f);
+}
+END_TEST
+
+/* ---- the product's scan on both devices ----------------------------------------------------- */
+
+struct tops {
+    int n_slot;
+    int64_t n_tok;
+    int32_t *top;  /* (n_slot, cap) top feature per position */
+    int32_t *all;  /* (n_slot, cap, k) */
+    float *a01;    /* (n_slot, cap, 2) the two strongest activations */
+    int k;
+    int64_t cap;
+    int64_t n_passages;
+};
+
+static int on_chunk(void *ud, const struct idx_chunk *c)
+{
+    struct tops *t = ud;
+    t->n_passages += (int64_t)c->n_passages;
+    if (c->n_tok <= 0)
+        return 0;
+    if (c->tok0 + c->n_tok > t->cap || c->n_slot > MAX_SLOT ||
+        (t->n_slot && c->n_slot != t->n_slot))
+        return S3_EINTERNAL;
+    t->n_slot = c->n_slot;
+    t->k = c->k;
+    for (int s = 0; s < c->n_slot; s++)
+        for (int r = 0; r < c->n_tok; r++) {
+            const int32_t *f = c->feat + ((size_t)s * c->n_tok + r) * c->k;
+            t->top[(size_t)s * t->cap + c->tok0 + r] = f[0];
+            const float *a = c->act + ((size_t)s * c->n_tok + r) * c->k;
+            t->a01[((size_t)s * t->cap + c->tok0 + r) * 2] = a[0];
+            t->a01[((size_t)s * t->cap + c->tok0 + r) * 2 + 1] = c->k > 1 ? a[1] : 0;
+            for (int j = 0; j < c->k && j < SAE_K; j++)
+                t->all[((size_t)s * t->cap + c->tok0 + r) * SAE_K + j] = f[j];
+        }
+    if (c->tok0 + c->n_tok > t->n_tok)
+        t->n_tok = c->tok0 + c->n_tok;
+    return 0;
+}
+
+static void tops_init(struct tops *t, int64_t cap)
+{
+    memset(t, 0, sizeof *t);
+    t->cap = cap;
+    t->top = calloc((size_t)MAX_SLOT * (size_t)cap, sizeof(int32_t));
+    t->all = calloc((size_t)MAX_SLOT * (size_t)cap * SAE_K, sizeof(int32_t));
+    t->a01 = calloc((size_t)MAX_SLOT * (size_t)cap * 2, sizeof(float));
+}
+
+static void rm_db(const char *p)
+{
+    char q[1300];
+    remove(p);
+    snprintf(q, sizeof q, "%s-wal", p);
+    remove(q);
+    snprintf(q, sizeof q, "%s-shm", p);
+    remove(q);
+}
+
+/* Scan text with m into a fresh database at path; *doc its id. host_sae for the CPU
+ * encoder on a GPU model. stop: stop_after_chunks then resume. */
+static struct idx_db *scan_into(struct eng_model *m, struct eng_sae *sae, const char *path,
+                                const char *text, size_t len, struct tops *t, int stop,
+                                int64_t *doc, struct srv_scan **scp)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = NULL;
+    rm_db(path);
+    ck_assert_msg(idx_open(path, NULL, &db, &err) == 0, "%s", err.msg);
+    struct srv_scan_opts so = {.chunk = 512, .overlap = 64};
+    struct srv_scan *sc = NULL;
+    ck_assert_msg(srv_scan_new(m, sae, &so, &sc, &err) == 0, "%s", err.msg);
+    struct srv_scan_doc_opts dopts = {.name = "needle", .on_chunk = on_chunk, .chunk_ud = t,
+                                      .stop_after_chunks = stop};
+    struct srv_scan_stats st;
+    int rc = srv_scan_document(sc, db, text, len, &dopts, doc, &st, &err);
+    if (stop) {
+        ck_assert_int_eq(rc, S3_ECANCELED);
+        ck_assert_int_eq(st.n_chunks, stop);
+        dopts.stop_after_chunks = 0;
+        rc = srv_scan_document(sc, db, text, len, &dopts, doc, &st, &err);
+        ck_assert_int_gt(st.resumed_at, 0);
+    }
+    ck_assert_msg(rc == 0, "%s", err.msg);
+    fprintf(stderr, "scan %s: %lld tokens, %lld chunks, forward %.0f ms, encode %.0f ms, "
+                    "write %.0f ms, total %.0f ms\n",
+            path, (long long)st.n_tokens, (long long)st.n_chunks, st.forward_ms, st.encode_ms,
+            st.write_ms, st.total_ms);
+    *scp = sc;
+    return db;
+}
+
+static void spans_of(struct idx_db *db, int64_t doc, int mode, const struct idx_qfeat *qf,
+                     size_t nqf, struct idx_result *r)
+{
+    struct s3_errinfo err = {0};
+    struct idx_query q = {.mode = mode, .budget = 256, .text = QUESTION, .feats = qf,
+                          .n_feats = nqf, .docs = &doc, .n_docs = 1};
+    ck_assert_msg(idx_retrieve(db, &q, r, &err) == 0, "%s", err.msg);
+}
+
+static int has_needle(const struct idx_result *r)
+{
+    for (size_t j = 0; j < r->n_spans; j++)
+        if (strstr(r->spans[j].text, "velvet-thistle-25"))
+            return 1;
+    return 0;
+}
+
+START_TEST(test_scan_gpu_vs_cpu)
+{
+    struct fixture f;
+    if (!fixture_open(&f, 7000))
+        return;
+    struct s3_errinfo err = {0};
+    size_t len;
+    char *text = make_text(40000, 0.55, &len);
+    const int64_t cap = (int64_t)len / 2; /* more than the tokens */
+    char pc[1024], pg[1024], pr[1024];
+    s3t_tmp_path(pc, sizeof pc, "cuda_scan_cpu.db");
+    s3t_tmp_path(pg, sizeof pg, "cuda_scan_gpu.db");
+    s3t_tmp_path(pr, sizeof pr, "cuda_scan_resume.db");
+    struct tops tc, tg, tr;
+    tops_init(&tc, cap), tops_init(&tg, cap), tops_init(&tr, cap);
+    int64_t dc = 0, dg = 0, dr = 0;
+    struct srv_scan *sc = NULL, *sg = NULL, *sr = NULL;
+    struct idx_db *dbc = scan_into(f.mc, f.sae, pc, text, len, &tc, 0, &dc, &sc);
+    struct idx_db *dbg = scan_into(f.mg, f.sae, pg, text, len, &tg, 0, &dg, &sg);
+    struct idx_db *dbr = scan_into(f.mg, f.sae, pr, text, len, &tr, 3, &dr, &sr);
+    ck_assert_int_gt(tc.n_tok, 2048); /* several chunks */
+    ck_assert_int_eq(tg.n_tok, tc.n_tok);
+    ck_assert_int_eq(tg.n_passages, tc.n_passages);
+    ck_assert_int_eq(tg.n_slot, tc.n_slot);
+    /* indexed top features: GPU vs CPU */
+    long same = 0, total = 0, same_dec = 0, n_dec = 0;
+    for (int s = 0; s < tc.n_slot; s++)
+        for (int64_t p = 0; p < tc.n_tok; p++) {
+            const size_t i = (size_t)s * cap + p;
+            const int eq = tc.top[i] == tg.top[i];
+            same += eq;
+            total++;
+            if (tc.a01[2 * i] - tc.a01[2 * i + 1] > 0.02f * tc.a01[2 * i]) {
+                n_dec++;
+                same_dec += eq;
+            }
+        }
+    fprintf(stderr, "scan: indexed top feature equal for %ld of %ld entries (%.2f%%); where the "
+                    "CPU's top leads by > 2%%: %ld of %ld (%.2f%%)\n",
+            same, total, 100.0 * same / total, same_dec, n_dec,
+            100.0 * same_dec / (n_dec ? n_dec : 1));
+    ck_assert_int_ge(100 * same, 95 * total);
+    ck_assert_int_ge(1000 * same_dec, 995 * n_dec);
+    /* stopped + resumed GPU scan == uninterrupted GPU scan, every indexed feature */
+    ck_assert_int_eq(tr.n_tok, tg.n_tok);
+    ck_assert_int_eq(memcmp(tr.all, tg.all, sizeof(int32_t) * (size_t)tg.n_slot * cap * SAE_K),
+                     0);
+    /* the same query features on both indexes give the same S3 spans */
+    struct idx_qfeat *qf = NULL, *qg = NULL;
+    size_t nqf = 0, nqg = 0;
+    ck_assert_msg(srv_scan_query(sc, QUESTION, strlen(QUESTION), 16, &qf, &nqf, &err) == 0,
+                  "%s", err.msg);
+    ck_assert_msg(srv_scan_query(sg, QUESTION, strlen(QUESTION), 16, &qg, &nqg, &err) == 0,
+                  "%s", err.msg);
+    ck_assert_int_gt(nqf, 0);
+    struct idx_result rc = {0}, rg = {0};
+    spans_of(dbc, dc, IDX_MODE_S3, qf, nqf, &rc);
+    spans_of(dbg, dg, IDX_MODE_S3, qf, nqf, &rg);
+    int same_spans = rc.n_spans == rg.n_spans;
+    for (size_t j = 0; same_spans && j < rc.n_spans; j++)
+        same_spans = rc.spans[j].start_tok == rg.spans[j].start_tok &&
+                     rc.spans[j].end_tok == rg.spans[j].end_tok;
+    /* positions covered by both / by either */
+    long both = 0, either = 0;
+    for (int64_t p = 0; p < tc.n_tok; p++) {
+        int in_c = 0, in_g = 0;
+        for (size_t j = 0; j < rc.n_spans; j++)
+            in_c |= p >= rc.spans[j].start_tok && p < rc.spans[j].end_tok;
+        for (size_t j = 0; j < rg.n_spans; j++)
+            in_g |= p >= rg.spans[j].start_tok && p < rg.spans[j].end_tok;
+        both += in_c && in_g;
+        either += in_c || in_g;
+    }
+    fprintf(stderr, "s3 spans: cpu %zu, gpu %zu, identical %d, positions in both %ld of %ld\n",
+            rc.n_spans, rg.n_spans, same_spans, both, either);
+    for (size_t j = 0; j < rc.n_spans || j < rg.n_spans; j++)
+        fprintf(stderr, "  span %zu: cpu [%lld, %lld) gpu [%lld, %lld)\n", j,
+                j < rc.n_spans ? (long long)rc.spans[j].start_tok : -1LL,
+                j < rc.n_spans ? (long long)rc.spans[j].end_tok : -1LL,
+                j < rg.n_spans ? (long long)rg.spans[j].start_tok : -1LL,
+                j < rg.n_spans ? (long long)rg.spans[j].end_tok : -1LL);
+    /* with this random SAE the S3 scores are flat (no latent means anything), so which of
+       the near-equal peaks win may change with the features that flip; only the shape of the
+       answer is checked here, the needle below */
+    ck_assert_int_gt(either, 0);
+    ck_assert_int_eq(rc.n_spans, rg.n_spans);
+    idx_result_deinit(&rc), idx_result_deinit(&rg);
+    /* each device with its own question features, hybrid: the needle comes back on both */
+    spans_of(dbc, dc, IDX_MODE_HYBRID, qf, nqf, &rc);
+    spans_of(dbg, dg, IDX_MODE_HYBRID, qg, nqg, &rg);
+    ck_assert_msg(has_needle(&rc), "cpu: needle not retrieved");
+    ck_assert_msg(has_needle(&rg), "gpu: needle not retrieved");
+    idx_result_deinit(&rc), idx_result_deinit(&rg);
+    free(qf), free(qg);
+    srv_scan_free(sc), srv_scan_free(sg), srv_scan_free(sr);
+    idx_close(dbc), idx_close(dbg), idx_close(dbr);
+    rm_db(pc), rm_db(pg), rm_db(pr);
+    free(tc.top), free(tg.top), free(tr.top), free(tc.all), free(tg.all), free(tr.all);
+    free(tc.a01), free(tg.a01), free(tr.a01);
+    free(text);
+    fixture_close(&f);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("cuda_scan");
+    TCase *tc = tcase_create("scan");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_device_encoder);
+    tcase_add_test(tc, test_scan_gpu_vs_cpu);
+    suite_add_tcase(s, tc);
+    return s3t_run(s, CK_NOFORK);
+}
