@@ -3,6 +3,8 @@
 
 #include "cuda_forward.h"
 
+#include <cblas.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +12,7 @@
 #define TOK_WINDOW  (64 * 1024)   /* bytes of text tokenized at a time */
 #define ENC_ROWS    512           /* rows of the SAE encoder's scratch */
 #define SENT_SOFT   40            /* past this many tokens a sentence splits at a space */
+#define QDEC_ROWS   64            /* query rows per decoder-alignment GEMM */
 
 /* ---- the scanner -------------------------------------------------------------------------- */
 
@@ -39,8 +42,12 @@ struct srv_scan {
     float *qsum;                     /* (n_slot, n_dict) query mode */
     const float **wdec;              /* (n_slot) decoder rows (n_dict, d) of each SAE, borrowed */
     int qmethod;                     /* enum srv_scan_qmethod */
-    float *dots;                     /* (n_dict) scratch */
-    float *qc;                       /* (2, d) query mode: mean row, centred row */
+    float *dots;                     /* (QDEC_ROWS, n_dict) query mode: q . W_dec[f] */
+    float *qc;                       /* (1 + QDEC_ROWS, d) query mode: mean row, rows */
+    float *wmax;                     /* (n_slot) largest decoder row norm of each SAE */
+    int32_t *cand;                   /* (n_dict) candidate features of one row */
+    float *cval;                     /* (n_dict) their exact dots */
+    int qdec_ref;                    /* 1: the scalar decoder alignment (opts) */
     double encode_ms;
     struct eng_cuda_sae_scan *dev_sae; /* owned, or NULL: keys encoded on the device (GPU) */
 };
@@ -72,6 +79,9 @@ void srv_scan_free(struct srv_scan *sc)
     free(sc->wdec);
     free(sc->dots);
     free(sc->qc);
+    free(sc->wmax);
+    free(sc->cand);
+    free(sc->cval);
     free(sc);
 }
 
@@ -155,14 +165,18 @@ int srv_scan_new(const struct eng_model *m, struct eng_sae *s, const struct srv_
     sc->acts16 = malloc((size_t)ENC_ROWS * (size_t)sc->K * sizeof *sc->acts16);
     sc->qsum = malloc((size_t)sc->n_slot * (size_t)sc->n_dict * sizeof *sc->qsum);
     sc->wdec = calloc((size_t)sc->n_slot, sizeof *sc->wdec);
-    sc->dots = malloc((size_t)sc->n_dict * sizeof *sc->dots);
-    sc->qc = malloc(2 * (size_t)sc->d * sizeof *sc->qc);
+    sc->dots = malloc((size_t)QDEC_ROWS * (size_t)sc->n_dict * sizeof *sc->dots);
+    sc->qc = malloc((1 + (size_t)QDEC_ROWS) * (size_t)sc->d * sizeof *sc->qc);
+    sc->wmax = calloc((size_t)sc->n_slot, sizeof *sc->wmax);
+    sc->cand = malloc((size_t)sc->n_dict * sizeof *sc->cand);
+    sc->cval = malloc((size_t)sc->n_dict * sizeof *sc->cval);
     if (!sc->slots || !sc->feat || !sc->act || !sc->ids16 || !sc->acts16 || !sc->qsum ||
-        !sc->wdec || !sc->dots || !sc->qc) {
+        !sc->wdec || !sc->dots || !sc->qc || !sc->wmax || !sc->cand || !sc->cval) {
         rc = s3_errf(err, S3_ENOMEM, "scan: out of memory");
         goto out;
     }
     sc->qmethod = opts && opts->qmethod ? opts->qmethod : SRV_SCAN_Q_DECODER;
+    sc->qdec_ref = opts && opts->qdec_ref;
     for (int i = 0; i < sc->n_slot; i++) {
         struct eng_sae_unit u;
         sc->slots[i].layer = in->layers[i / sc->n_kv];
@@ -172,6 +186,14 @@ int srv_scan_new(const struct eng_model *m, struct eng_sae *s, const struct srv_
             goto out;
         }
         sc->wdec[i] = u.w_dec;
+        double wm = 0;
+        for (int f = 0; f < sc->n_dict; f++) {
+            double nr = 0;
+            for (int j = 0; j < sc->d; j++)
+                nr += (double)u.w_dec[(size_t)f * sc->d + j] * u.w_dec[(size_t)f * sc->d + j];
+            wm = nr > wm ? nr : wm;
+        }
+        sc->wmax[i] = (float)sqrt(wm);
     }
 out:
     if (rc < 0)
@@ -222,27 +244,32 @@ static int sink_query(struct srv_scan *sc, int slot, int kv, int r, int nb)
     return 0;
 }
 
+/* x . w in the order the decoder alignment has always used (8 independent partial sums):
+ * the reference the GEMM path reproduces exactly. */
+static float dot_row(const float *w, const float *x, int d)
+{
+    float acc[8] = {0}; /* independent partial sums: vectorisable without reassociation */
+    int i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += w[i + j] * x[i + j];
+    float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < d; i++)
+        sum += w[i] * x[i];
+    return sum;
+}
+
 /* Decoder alignment of one query row x (d): the attention logit of a key with code a is
  * x.b_dec + sum_f a_f (x . W_dec[f]), so x . W_dec[f] is what feature f of a key adds to
- * the score; the K largest positive ones are added to the query's weights. */
+ * the score; the K largest positive ones are added to the query's weights (ties: the lower
+ * feature). Scalar reference (opts->qdec_ref). */
 static void query_dec_row(struct srv_scan *sc, size_t si, const float *x)
 {
     const float *wd = sc->wdec[si];
     float *dots = sc->dots, *qs = sc->qsum + si * (size_t)sc->n_dict;
     int d = sc->d, nd = sc->n_dict, K = sc->K;
-    for (int f = 0; f < nd; f++) {
-        const float *w = wd + (size_t)f * (size_t)d;
-        float acc[8] = {0}; /* independent partial sums: vectorisable without reassociation */
-        int i = 0;
-        for (; i + 8 <= d; i += 8)
-            for (int j = 0; j < 8; j++)
-                acc[j] += w[i + j] * x[i + j];
-        float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-                    ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-        for (; i < d; i++)
-            sum += w[i] * x[i];
-        dots[f] = sum;
-    }
+    for (int f = 0; f < nd; f++)
+        dots[f] = dot_row(wd + (size_t)f * (size_t)d, x, d);
     /* K largest by partial selection (K is small) */
     for (int j = 0; j < K; j++) {
         int best = -1;
@@ -259,6 +286,67 @@ static void query_dec_row(struct srv_scan *sc, size_t si, const float *x)
     }
 }
 
+/* The same for nb rows x (nb, d) at once, with the same result bit for bit: one GEMM gives
+ * every q . W_dec[f] up to rounding, e = 2 d u |x| max|W_dec[f]| (u = 2^-24) between it and
+ * dot_row's value (both are within d u |x||w| of the exact sum). A feature whose GEMM value
+ * is below t - 2e, t the K-th largest GEMM value of the row, has K features exactly above it,
+ * so only the features at or above max(t - 2e, -e) are recomputed with dot_row and ranked
+ * (value descending, then feature), as query_dec_row ranks them. */
+static void query_dec_block(struct srv_scan *sc, size_t si, const float *x, int nb)
+{
+    const float *wd = sc->wdec[si];
+    float *qs = sc->qsum + si * (size_t)sc->n_dict;
+    const int d = sc->d, nd = sc->n_dict, K = sc->K;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, nd, d, 1.0f, x, d, wd, d, 0.0f,
+                sc->dots, nd);
+    for (int r = 0; r < nb; r++) {
+        const float *xr = x + (size_t)r * d, *g = sc->dots + (size_t)r * nd;
+        double xn = 0;
+        for (int i = 0; i < d; i++)
+            xn += (double)xr[i] * xr[i];
+        const double e = 2.0 * d * 0x1p-24 * 1.01 * sqrt(xn) * (double)sc->wmax[si] + 1e-30;
+        /* t: the K-th largest GEMM value (top[] kept descending) */
+        float top[ENG_SAE_MAX_K];
+        int nt = 0;
+        for (int f = 0; f < nd; f++) {
+            const float v = g[f];
+            if (nt == K && !(v > top[K - 1]))
+                continue;
+            int j = nt < K ? nt++ : K - 1;
+            while (j > 0 && top[j - 1] < v) {
+                top[j] = top[j - 1];
+                j--;
+            }
+            top[j] = v;
+        }
+        double thr = (double)top[nt - 1] - 2 * e;
+        if (thr < -e)
+            thr = -e;
+        int nc = 0;
+        for (int f = 0; f < nd; f++)
+            if ((double)g[f] >= thr) {
+                const float v = dot_row(wd + (size_t)f * (size_t)d, xr, d);
+                if (v > 0) {
+                    sc->cand[nc] = f;
+                    sc->cval[nc++] = v;
+                }
+            }
+        /* the K best candidates, value descending then feature ascending */
+        for (int j = 0; j < K && j < nc; j++) {
+            int b = j;
+            for (int c = j + 1; c < nc; c++)
+                if (sc->cval[c] > sc->cval[b] ||
+                    (sc->cval[c] == sc->cval[b] && sc->cand[c] < sc->cand[b]))
+                    b = c;
+            const int32_t tf = sc->cand[b];
+            const float tv = sc->cval[b];
+            sc->cand[b] = sc->cand[j], sc->cval[b] = sc->cval[j];
+            sc->cand[j] = tf, sc->cval[j] = tv;
+            qs[tf] += tv;
+        }
+    }
+}
+
 /* The question's rows of one q head (n rows, stride ld), centred on their mean before the
  * decoder alignment. Every query row shares a large component (what makes attention go to
  * the first token and to punctuation whatever is asked); uncentred, it picks the same
@@ -269,21 +357,22 @@ static void query_dec_rows(struct srv_scan *sc, size_t si, const float *q, size_
 {
     int d = sc->d;
     float *mean = sc->qc, *x = sc->qc + d;
-    if (n < 2) {
-        for (int r = 0; r < n; r++)
-            query_dec_row(sc, si, q + (size_t)r * ld);
-        return;
-    }
     for (int i = 0; i < d; i++) {
         double m = 0;
         for (int r = 0; r < n; r++)
             m += q[(size_t)r * ld + (size_t)i];
-        mean[i] = (float)(m / n);
+        mean[i] = n < 2 ? 0.0f : (float)(m / n);
     }
-    for (int r = 0; r < n; r++) {
-        for (int i = 0; i < d; i++)
-            x[i] = q[(size_t)r * ld + (size_t)i] - mean[i];
-        query_dec_row(sc, si, x);
+    for (int r0 = 0; r0 < n; r0 += QDEC_ROWS) {
+        const int nb = n - r0 < QDEC_ROWS ? n - r0 : QDEC_ROWS;
+        for (int r = 0; r < nb; r++)
+            for (int i = 0; i < d; i++)
+                x[(size_t)r * d + i] = q[(size_t)(r0 + r) * ld + (size_t)i] - mean[i];
+        if (sc->qdec_ref)
+            for (int r = 0; r < nb; r++)
+                query_dec_row(sc, si, x + (size_t)r * d);
+        else
+            query_dec_block(sc, si, x, nb);
     }
 }
 
@@ -936,28 +1025,34 @@ int srv_scan_query(struct srv_scan *sc, const char *question, size_t len, int to
 {
     int32_t *ids = NULL;
     size_t n = 0;
+    *feats = NULL;
+    *n_feats = 0;
+    if (!question || !len)
+        return s3_errf(err, S3_EINVAL, "the question is empty");
+    int rc = eng_tok_encode(eng_model_tok(sc->m), question, len, 0, &ids, &n);
+    if (rc < 0)
+        return s3_errf(err, rc, "cannot tokenize the question");
+    rc = srv_scan_query_ids(sc, ids, n, top_per_slot, feats, n_feats, err);
+    free(ids);
+    return rc;
+}
+
+int srv_scan_query_ids(struct srv_scan *sc, const int32_t *ids, size_t n, int top_per_slot,
+                       struct idx_qfeat **feats, size_t *n_feats, struct s3_errinfo *err)
+{
     struct fw *tmp = NULL;
     struct idx_qfeat *out = NULL;
     size_t n_out = 0;
-    int rc;
+    int rc = 0;
     *feats = NULL;
     *n_feats = 0;
     if (top_per_slot <= 0)
         top_per_slot = SRV_SCAN_QFEATS;
-    if (!question || !len)
+    if (!ids || n == 0)
         return s3_errf(err, S3_EINVAL, "the question is empty");
-    rc = eng_tok_encode(eng_model_tok(sc->m), question, len, 0, &ids, &n);
-    if (rc < 0)
-        return s3_errf(err, rc, "cannot tokenize the question");
-    if (n == 0) {
-        rc = s3_errf(err, S3_EINVAL, "the question is empty");
-        goto out;
-    }
-    if (n > SRV_SCAN_MAX_QTOKENS || (int)n > eng_ctx_n_ctx(sc->ctx)) {
-        rc = s3_errf(err, S3_ETOOBIG, "the question has %zu tokens, over the limit of %d", n,
-                     SRV_SCAN_MAX_QTOKENS);
-        goto out;
-    }
+    if (n > SRV_SCAN_MAX_QTOKENS || (int)n > eng_ctx_n_ctx(sc->ctx))
+        return s3_errf(err, S3_ETOOBIG, "the question has %zu tokens, over the limit of %d", n,
+                       SRV_SCAN_MAX_QTOKENS);
     memset(sc->qsum, 0, (size_t)sc->n_slot * (size_t)sc->n_dict * sizeof *sc->qsum);
     sc->mode = 1;
     rc = run_pass(sc, ids, (int)n, 0, 1, err);
@@ -992,7 +1087,6 @@ int srv_scan_query(struct srv_scan *sc, const char *question, size_t len, int to
     *n_feats = n_out;
     out = NULL;
 out:
-    free(ids);
     free(tmp);
     free(out);
     return rc;

@@ -66,6 +66,9 @@ struct srv_scan_opts {
                           * the SAE's k; 0 = min(k, SRV_SCAN_INDEX_K), < 0 = all k */
     int host_sae;        /* 1: with a model on a GPU, still copy the keys to the host and
                           * encode them there (the CPU path's encoder; for comparisons) */
+    int qdec_ref;        /* 1: the question's decoder alignment row by row with scalar dot
+                          * products (the reference; the default, one GEMM per block of
+                          * rows, gives the same features and weights bit for bit) */
 };
 
 struct srv_scan;
@@ -128,3 +131,6 @@ int srv_scan_document(struct srv_scan *sc, struct idx_db *db, const char *text, 
  * S3_EINVAL for an empty question, S3_ETOOBIG over SRV_SCAN_MAX_QTOKENS tokens. */
 int srv_scan_query(struct srv_scan *sc, const char *question, size_t len, int top_per_slot,
                    struct idx_qfeat **feats, size_t *n_feats, struct s3_errinfo *err);
+/* The same for a question already tokenized: ids (n, borrowed). */
+int srv_scan_query_ids(struct srv_scan *sc, const int32_t *ids, size_t n, int top_per_slot,
+                       struct idx_qfeat **feats, size_t *n_feats, struct s3_errinfo *err);
