@@ -108,8 +108,15 @@ static int writer_new(struct idx_db *db, int64_t doc, struct idx_writer **out,
     w->db = db;
     w->doc = doc;
     /* a scan reads back what it wrote (merges, compaction): through the bounded page cache,
-     * not the map, so that the process's memory does not grow with the document */
-    int rc = idx__exec(db, "PRAGMA mmap_size=0", err);
+     * not the map, so that the process's memory does not grow with the document. The cache
+     * holds a whole segment's pending rows (a merge reads them back without going to the
+     * file), and the WAL is checkpointed every 64 MiB instead of 4: pending pages written and
+     * freed within that window reach the database file once or never, and fsyncs are 16x
+     * rarer (8B-shaped postings, 262k tokens, two runs each: 11.2 / 12.0 s -> 7.9 / 10.4 s,
+     * system time 1.6 s -> 1.1 s).
+     * Crash safety is the WAL's, unchanged: still one transaction per chunk. */
+    int rc = idx__exec(db, "PRAGMA mmap_size=0; PRAGMA wal_autocheckpoint=" IDX_WAL_PAGES ";"
+                           " PRAGMA cache_size=" IDX_SCAN_CACHE, err);
     if (rc == 0)
         rc = prepare_all(w, err);
     if (rc == 0)
@@ -174,7 +181,10 @@ void idx_writer_free(struct idx_writer *w)
 {
     if (!w)
         return;
-    sqlite3_exec(w->db->db, "PRAGMA mmap_size=" IDX_MMAP_SIZE_STR, NULL, NULL, NULL);
+    sqlite3_exec(w->db->db,
+                 "PRAGMA mmap_size=" IDX_MMAP_SIZE_STR "; PRAGMA wal_autocheckpoint=1000;"
+                 " PRAGMA cache_size=" IDX_QUERY_CACHE,
+                 NULL, NULL, NULL);
     sqlite3_finalize(w->ins_pend);
     sqlite3_finalize(w->ins_pass);
     sqlite3_finalize(w->ins_fts);
