@@ -4,7 +4,7 @@
  *   s3cuda_bench scan --model F [--tokens 32768,131072,1048576] [--chunk 2048]
  *                     [--hook 3,8,23,29] [--sae-dict 2048 --sae-k 16] [--decode 128]
  *                     [--sae-path dev|host] [--full 0|1] [--label NAME]
- *   s3cuda_bench ingest --model F [--tokens 1048576] [--chunk 2048] [--hook 3,9,24,31]
+ *   s3cuda_bench ingest --model F [--tokens 1048576] [--chunk 2048] [--hook 3,9,24,31] [--index-k 4]
  *                       [--sae-dict 2048 --sae-k 16] [--budget 2048] [--decode 64] [--db PATH]
  *   s3cuda_bench attn                                 attention kernels alone (TFLOP/s)
  *
@@ -39,6 +39,7 @@
 #include "idx.h"
 #include "quant.h"
 #include "sae.h"
+#include "scan.h"
 
 int cli_gguf_synth(int argc, char **argv);
 
@@ -448,14 +449,15 @@ static int cmd_ingest(int argc, char **argv)
 {
     const char *model = NULL, *label = "model", *db_path = "/tmp/s3cuda_ingest.db";
     long long n_tok = 1048576, hooks[64] = {3, 9, 24, 31};
-    int n_hooks = 4, chunk = 2048, sae_dict = 2048, sae_k = 16, ki = 8, n_decode = 64,
+    int n_hooks = 4, chunk = 2048, sae_dict = 2048, sae_k = 16, ki = SRV_SCAN_INDEX_K,
+        n_decode = 64,
         budget = 2048, q_len = 32;
     static const struct option lo[] = {{"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},
                                        {"chunk", 1, 0, 'c'}, {"hook", 1, 0, 'k'},
                                        {"sae-dict", 1, 0, 'd'}, {"sae-k", 1, 0, 's'},
                                        {"decode", 1, 0, 'g'}, {"label", 1, 0, 'l'},
                                        {"db", 1, 0, 'b'}, {"budget", 1, 0, 'u'},
-                                       {0, 0, 0, 0}};
+                                       {"index-k", 1, 0, 'i'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -470,10 +472,11 @@ static int cmd_ingest(int argc, char **argv)
         case 'l': label = optarg; break;
         case 'b': db_path = optarg; break;
         case 'u': budget = (int)strtol(optarg, NULL, 10); break;
+        case 'i': ki = (int)strtol(optarg, NULL, 10); break;
         default: return 2;
         }
     }
-    if (!model || n_tok < chunk || chunk < 256 || n_hooks < 1 || sae_k < ki) {
+    if (!model || n_tok < chunk || chunk < 256 || n_hooks < 1 || ki < 1 || sae_k < ki) {
         fprintf(stderr, "ingest: --model required (tokens >= chunk >= 256)\n");
         return 2;
     }
@@ -695,6 +698,32 @@ static int cmd_ingest(int argc, char **argv)
            label, n_tok, q_len, res.n_spans, np_, ttft, qenc_ms, retr_ms, prefill_ms, n_decode,
            n_decode / (dec_ms / 1000));
     idx_result_deinit(&res);
+    /* the product's question encoding (srv_scan_query_ids: decoder alignment of the
+       centred queries) of the same question ids, one GEMM per block of rows against the
+       scalar loop */
+    for (int ref = 0; ref < 2; ref++) {
+        struct srv_scan_opts so = {.chunk = 512, .overlap = 64, .qdec_ref = ref};
+        struct srv_scan *sc = NULL;
+        struct idx_qfeat *pf = NULL;
+        size_t npf = 0;
+        double best = 1e30;
+        int qrc = srv_scan_new(m, sae, &so, &sc, &err);
+        for (int it = 0; qrc == 0 && it < 3; it++) {
+            double t1 = s3_now_ms();
+            qrc = srv_scan_query_ids(sc, q, (size_t)q_len, 0, &pf, &npf, &err);
+            t1 = s3_now_ms() - t1;
+            best = t1 < best ? t1 : best;
+            free(pf);
+            pf = NULL;
+        }
+        if (qrc == 0)
+            printf("{\"bench\":\"question_product\",\"label\":\"%s\",\"decoder_alignment\":"
+                   "\"%s\",\"features\":%zu,\"query_ms\":%.1f}\n",
+                   label, ref ? "scalar" : "gemm", npf, best);
+        else
+            fprintf(stderr, "question_product: %s\n", err.msg);
+        srv_scan_free(sc);
+    }
     free(prompt), free(logits), free(qf), free(qc.sum), free(qc.ids), free(qc.acts);
     free(ids), free(off), free(text), free(feat), free(slots), free(pas), free(sent_t),
         free(sent_c);

@@ -3,9 +3,13 @@
 # Expects, in the repository root: vendor-deb/vendor.tar.xz (the Debian -dev packages and
 # runtime libraries the build needs, as `usr/...`) and vendor-deb/slice3.gguf (the first 3
 # layers of the default model: `s3serve gguf-synth --slice 3 --out vendor-deb/slice3.gguf`).
+# Optional: vendor-deb/slice3.s3sae (an SAE trained on that slice: `s3serve train-sae --model
+# vendor-deb/slice3.gguf --layers 0,1,2 --out vendor-deb/slice3.s3sae`): cuda_test_scan then
+# compares the devices with it (S3_CUDA_SAE), and BENCH_SCAN=1 runs the CPU scan's
+# bench-scan (peak RSS per size) on the slice with it, on all cores.
 # Writes logs under $OUT (default ./out-h200). Usage: bash bench/cuda/run_h200.sh [quick]
-# Switches (environment): MEMCHECK=0, ATTN=0, SCAN_135M=0 skip those parts; TOKENS_8B,
-# TOKENS_135M, INGEST_TOKENS set the sizes.
+# Switches (environment): MEMCHECK=0, ATTN=0, SCAN_135M=0, SCAN_8B=0 skip those parts; TOKENS_8B,
+# TOKENS_135M, INGEST_TOKENS, BENCH_SCAN_SIZES set the sizes.
 set -u
 OUT=${OUT:-$PWD/out-h200}; mkdir -p "$OUT"
 ROOT=$PWD; V=$ROOT/vendor-deb/root; B=$ROOT/build-h200; M=$B/synth-models; mkdir -p $M
@@ -28,7 +32,7 @@ log configure
 cmake -S . -B $B -DS3_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_BUILD_TYPE=Release \
   > $OUT/configure.log 2>&1 || { tail -30 $OUT/configure.log; exit 1; }
 log build
-cmake --build $B -j16 --target cuda_test_kernels cuda_test_forward cuda_test_scan s3cuda_bench \
+cmake --build $B -j16 --target cuda_test_kernels cuda_test_forward cuda_test_scan s3cuda_bench s3serve \
   > $OUT/build.log 2>&1 || { grep -E "error|Error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
 ldd $B/cuda_test_kernels | grep "not found"
 log tests
@@ -37,7 +41,8 @@ grep -E "attn|Checks|Failure|Error" $OUT/test_kernels.log | tail -30
 # a failing kernel test leaves the benchmarks on the single-stage attention kernel
 [ $KRC -ne 0 ] && { echo "kernel tests FAILED: benchmarks with S3_CUDA_ATTN=1"; export S3_CUDA_ATTN=1; }
 S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf $B/cuda_test_forward 2>&1 | tee $OUT/test_forward.log | tail -8
-S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf $B/cuda_test_scan 2>&1 | tee $OUT/test_scan.log | tail -24
+SAE3=$ROOT/vendor-deb/slice3.s3sae; [ -f $SAE3 ] || SAE3=
+S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf S3_CUDA_SAE=$SAE3 $B/cuda_test_scan 2>&1 | tee $OUT/test_scan.log | tail -30
 if [ "${MEMCHECK:-1}" = 1 ]; then
 log memcheck
 timeout 150 compute-sanitizer --tool memcheck --leak-check full --report-api-errors no $B/cuda_test_kernels > $OUT/memcheck.log 2>&1
@@ -60,9 +65,15 @@ log bench-8b
 $B/bench_cuda/s3cuda_bench synth --shape llama3-8b --type q4_1 --out $M/l8b.gguf
 timeout ${INGEST_TIMEOUT:-240} $B/bench_cuda/s3cuda_bench ingest --model $M/l8b.gguf --label llama3-8b --tokens ${INGEST_TOKENS:-1048576} \
   --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee $OUT/ingest_8b.jsonl
-$B/bench_cuda/s3cuda_bench scan --model $M/l8b.gguf --label llama3-8b --tokens ${TOKENS_8B:-32768,131072,1048576} \
+[ "${SCAN_8B:-1}" = 1 ] && $B/bench_cuda/s3cuda_bench scan --model $M/l8b.gguf --label llama3-8b --tokens ${TOKENS_8B:-32768,131072,1048576} \
   --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --compare 1 2>&1 | tee $OUT/bench_8b.jsonl
 rm -f $M/l8b.gguf
+if [ "${BENCH_SCAN:-0}" = 1 ] && [ -n "$SAE3" ]; then
+log bench-scan-cpu
+timeout ${BENCH_SCAN_TIMEOUT:-200} $B/s3serve bench-scan --model $ROOT/vendor-deb/slice3.gguf --sae $SAE3 \
+  --text $ROOT/models/sae-corpus/heldout.txt --sizes ${BENCH_SCAN_SIZES:-10000,100000,1000000} \
+  --baseline-max 10000 --threads $(nproc) 2>&1 | grep -v "^level=" | tee $OUT/bench_scan_cpu.jsonl
+fi
 log anchor
 [ -n "${ANCHOR:-}" ] && PYTHONUNBUFFERED=1 timeout 170 python3 bench/cuda/fullkv_anchor.py 2>&1 | grep -v Warning | tee $OUT/anchor.jsonl
 log done

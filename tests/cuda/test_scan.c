@@ -13,8 +13,16 @@
  *     flat), the needle retrieved by both (hybrid);
  *     a GPU scan stopped after 3 chunks and resumed indexes exactly what an uninterrupted
  *     GPU scan does.
- * SAE: random unit encoder rows (fixed seed) centred on the keys' mean, 256 latents, k 8,
- * made here for the model file (no trained SAE fits a layer slice).
+ * SAE: $S3_CUDA_SAE when set (a trained SAE of the model file, e.g. `s3serve train-sae` on
+ * the layer slice): its layers are captured and raw top-feature agreement over (token,
+ * layer, kv head) must be >= 98% (98.6% measured; the misses are near ties flipped by the
+ * CPU path's 8-bit keys); S3 and hybrid spans of both devices are printed. Otherwise a
+ * random SAE made here: unit encoder rows (fixed seed) centred on the keys' mean, 256
+ * latents, k 8, at layers 1 and n_layer - 1.
+ * Either way the device encoder is also run against the CPU reference encoder on the GPU
+ * model's own keys (>= 99.5% equal top features; 100% measured), which separates encoder
+ * differences from key differences. The question's decoder alignment (one GEMM per block of
+ * rows) gives the scalar loop's features and weights bit for bit.
  * Model: $S3_CUDA_MODEL, else the default model. Skips without a GPU or model. CK_FORK=no. */
 #include <check.h>
 #include <math.h>
@@ -28,8 +36,10 @@
 #include "sae.h"
 #include "scan.h"
 
-#define N_DICT 256
+#define N_DICT 256   /* random SAE */
 #define SAE_K  8
+#define MAX_K  16    /* most features per row the observers keep */
+#define MAX_CAP 4    /* most layers captured */
 #define MAX_SLOT 16 /* (layer, kv head) slots the observer keeps */
 
 static const char *NEEDLE = "The secret passphrase of the Kestrel observatory is velvet-thistle-25.";
@@ -81,9 +91,9 @@ static char *make_text(size_t n_bytes, double at, size_t *len)
 
 struct kcap {
     int n_layer_cap;
-    int layers[2];
+    int layers[MAX_CAP];
     int dkv, n_max;
-    float *k[2]; /* (n_max, dkv) keys of each captured layer */
+    float *k[MAX_CAP]; /* (n_max, dkv) keys of each captured layer */
 };
 
 static int kcap_hook(void *ud, int layer, int pos0, int n, const float *q, const float *k)
@@ -142,10 +152,29 @@ static struct eng_sae *make_sae(const struct eng_hparams *hp, const struct kcap 
 struct fixture {
     struct eng_model *mc, *mg;   /* CPU and GPU copies of the model */
     struct eng_sae *sae;
+    int trained;                 /* sae is $S3_CUDA_SAE */
+    int k, n_dict;               /* of the SAE */
     int32_t *ids;
     size_t n;
-    struct kcap kc;
+    struct kcap kc;              /* CPU model's keys */
+    struct kcap kg;              /* GPU model's keys (copied to the host by the hook) */
 };
+
+static void capture(struct eng_model *m, struct fixture *f, struct kcap *kc)
+{
+    struct s3_errinfo err = {0};
+    struct eng_ctx_opts co = {.n_ctx = 2048};
+    struct eng_ctx *c = NULL;
+    uint64_t mask = 0;
+    for (int i = 0; i < kc->n_layer_cap; i++) {
+        kc->k[i] = malloc(sizeof(float) * f->n * (size_t)kc->dkv);
+        mask |= 1ull << kc->layers[i];
+    }
+    ck_assert_msg(eng_ctx_new(m, &co, &c, &err) == 0, "%s", err.msg);
+    eng_ctx_set_qk_hook(c, kcap_hook, kc, mask);
+    ck_assert_int_eq(eng_ctx_prefill(c, f->ids, f->n, NULL, NULL), 0);
+    eng_ctx_free(c);
+}
 
 /* Load both models, tokenize a text of ~n_bytes, take the CPU keys, make the SAE. */
 static int fixture_open(struct fixture *f, size_t n_bytes)
@@ -168,15 +197,26 @@ static int fixture_open(struct fixture *f, size_t n_bytes)
     ck_assert(f->n > 600 && f->n <= 2048);
     f->kc = (struct kcap){.n_layer_cap = 2, .layers = {1, hp->n_layer - 1},
                           .dkv = hp->n_head_kv * hp->head_dim, .n_max = (int)f->n};
-    for (int i = 0; i < 2; i++)
-        f->kc.k[i] = malloc(sizeof(float) * f->n * (size_t)f->kc.dkv);
-    struct eng_ctx_opts co = {.n_ctx = 2048};
-    struct eng_ctx *c = NULL;
-    ck_assert_msg(eng_ctx_new(f->mc, &co, &c, &err) == 0, "%s", err.msg);
-    eng_ctx_set_qk_hook(c, kcap_hook, &f->kc, (1ull << 1) | (1ull << (hp->n_layer - 1)));
-    ck_assert_int_eq(eng_ctx_prefill(c, f->ids, f->n, NULL, NULL), 0);
-    eng_ctx_free(c);
-    f->sae = make_sae(hp, &f->kc, (int)f->n);
+    const char *sp = getenv("S3_CUDA_SAE");
+    if (sp && *sp) {
+        ck_assert_msg(eng_sae_load(sp, hp, &f->sae, &err) == 0, "%s: %s", sp, err.msg);
+        const struct eng_sae_info *in = eng_sae_get_info(f->sae);
+        ck_assert_int_le(in->n_idx, MAX_CAP);
+        ck_assert_int_le(in->k, MAX_K);
+        f->kc.n_layer_cap = in->n_idx;
+        for (int i = 0; i < in->n_idx; i++)
+            f->kc.layers[i] = in->layers[i];
+        f->trained = 1;
+    }
+    f->kg = f->kc;
+    capture(f->mc, f, &f->kc);
+    capture(f->mg, f, &f->kg);
+    if (!f->sae)
+        f->sae = make_sae(hp, &f->kc, (int)f->n);
+    f->k = eng_sae_get_info(f->sae)->k;
+    f->n_dict = eng_sae_get_info(f->sae)->n_dict;
+    fprintf(stderr, "SAE: %s, %d layers, %d latents, k %d\n",
+            f->trained ? sp : "random (made here)", f->kc.n_layer_cap, f->n_dict, f->k);
     return 1;
 }
 
@@ -186,8 +226,8 @@ static void fixture_close(struct fixture *f)
     eng_model_free(f->mc);
     eng_model_free(f->mg);
     free(f->ids);
-    free(f->kc.k[0]);
-    free(f->kc.k[1]);
+    for (int i = 0; i < f->kc.n_layer_cap; i++)
+        free(f->kc.k[i]), free(f->kg.k[i]);
 }
 
 /* ---- the device encoder ------------------------------------------------------------------- */
@@ -199,14 +239,14 @@ START_TEST(test_device_encoder)
         return;
     struct s3_errinfo err = {0};
     const struct eng_hparams *hp = eng_model_hparams(f.mc);
-    const int n = (int)f.n, n_kv = hp->n_head_kv, hd = hp->head_dim, n_unit = 2 * n_kv;
+    const int n = (int)f.n, n_kv = hp->n_head_kv, hd = hp->head_dim, K = f.k,
+              n_cap = f.kc.n_layer_cap, n_unit = n_cap * n_kv;
     /* ubatches of 512 on the device: a pass spans several */
     struct eng_ctx_opts co = {.n_ctx = 2048, .n_batch = 512};
     struct eng_ctx *cg = NULL;
     ck_assert_msg(eng_ctx_new(f.mg, &co, &cg, &err) == 0, "%s", err.msg);
     struct eng_cuda_sae_scan *ss = NULL;
-    ck_assert_msg(eng__cuda_sae_scan_new(cg, f.sae, 2048, SAE_K, &ss, &err) == 0, "%s",
-                  err.msg);
+    ck_assert_msg(eng__cuda_sae_scan_new(cg, f.sae, 2048, K, &ss, &err) == 0, "%s", err.msg);
     /* pass A: no prefix; pass B: prefix 700 (crosses a ubatch boundary); both in flight */
     const int pre = 700;
     ck_assert_msg(eng__cuda_sae_scan_submit(ss, f.ids, n, 0, &err) == 0, "%s", err.msg);
@@ -225,52 +265,80 @@ START_TEST(test_device_encoder)
     long diff_b = 0;
     for (int u = 0; u < n_unit; u++)
         for (int r = 0; r < n - pre; r++)
-            for (int j = 0; j < SAE_K; j++) {
-                size_t a = ((size_t)u * n + r + pre) * SAE_K + j,
-                       b = ((size_t)u * (n - pre) + r) * SAE_K + j;
+            for (int j = 0; j < K; j++) {
+                size_t a = ((size_t)u * n + r + pre) * K + j,
+                       b = ((size_t)u * (n - pre) + r) * K + j;
                 diff_b += ia[a] != ib[b] || aa[a] != ab[b];
             }
     ck_assert_int_eq(diff_b, 0);
     /* A against the CPU reference encoder on the CPU model's keys */
-    uint16_t *rid = malloc(sizeof(uint16_t) * (size_t)n * SAE_K);
-    float *ract = malloc(sizeof(float) * (size_t)n * SAE_K);
-    long same_top = 0, total = 0, order_ok = 0, same_dec = 0, n_dec = 0;
-    double sum_rel = 0;
-    for (int sl = 0; sl < 2; sl++)
+    uint16_t *rid = malloc(sizeof(uint16_t) * (size_t)n * K);
+    float *ract = malloc(sizeof(float) * (size_t)n * K);
+    long same_top = 0, total = 0, order_ok = 0, same_dec = 0, n_dec = 0, same_own = 0;
+    long miss_near = 0; /* CPU-key misses whose CPU winner leads by < 2% */
+    double sum_rel = 0, kd2 = 0, kn2 = 0;
+    for (int sl = 0; sl < n_cap; sl++)
+        for (size_t i = 0; i < (size_t)n * (size_t)f.kc.dkv; i++) {
+            const double dv = (double)f.kg.k[sl][i] - (double)f.kc.k[sl][i];
+            kd2 += dv * dv;
+            kn2 += (double)f.kc.k[sl][i] * f.kc.k[sl][i];
+        }
+    for (int sl = 0; sl < n_cap; sl++)
         for (int h = 0; h < n_kv; h++) {
+            const int u = sl * n_kv + h;
+            /* the reference encoder on the GPU model's own keys: encoder differences only */
+            ck_assert_int_eq(eng_sae_encode_ref(f.sae, sl, h, f.kg.k[sl] + (size_t)h * hd,
+                                                (size_t)f.kg.dkv, n, rid, ract),
+                             0);
+            for (int r = 0; r < n; r++)
+                same_own += ia[((size_t)u * n + r) * K] == rid[(size_t)r * K];
+            /* and on the CPU model's keys: encoder and key differences */
             ck_assert_int_eq(eng_sae_encode_ref(f.sae, sl, h, f.kc.k[sl] + (size_t)h * hd,
                                                 (size_t)f.kc.dkv, n, rid, ract),
                              0);
-            const int u = sl * n_kv + h;
             for (int r = 0; r < n; r++) {
-                const uint16_t *gi = ia + ((size_t)u * n + r) * SAE_K;
-                const float *ga = aa + ((size_t)u * n + r) * SAE_K;
-                const int eq = gi[0] == rid[(size_t)r * SAE_K];
+                const uint16_t *gi = ia + ((size_t)u * n + r) * K;
+                const float *ga = aa + ((size_t)u * n + r) * K;
+                const int eq = gi[0] == rid[(size_t)r * K];
                 same_top += eq;
                 total++;
                 /* decisive: the reference's winner leads its runner-up by > 2% */
-                const float a0 = ract[(size_t)r * SAE_K], a1 = ract[(size_t)r * SAE_K + 1];
+                const float a0 = ract[(size_t)r * K], a1 = ract[(size_t)r * K + 1];
                 if (a0 - a1 > 0.02f * a0) {
                     n_dec++;
                     same_dec += eq;
+                } else {
+                    miss_near += !eq;
                 }
                 int ok = 1;
-                for (int j = 0; j < SAE_K; j++) {
-                    ok &= gi[j] < N_DICT && ga[j] >= 0;
+                for (int j = 0; j < K; j++) {
+                    ok &= gi[j] < f.n_dict && ga[j] >= 0;
                     if (j)
                         ok &= ga[j] <= ga[j - 1];
                 }
                 order_ok += ok;
-                sum_rel += fabs(ga[0] - ract[(size_t)r * SAE_K]) /
-                           fmax(1e-6, fabs(ract[(size_t)r * SAE_K]));
+                sum_rel += fabs(ga[0] - ract[(size_t)r * K]) /
+                           fmax(1e-6, fabs(ract[(size_t)r * K]));
             }
         }
     fprintf(stderr, "device encoder: top feature equal for %ld of %ld (%.2f%%); where the CPU's "
-                    "top leads by > 2%%: %ld of %ld (%.2f%%); top activation mean rel diff "
-                    "%.2e\n",
+                    "top leads by > 2%%: %ld of %ld (%.2f%%); misses at near ties %ld of %ld; "
+                    "top activation mean rel diff %.2e\n",
             same_top, total, 100.0 * same_top / total, same_dec, n_dec,
-            100.0 * same_dec / (n_dec ? n_dec : 1), sum_rel / total);
+            100.0 * same_dec / (n_dec ? n_dec : 1), miss_near, total - same_top,
+            sum_rel / total);
+    fprintf(stderr, "device encoder vs reference encoder on the GPU's own keys: top feature "
+                    "equal for %ld of %ld (%.2f%%); GPU vs CPU keys rel L2 %.2e\n",
+            same_own, total, 100.0 * same_own / total, sqrt(kd2 / (kn2 > 0 ? kn2 : 1)));
     ck_assert_int_eq(order_ok, total);
+    /* same keys: the encoders differ only by float rounding in the GEMM (100.00% measured
+       on the H200 with the trained slice SAE) */
+    ck_assert_int_ge(1000 * same_own, 995 * total);
+    /* CPU keys: the CPU path quantises activations to 8 bits in its GEMMs (keys rel L2
+       ~8e-3 against the GPU's); with the trained slice SAE 98.6% raw agreement, 99.9% where
+       the winner leads by > 2%, and 92% of the misses are such near ties */
+    if (f.trained)
+        ck_assert_int_ge(1000 * same_top, 980 * total);
     /* the CPU path's keys carry its 8-bit activation quantisation (relative L2 ~8e-3 against
        the GPU's fp16 path): near ties between the top two latents may flip, decisive
        winners must not */
@@ -285,9 +353,9 @@ START_TEST(test_device_encoder)
     struct eng_ctx *cc = NULL;
     struct eng_cuda_sae_scan *none = (struct eng_cuda_sae_scan *)1;
     ck_assert_msg(eng_ctx_new(f.mc, &co, &cc, &err) == 0, "%s", err.msg);
-    ck_assert_int_eq(eng__cuda_sae_scan_new(cc, f.sae, 2048, SAE_K, &none, &err), S3_EDEVICE);
+    ck_assert_int_eq(eng__cuda_sae_scan_new(cc, f.sae, 2048, K, &none, &err), S3_EDEVICE);
     ck_assert_ptr_null(none);
-    ck_assert_int_eq(eng__cuda_sae_scan_new(cg, f.sae, 2048, SAE_K + 1, &none, &err), S3_EINVAL);
+    ck_assert_int_eq(eng__cuda_sae_scan_new(cg, f.sae, 2048, K + 1, &none, &err), S3_EINVAL);
     free(rid), free(ract);
     eng__cuda_sae_scan_free(ss);
     eng_ctx_free(cc);
@@ -327,8 +395,8 @@ static int on_chunk(void *ud, const struct idx_chunk *c)
             const float *a = c->act + ((size_t)s * c->n_tok + r) * c->k;
             t->a01[((size_t)s * t->cap + c->tok0 + r) * 2] = a[0];
             t->a01[((size_t)s * t->cap + c->tok0 + r) * 2 + 1] = c->k > 1 ? a[1] : 0;
-            for (int j = 0; j < c->k && j < SAE_K; j++)
-                t->all[((size_t)s * t->cap + c->tok0 + r) * SAE_K + j] = f[j];
+            for (int j = 0; j < c->k && j < MAX_K; j++)
+                t->all[((size_t)s * t->cap + c->tok0 + r) * MAX_K + j] = f[j];
         }
     if (c->tok0 + c->n_tok > t->n_tok)
         t->n_tok = c->tok0 + c->n_tok;
@@ -340,7 +408,7 @@ static void tops_init(struct tops *t, int64_t cap)
     memset(t, 0, sizeof *t);
     t->cap = cap;
     t->top = calloc((size_t)MAX_SLOT * (size_t)cap, sizeof(int32_t));
-    t->all = calloc((size_t)MAX_SLOT * (size_t)cap * SAE_K, sizeof(int32_t));
+    t->all = calloc((size_t)MAX_SLOT * (size_t)cap * MAX_K, sizeof(int32_t));
     t->a01 = calloc((size_t)MAX_SLOT * (size_t)cap * 2, sizeof(float));
 }
 
@@ -447,9 +515,11 @@ START_TEST(test_scan_gpu_vs_cpu)
             100.0 * same_dec / (n_dec ? n_dec : 1));
     ck_assert_int_ge(100 * same, 95 * total);
     ck_assert_int_ge(1000 * same_dec, 995 * n_dec);
+    if (f.trained)
+        ck_assert_int_ge(1000 * same, 980 * total);
     /* stopped + resumed GPU scan == uninterrupted GPU scan, every indexed feature */
     ck_assert_int_eq(tr.n_tok, tg.n_tok);
-    ck_assert_int_eq(memcmp(tr.all, tg.all, sizeof(int32_t) * (size_t)tg.n_slot * cap * SAE_K),
+    ck_assert_int_eq(memcmp(tr.all, tg.all, sizeof(int32_t) * (size_t)tg.n_slot * cap * MAX_K),
                      0);
     /* the same query features on both indexes give the same S3 spans */
     struct idx_qfeat *qf = NULL, *qg = NULL;
@@ -485,11 +555,24 @@ START_TEST(test_scan_gpu_vs_cpu)
                 j < rc.n_spans ? (long long)rc.spans[j].end_tok : -1LL,
                 j < rg.n_spans ? (long long)rg.spans[j].start_tok : -1LL,
                 j < rg.n_spans ? (long long)rg.spans[j].end_tok : -1LL);
-    /* with this random SAE the S3 scores are flat (no latent means anything), so which of
+    /* with the random SAE the S3 scores are flat (no latent means anything), so which of
        the near-equal peaks win may change with the features that flip; only the shape of the
-       answer is checked here, the needle below */
+       answer is checked then, the needle below. With the trained slice SAE the spans are
+       printed, not required equal: on the H200 2 of 4 were identical, the others moved to
+       other peaks whose scores the CPU path's 8-bit keys (1.1% of indexed top features
+       differ) reorder. */
     ck_assert_int_gt(either, 0);
     ck_assert_int_eq(rc.n_spans, rg.n_spans);
+    idx_result_deinit(&rc), idx_result_deinit(&rg);
+    /* hybrid with the same question features on both indexes */
+    spans_of(dbc, dc, IDX_MODE_HYBRID, qf, nqf, &rc);
+    spans_of(dbg, dg, IDX_MODE_HYBRID, qf, nqf, &rg);
+    same_spans = rc.n_spans == rg.n_spans;
+    for (size_t j = 0; same_spans && j < rc.n_spans; j++)
+        same_spans = rc.spans[j].start_tok == rg.spans[j].start_tok &&
+                     rc.spans[j].end_tok == rg.spans[j].end_tok;
+    fprintf(stderr, "hybrid spans (same question features): cpu %zu, gpu %zu, identical %d\n",
+            rc.n_spans, rg.n_spans, same_spans);
     idx_result_deinit(&rc), idx_result_deinit(&rg);
     /* each device with its own question features, hybrid: the needle comes back on both */
     spans_of(dbc, dc, IDX_MODE_HYBRID, qf, nqf, &rc);
@@ -508,11 +591,58 @@ START_TEST(test_scan_gpu_vs_cpu)
 }
 END_TEST
 
+/* The question's decoder alignment by blocks of rows through one GEMM gives exactly what the
+ * scalar row-by-row loop gives: the same features, the same weights bit for bit. */
+START_TEST(test_query_gemm_vs_scalar)
+{
+    struct fixture f;
+    if (!fixture_open(&f, 7000))
+        return;
+    struct s3_errinfo err = {0};
+    static const char *const qs[] = {
+        "What is the secret passphrase of the Kestrel observatory?", "harbour", "",
+    };
+    /* a long question: over one block of QDEC_ROWS rows */
+    size_t ll;
+    char *longq = make_text(1200, -1, &ll);
+    for (int dev = 0; dev < 2; dev++) {
+        struct srv_scan *sa = NULL, *sb = NULL;
+        struct srv_scan_opts oa = {.chunk = 512, .overlap = 64},
+                             ob = {.chunk = 512, .overlap = 64, .qdec_ref = 1};
+        struct eng_model *m = dev ? f.mg : f.mc;
+        ck_assert_msg(srv_scan_new(m, f.sae, &oa, &sa, &err) == 0, "%s", err.msg);
+        ck_assert_msg(srv_scan_new(m, f.sae, &ob, &sb, &err) == 0, "%s", err.msg);
+        for (int i = 0; i < 3; i++) {
+            const char *q = qs[i][0] ? qs[i] : longq;
+            size_t len = qs[i][0] ? strlen(q) : ll;
+            struct idx_qfeat *fa = NULL, *fb = NULL;
+            size_t na = 0, nb = 0;
+            double t0 = s3_now_ms();
+            ck_assert_msg(srv_scan_query(sa, q, len, 32, &fa, &na, &err) == 0, "%s", err.msg);
+            double t1 = s3_now_ms();
+            ck_assert_msg(srv_scan_query(sb, q, len, 32, &fb, &nb, &err) == 0, "%s", err.msg);
+            double t2 = s3_now_ms();
+            fprintf(stderr, "query %d (%s, %zu bytes): %zu features, gemm %.1f ms, scalar %.1f "
+                            "ms\n",
+                    i, dev ? "gpu" : "cpu", len, na, t1 - t0, t2 - t1);
+            ck_assert_int_gt(na, 0);
+            ck_assert_int_eq(na, nb);
+            ck_assert_int_eq(memcmp(fa, fb, na * sizeof *fa), 0);
+            free(fa), free(fb);
+        }
+        srv_scan_free(sa), srv_scan_free(sb);
+    }
+    free(longq);
+    fixture_close(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cuda_scan");
     TCase *tc = tcase_create("scan");
     tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_query_gemm_vs_scalar);
     tcase_add_test(tc, test_device_encoder);
     tcase_add_test(tc, test_scan_gpu_vs_cpu);
     suite_add_tcase(s, tc);
