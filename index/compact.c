@@ -4,6 +4,7 @@
  *     per (layer, head, feature) instead of one per segment, without the stop features
  *     (df > n_tokens / IDX_STOP_FRAC + 1, which queries skip);
  *   - its passage and sentence boundaries are written as one docmap blob. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,6 +81,8 @@ static int append_blob(struct buf *data, struct mrow *r, int64_t base, int64_t l
     return 0;
 }
 
+int64_t idx__compact_tokens = IDX_COMPACT_TOKENS;
+
 static int cmp_feat(const void *a, const void *b)
 {
     const struct mrow *x = a, *y = b;
@@ -90,7 +93,7 @@ static int cmp_feat(const void *a, const void *b)
 
 int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_errinfo *err)
 {
-    sqlite3_stmt *st = NULL, *rd = NULL, *del = NULL, *ins = NULL;
+    sqlite3_stmt *st = NULL, *rd = NULL, *del = NULL, *ins = NULL, *fm = NULL;
     int64_t *seg = NULL;       /* (n_seg, 2) start, end */
     size_t n_seg = 0, cap_seg = 0;
     struct buf data = {0};
@@ -139,13 +142,18 @@ int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_err
     if (rc == 0)
         rc = idx__prepare(db,
                           "SELECT feature, n, blob FROM postings WHERE doc = ?1 AND seg = ?2"
-                          " AND layer = ?3 AND head = ?4",
+                          " AND layer = ?3 AND head = ?4 AND feature >= ?5 AND feature < ?6",
                           &rd, err);
     if (rc == 0)
         rc = idx__prepare(db,
                           "DELETE FROM postings WHERE doc = ?1 AND seg = ?2 AND layer = ?3"
-                          " AND head = ?4",
+                          " AND head = ?4 AND feature >= ?5 AND feature < ?6",
                           &del, err);
+    if (rc == 0)
+        rc = idx__prepare(db,
+                          "SELECT max(feature) FROM postings WHERE doc = ?1 AND seg = ?2"
+                          " AND layer = ?3 AND head = ?4",
+                          &fm, err);
     if (rc == 0)
         rc = idx__prepare(db,
                           "INSERT INTO postings(doc, seg, layer, head, feature, n, blob)"
@@ -179,96 +187,122 @@ int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_err
             break;
         layer = nl;
         head = nh;
-        /* gather this slot: rows by feature, segments in order */
-        data.n = 0;
-        n_rows = 0;
-        for (size_t s = 0; s < n_seg; s++) {
-            sqlite3_reset(rd);
-            sqlite3_bind_int64(rd, 1, doc);
-            sqlite3_bind_int64(rd, 2, seg[2 * s]);
-            sqlite3_bind_int(rd, 3, layer);
-            sqlite3_bind_int(rd, 4, head);
-            while ((src = sqlite3_step(rd)) == SQLITE_ROW) {
-                if (n_rows == cap_rows) {
-                    cap_rows = cap_rows ? cap_rows * 2 : 4096;
-                    struct mrow *nr = realloc(rows, cap_rows * sizeof *nr);
-                    if (!nr)
+        /* the slot in feature ranges of about idx__compact_tokens tokens' worth of postings
+         * each, so the memory used here does not grow with the document */
+        int64_t per = idx__compact_tokens > 0 ? idx__compact_tokens : IDX_COMPACT_TOKENS;
+        int n_rng = (int)((n_tokens + per - 1) / per), fmax = 0;
+        sqlite3_reset(fm);
+        sqlite3_bind_int64(fm, 1, doc);
+        sqlite3_bind_int64(fm, 2, seg[0]);
+        sqlite3_bind_int(fm, 3, layer);
+        sqlite3_bind_int(fm, 4, head);
+        if ((src = sqlite3_step(fm)) == SQLITE_ROW)
+            fmax = sqlite3_column_int(fm, 0);
+        else if (src != SQLITE_DONE) {
+            rc = idx__sqlerr(db, src, "index: read postings", err);
+            goto out;
+        }
+        if (n_rng < 1)
+            n_rng = 1;
+        int width = fmax / n_rng + 1;
+        for (int r = 0; r < n_rng; r++) {
+            /* the last range is open: segment 0 need not hold the largest feature */
+            int f0 = r * width, f1 = r == n_rng - 1 ? INT32_MAX : (r + 1) * width;
+            /* gather this slot: rows by feature, segments in order */
+            data.n = 0;
+            n_rows = 0;
+            for (size_t s = 0; s < n_seg; s++) {
+                sqlite3_reset(rd);
+                sqlite3_bind_int64(rd, 1, doc);
+                sqlite3_bind_int64(rd, 2, seg[2 * s]);
+                sqlite3_bind_int(rd, 3, layer);
+                sqlite3_bind_int(rd, 4, head);
+                sqlite3_bind_int(rd, 5, f0);
+                sqlite3_bind_int(rd, 6, f1);
+                while ((src = sqlite3_step(rd)) == SQLITE_ROW) {
+                    if (n_rows == cap_rows) {
+                        cap_rows = cap_rows ? cap_rows * 2 : 4096;
+                        struct mrow *nr = realloc(rows, cap_rows * sizeof *nr);
+                        if (!nr)
+                            goto oom;
+                        rows = nr;
+                    }
+                    struct mrow *m = &rows[n_rows++];
+                    m->feat = sqlite3_column_int(rd, 0);
+                    m->n = sqlite3_column_int64(rd, 1);
+                    m->off = data.n;
+                    m->len = (size_t)sqlite3_column_bytes(rd, 2);
+                    m->seg = (int)s;
+                    if (buf_reserve(&data, m->len) < 0)
                         goto oom;
-                    rows = nr;
+                    if (m->len)
+                        memcpy(data.p + data.n, sqlite3_column_blob(rd, 2), m->len);
+                    data.n += m->len;
                 }
-                struct mrow *m = &rows[n_rows++];
-                m->feat = sqlite3_column_int(rd, 0);
-                m->n = sqlite3_column_int64(rd, 1);
-                m->off = data.n;
-                m->len = (size_t)sqlite3_column_bytes(rd, 2);
-                m->seg = (int)s;
-                if (buf_reserve(&data, m->len) < 0)
-                    goto oom;
-                if (m->len)
-                    memcpy(data.p + data.n, sqlite3_column_blob(rd, 2), m->len);
-                data.n += m->len;
+                if (src != SQLITE_DONE) {
+                    rc = idx__sqlerr(db, src, "index: read postings", err);
+                    goto out;
+                }
             }
-            if (src != SQLITE_DONE) {
-                rc = idx__sqlerr(db, src, "index: read postings", err);
-                goto out;
-            }
-        }
-        /* by (feature, segment): each feature's blobs in position order */
-        if (n_rows)
-            qsort(rows, n_rows, sizeof *rows, cmp_feat);
-        /* merge each feature's blobs into one, written to a second buffer */
-        struct buf out = {0};
-        for (size_t s = 0; s < n_seg; s++) {
-            sqlite3_reset(del);
-            sqlite3_bind_int64(del, 1, doc);
-            sqlite3_bind_int64(del, 2, seg[2 * s]);
-            sqlite3_bind_int(del, 3, layer);
-            sqlite3_bind_int(del, 4, head);
-            src = sqlite3_step(del);
-            if (src != SQLITE_DONE) {
-                free(out.p);
-                rc = idx__sqlerr(db, src, "index: compact postings", err);
-                goto out;
-            }
-        }
-        for (size_t i = 0; i < n_rows;) {
-            struct mrow m = {.feat = rows[i].feat, .last = -1};
-            out.n = 0;
-            size_t j = i;
-            for (; j < n_rows && rows[j].feat == m.feat; j++) {
-                size_t si = (size_t)rows[j].seg;
-                rc = append_blob(&out, &m, seg[2 * si], seg[2 * si + 1], data.p + rows[j].off,
-                                 rows[j].len);
-                if (rc < 0)
-                    break;
-                m.n += rows[j].n;
-            }
-            if (rc == 0 && m.n > n_tokens / IDX_STOP_FRAC + 1) {
-                /* a stop feature: never read by a query (index_int.h, "Scores") */
-            } else if (rc == 0) {
-                sqlite3_reset(ins);
-                sqlite3_bind_int64(ins, 1, doc);
-                sqlite3_bind_int(ins, 2, layer);
-                sqlite3_bind_int(ins, 3, head);
-                sqlite3_bind_int(ins, 4, m.feat);
-                sqlite3_bind_int64(ins, 5, m.n);
-                sqlite3_bind_blob(ins, 6, out.p, (int)out.n, SQLITE_STATIC);
-                src = sqlite3_step(ins);
-                if (src != SQLITE_DONE)
+            /* by (feature, segment): each feature's blobs in position order */
+            if (n_rows)
+                qsort(rows, n_rows, sizeof *rows, cmp_feat);
+            /* merge each feature's blobs into one, written to a second buffer */
+            struct buf out = {0};
+            for (size_t s = 0; s < n_seg; s++) {
+                sqlite3_reset(del);
+                sqlite3_bind_int64(del, 1, doc);
+                sqlite3_bind_int64(del, 2, seg[2 * s]);
+                sqlite3_bind_int(del, 3, layer);
+                sqlite3_bind_int(del, 4, head);
+                sqlite3_bind_int(del, 5, f0);
+                sqlite3_bind_int(del, 6, f1);
+                src = sqlite3_step(del);
+                if (src != SQLITE_DONE) {
+                    free(out.p);
                     rc = idx__sqlerr(db, src, "index: compact postings", err);
-            } else if (rc == S3_EFORMAT) {
-                rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
-                             (long long)doc);
-            } else {
-                rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+                    goto out;
+                }
             }
-            if (rc < 0) {
-                free(out.p);
-                goto out;
+            for (size_t i = 0; i < n_rows;) {
+                struct mrow m = {.feat = rows[i].feat, .last = -1};
+                out.n = 0;
+                size_t j = i;
+                for (; j < n_rows && rows[j].feat == m.feat; j++) {
+                    size_t si = (size_t)rows[j].seg;
+                    rc = append_blob(&out, &m, seg[2 * si], seg[2 * si + 1],
+                                     data.p + rows[j].off, rows[j].len);
+                    if (rc < 0)
+                        break;
+                    m.n += rows[j].n;
+                }
+                if (rc == 0 && m.n > n_tokens / IDX_STOP_FRAC + 1) {
+                    /* a stop feature: never read by a query (index_int.h, "Scores") */
+                } else if (rc == 0) {
+                    sqlite3_reset(ins);
+                    sqlite3_bind_int64(ins, 1, doc);
+                    sqlite3_bind_int(ins, 2, layer);
+                    sqlite3_bind_int(ins, 3, head);
+                    sqlite3_bind_int(ins, 4, m.feat);
+                    sqlite3_bind_int64(ins, 5, m.n);
+                    sqlite3_bind_blob(ins, 6, out.p, (int)out.n, SQLITE_STATIC);
+                    src = sqlite3_step(ins);
+                    if (src != SQLITE_DONE)
+                        rc = idx__sqlerr(db, src, "index: compact postings", err);
+                } else if (rc == S3_EFORMAT) {
+                    rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
+                                 (long long)doc);
+                } else {
+                    rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+                }
+                if (rc < 0) {
+                    free(out.p);
+                    goto out;
+                }
+                i = j;
             }
-            i = j;
+            free(out.p);
         }
-        free(out.p);
     }
     sqlite3_finalize(del);
     del = NULL;
@@ -296,6 +330,7 @@ out:
     sqlite3_finalize(rd);
     sqlite3_finalize(del);
     sqlite3_finalize(ins);
+    sqlite3_finalize(fm);
     free(seg);
     free(data.p);
     free(rows);

@@ -96,7 +96,10 @@
 #define IDX_MAX_SLOTS      256
 #define IDX_MMAP_SIZE_STR  "1073741824" /* mmap for queries */
 #define IDX_QUERY_CACHE    "-16384"     /* page cache (KiB) outside a scan (store.c) */
-#define IDX_SCAN_CACHE     "-65536"     /* page cache (KiB) while a writer is open */
+#define IDX_SCAN_CACHE     "-16384"     /* page cache (KiB) while a writer is open */
+#define IDX_COMPACT_TOKENS 131072       /* finishing: a slot's features merged in ranges of
+                                         * about this many tokens' worth of postings */
+extern int64_t idx__compact_tokens;     /* IDX_COMPACT_TOKENS; tests lower it */
 #define IDX_WAL_PAGES      "16384"      /* WAL auto-checkpoint (pages) while a writer is open */
 #ifndef IDX_PAGE_SIZE_STR
 #define IDX_PAGE_SIZE_STR  "4096"     /* new databases (64 KiB pages: 40% larger, no faster) */

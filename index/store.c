@@ -197,7 +197,7 @@ int idx_open(const char *path, const struct idx_open_opts *opts, struct idx_db *
      * a 16 MiB page cache keeps the tree tops (64 MiB was no faster on a 1M-token document
      * and made a scan's memory grow with the document) */
     rc = idx__exec(db, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"
-                       " PRAGMA mmap_size=" IDX_MMAP_SIZE_STR "; PRAGMA cache_size=-16384;", err);
+                       " PRAGMA mmap_size=" IDX_MMAP_SIZE_STR "; PRAGMA cache_size=" IDX_QUERY_CACHE ";", err);
     if (rc < 0)
         goto out;
     rc = migrate(db, err);
