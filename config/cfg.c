@@ -337,6 +337,10 @@ static int jr_scalar(struct jr *r, char *out, size_t cap)
     /* integers only: a fraction would be silently truncated otherwise */
     if (strpbrk(out, ".eE"))
         return jr_fail(r, "only integer numbers are accepted");
+    /* JSON's integer grammar: -?(0|[1-9][0-9]*), so no '+', leading zeros or stray signs */
+    const char *d = out + (out[0] == '-');
+    if (!isdigit((unsigned char)d[0]) || (d[0] == '0' && d[1]) || strpbrk(d, "+-"))
+        return jr_fail(r, "malformed number");
     return 0;
 }
 

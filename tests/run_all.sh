@@ -5,6 +5,8 @@
 #      -Werror, without the CUDA backend (build-asan/)
 #   3. further suites that exist: HTTP tests with real clients (tests/http/run.sh),
 #      evaluation harness tests (tests/eval/run.sh)
+#   4. libFuzzer targets (tests/fuzz/run.sh, clang + ASan/UBSan in build-fuzz/), FUZZ_SECONDS
+#      each (30 here)
 # Expects deploy/setup.sh to have run (packages, model, build). Exit status 0 only when all pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +60,10 @@ step "unit tests (ASan+UBSan)" unit_asan
 for suite in tests/http/run.sh tests/eval/run.sh; do
     [ -x "$suite" ] && step "$suite" "$suite"
 done
+fuzz() {
+    FUZZ_SECONDS=${FUZZ_SECONDS:-30} tests/fuzz/run.sh
+}
+[ -x tests/fuzz/run.sh ] && step "tests/fuzz/run.sh (libFuzzer, ${FUZZ_SECONDS:-30} s per target)" fuzz
 
 printf '\n'
 [ "$failed" -gt 0 ] && printf 'failed: %s\n' "${failed_names[*]}"

@@ -153,7 +153,9 @@ START_TEST(json_reader)
     static const char *bad[] = {
         "", "[]", "{\"port\":8080", "{\"port\":8080}x", "{\"port\":80.5}", "{\"nope\":1}",
         "{\"port\":{}}", "{\"model\":5}", "{\"port\":[\"1\"]}", "{\"model\":\"a\\q\"}",
-        "{port:1}", "{\"model\":\"\\u0000\"}", "{\"api_keys\":[\"a,b\"]}"};
+        "{port:1}", "{\"model\":\"\\u0000\"}", "{\"api_keys\":[\"a,b\"]}",
+        /* not JSON numbers (strtoll would take them) */
+        "{\"port\":+80}", "{\"port\":080}", "{\"port\":--1}", "{\"port\":-}", "{\"port\":00}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(&err, 0, sizeof err);
         ck_assert_msg(cfg_apply_json(&c, bad[i], strlen(bad[i]), &err) < 0, "accepted: %s",
