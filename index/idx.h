@@ -52,6 +52,8 @@ int idx_open(const char *path, const struct idx_open_opts *opts, struct idx_db *
              struct s3_errinfo *err);
 /* Accepts NULL. Does not finish open writers: free them first. */
 void idx_close(struct idx_db *db);
+/* Removes a closed database file and its -wal and -shm files (missing ones are fine). */
+void idx_remove_files(const char *path);
 
 enum idx_status { IDX_DOC_SCANNING = 0, IDX_DOC_READY = 1, IDX_DOC_FAILED = 2 };
 

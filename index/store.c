@@ -237,6 +237,16 @@ void idx_close(struct idx_db *db)
     free(db);
 }
 
+void idx_remove_files(const char *path)
+{
+    static const char *const sfx[] = {"", "-wal", "-shm"};
+    char p[4096 + 8];
+    for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
+        if ((size_t)snprintf(p, sizeof p, "%s%s", path, sfx[i]) < sizeof p)
+            remove(p);
+    }
+}
+
 static void copy_col(char *dst, size_t n, sqlite3_stmt *st, int col)
 {
     const unsigned char *s = sqlite3_column_text(st, col);

@@ -946,14 +946,8 @@ out:
     eng_sae_free(s);
     eng_model_free(m);
     idx_close(db);
-    if (db && !o->db) {
-        char p2[1200];
-        remove(path);
-        snprintf(p2, sizeof p2, "%s-wal", path);
-        remove(p2);
-        snprintf(p2, sizeof p2, "%s-shm", path);
-        remove(p2);
-    }
+    if (db && !o->db)
+        idx_remove_files(path);
     return rc < 0 ? 1 : 0;
 }
 

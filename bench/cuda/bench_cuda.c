@@ -391,16 +391,6 @@ static int cmd_scan(int argc, char **argv)
     return 0;
 }
 
-static void rm_db_files(const char *p)
-{
-    char q[1100];
-    remove(p);
-    snprintf(q, sizeof q, "%s-wal", p);
-    remove(q);
-    snprintf(q, sizeof q, "%s-shm", p);
-    remove(q);
-}
-
 /* Query features of the question: each query head's pre-RoPE q encoded by its kv group's SAE,
  * activations summed per (slot, feature). */
 struct qcap {
@@ -544,7 +534,7 @@ static int cmd_ingest(int argc, char **argv)
         slots[s] = (struct idx_slot){in.layers[s / in.n_head_kv], s % in.n_head_kv};
     char sha[65];
     s3_sha256_hex(text, tl, sha);
-    rm_db_files(db_path);
+    idx_remove_files(db_path);
     struct idx_doc_meta meta = {.name = "ingest", .text_sha256 = sha,
                                 .model_hash = hp->model_sha256, .sae_hash = sha,
                                 .n_bytes = (int64_t)tl};
@@ -735,7 +725,7 @@ fail:
     eng_sae_enc_free(enc);
     idx_writer_free(w);
     idx_close(db);
-    rm_db_files(db_path);
+    idx_remove_files(db_path);
     eng_ctx_free(gen);
     eng_ctx_free(ctx);
     eng_sae_free(sae);

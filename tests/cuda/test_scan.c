@@ -412,16 +412,6 @@ static void tops_init(struct tops *t, int64_t cap)
     t->a01 = calloc((size_t)MAX_SLOT * (size_t)cap * 2, sizeof(float));
 }
 
-static void rm_db(const char *p)
-{
-    char q[1300];
-    remove(p);
-    snprintf(q, sizeof q, "%s-wal", p);
-    remove(q);
-    snprintf(q, sizeof q, "%s-shm", p);
-    remove(q);
-}
-
 /* Scan text with m into a fresh database at path; *doc its id. host_sae for the CPU
  * encoder on a GPU model. stop: stop_after_chunks then resume. */
 static struct idx_db *scan_into(struct eng_model *m, struct eng_sae *sae, const char *path,
@@ -430,7 +420,7 @@ static struct idx_db *scan_into(struct eng_model *m, struct eng_sae *sae, const 
 {
     struct s3_errinfo err = {0};
     struct idx_db *db = NULL;
-    rm_db(path);
+    idx_remove_files(path);
     ck_assert_msg(idx_open(path, NULL, &db, &err) == 0, "%s", err.msg);
     struct srv_scan_opts so = {.chunk = 512, .overlap = 64};
     struct srv_scan *sc = NULL;
@@ -583,7 +573,7 @@ START_TEST(test_scan_gpu_vs_cpu)
     free(qf), free(qg);
     srv_scan_free(sc), srv_scan_free(sg), srv_scan_free(sr);
     idx_close(dbc), idx_close(dbg), idx_close(dbr);
-    rm_db(pc), rm_db(pg), rm_db(pr);
+    idx_remove_files(pc), idx_remove_files(pg), idx_remove_files(pr);
     free(tc.top), free(tg.top), free(tr.top), free(tc.all), free(tg.all), free(tr.all);
     free(tc.a01), free(tg.a01), free(tr.a01);
     free(text);

@@ -167,16 +167,6 @@ static void tmp_path(char *buf, size_t n, const char *tag)
              (int)getpid());
 }
 
-static void rm_db(const char *path)
-{
-    char b[512];
-    unlink(path);
-    snprintf(b, sizeof b, "%s-wal", path);
-    unlink(b);
-    snprintf(b, sizeof b, "%s-shm", path);
-    unlink(b);
-}
-
 /* ---- posting format ------------------------------------------------------------------------ */
 
 START_TEST(test_varint)
@@ -716,7 +706,7 @@ START_TEST(test_crash_resume)
     struct s3_errinfo err = {0};
     struct idx_db *db;
     tmp_path(path, sizeof path, "crash");
-    rm_db(path);
+    idx_remove_files(path);
     static const int64_t plant[] = {20000, 100000};
     /* 69 chunks; killed after 40, past the first segment merge (at 65536 = 32 chunks) */
     struct syn s = {.n_tok = 140000, .chunk = 2048, .sent_len = 16, .pass_len = 96, .seed = 5,
@@ -805,7 +795,7 @@ START_TEST(test_crash_resume)
     idx_result_deinit(&after);
     idx_result_deinit(&before);
     idx_close(db);
-    rm_db(path);
+    idx_remove_files(path);
 }
 END_TEST
 
@@ -884,7 +874,7 @@ START_TEST(test_locked_db)
     struct s3_errinfo err = {0};
     struct idx_db *db;
     tmp_path(path, sizeof path, "lock");
-    rm_db(path);
+    idx_remove_files(path);
     struct idx_open_opts o = {.busy_ms = 50};
     ck_assert_int_eq(idx_open(path, &o, &db, &err), 0);
     sqlite3 *other;
@@ -916,7 +906,7 @@ START_TEST(test_locked_db)
     sqlite3_close(raw);
     ck_assert_int_eq(idx_open(path, NULL, &db, &err), S3_EFORMAT);
     ck_assert_ptr_nonnull(strstr(err.msg, "newer"));
-    rm_db(path);
+    idx_remove_files(path);
 }
 END_TEST
 
@@ -926,7 +916,7 @@ START_TEST(test_corrupt_db)
     struct s3_errinfo err = {0};
     struct idx_db *db = (struct idx_db *)1;
     tmp_path(path, sizeof path, "corrupt");
-    rm_db(path);
+    idx_remove_files(path);
     char junk[8192];
     for (size_t i = 0; i < sizeof junk; i++)
         junk[i] = (char)("not a database, just text\n"[i % 26]);
@@ -947,7 +937,7 @@ START_TEST(test_corrupt_db)
     snprintf(wal, sizeof wal, "%s-wal", path);
     ck_assert_int_ne(access(wal, F_OK), 0);
     /* a missing file read-only, and a directory */
-    rm_db(path);
+    idx_remove_files(path);
     struct idx_open_opts ro = {.readonly = 1};
     ck_assert_int_eq(idx_open(path, &ro, &db, &err), S3_EIO);
     ck_assert_int_eq(idx_open("/", NULL, &db, &err), S3_EIO);

@@ -85,16 +85,6 @@ static char *make_doc(size_t n_bytes, double at, size_t *len)
     return d;
 }
 
-static void rm_db(const char *p)
-{
-    char q[1300];
-    remove(p);
-    snprintf(q, sizeof q, "%s-wal", p);
-    remove(q);
-    snprintf(q, sizeof q, "%s-shm", p);
-    remove(q);
-}
-
 /* ---- scan and retrieval -------------------------------------------------------------------- */
 
 START_TEST(test_scan_tiles_and_retrieves)
@@ -273,8 +263,8 @@ START_TEST(test_kill_midway_and_resume)
     char path[1200], ref[1200];
     path_in(path, sizeof path, "kill.db");
     path_in(ref, sizeof ref, "ref.db");
-    rm_db(path);
-    rm_db(ref);
+    idx_remove_files(path);
+    idx_remove_files(ref);
     size_t len;
     char *text = make_doc(9000, 0.8, &len);
 
@@ -349,8 +339,8 @@ START_TEST(test_kill_midway_and_resume)
     eng_sae_free(s);
     eng_model_free(m);
     free(text);
-    rm_db(path);
-    rm_db(ref);
+    idx_remove_files(path);
+    idx_remove_files(ref);
 }
 END_TEST
 
@@ -437,7 +427,7 @@ START_TEST(test_cli_and_bad_inputs)
     path_in(bin, sizeof bin, "bin.txt");
     path_in(utf, sizeof utf, "utf.txt");
     path_in(missing, sizeof missing, "missing.txt");
-    rm_db(db);
+    idx_remove_files(db);
     size_t len;
     char *text = make_doc(2500, 0.5, &len);
     write_file(good, text, len);
@@ -541,7 +531,7 @@ START_TEST(test_cli_and_bad_inputs)
     ck_assert_str_eq(file_sha(corrupt, sha2), sha);
     remove(corrupt);
     free(text);
-    rm_db(db);
+    idx_remove_files(db);
 }
 END_TEST
 
