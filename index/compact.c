@@ -83,6 +83,19 @@ static int append_blob(struct buf *data, struct mrow *r, int64_t base, int64_t l
 
 int64_t idx__compact_tokens = IDX_COMPACT_TOKENS;
 
+/* (doc, seg, layer, head, first feature, end feature) of the range statements */
+static void bind_range(sqlite3_stmt *st, int64_t doc, int64_t seg, int layer, int head, int f0,
+                       int f1)
+{
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, doc);
+    sqlite3_bind_int64(st, 2, seg);
+    sqlite3_bind_int(st, 3, layer);
+    sqlite3_bind_int(st, 4, head);
+    sqlite3_bind_int(st, 5, f0);
+    sqlite3_bind_int(st, 6, f1);
+}
+
 static int cmp_feat(const void *a, const void *b)
 {
     const struct mrow *x = a, *y = b;
@@ -212,13 +225,7 @@ int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_err
             data.n = 0;
             n_rows = 0;
             for (size_t s = 0; s < n_seg; s++) {
-                sqlite3_reset(rd);
-                sqlite3_bind_int64(rd, 1, doc);
-                sqlite3_bind_int64(rd, 2, seg[2 * s]);
-                sqlite3_bind_int(rd, 3, layer);
-                sqlite3_bind_int(rd, 4, head);
-                sqlite3_bind_int(rd, 5, f0);
-                sqlite3_bind_int(rd, 6, f1);
+                bind_range(rd, doc, seg[2 * s], layer, head, f0, f1);
                 while ((src = sqlite3_step(rd)) == SQLITE_ROW) {
                     if (n_rows == cap_rows) {
                         cap_rows = cap_rows ? cap_rows * 2 : 4096;
@@ -250,13 +257,7 @@ int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_err
             /* merge each feature's blobs into one, written to a second buffer */
             struct buf out = {0};
             for (size_t s = 0; s < n_seg; s++) {
-                sqlite3_reset(del);
-                sqlite3_bind_int64(del, 1, doc);
-                sqlite3_bind_int64(del, 2, seg[2 * s]);
-                sqlite3_bind_int(del, 3, layer);
-                sqlite3_bind_int(del, 4, head);
-                sqlite3_bind_int(del, 5, f0);
-                sqlite3_bind_int(del, 6, f1);
+                bind_range(del, doc, seg[2 * s], layer, head, f0, f1);
                 src = sqlite3_step(del);
                 if (src != SQLITE_DONE) {
                     free(out.p);
