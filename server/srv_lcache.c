@@ -8,6 +8,7 @@
  * (`long_cache_mb`, 0 = off); an index larger than the limit is not kept.
  *
  * Threads: the engine worker only (plan_long never runs nested in itself). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,7 +109,7 @@ int srv_lcache_put(struct srv_lcache *c, const char *sha, size_t len, struct idx
         x = oldest(c);
         drop(c, x);
     }
-    memcpy(x->sha, sha, sizeof x->sha);
+    snprintf(x->sha, sizeof x->sha, "%s", sha);
     x->len = len;
     x->db = db;
     x->doc = doc;
