@@ -42,8 +42,9 @@ struct eng_ctx {
     const struct eng_model *m;   /* borrowed */
     struct krn_pool *pool;       /* owned */
     int n_ctx, n_ub, pos;
-    uint16_t *kc;                /* (n_layer, n_head_kv, head_dim, n_ctx) f16, K transposed */
-    uint16_t *vc;                /* (n_layer, n_head_kv, n_ctx, head_dim) f16 */
+    int kv_stride;               /* cache row length >= n_ctx (padded, see eng_ctx_new) */
+    uint16_t *kc;                /* (n_layer, n_head_kv, head_dim, kv_stride) f16, K transposed */
+    uint16_t *vc;                /* (n_layer, n_head_kv, kv_stride, head_dim) f16 */
     float *rope_cs;              /* (n_ctx, n_rot): cos, sin pairs per position */
     /* scratch for one ubatch (n_ub tokens) */
     float *x;                    /* (n_ub, n_embd) residual stream */
@@ -53,7 +54,7 @@ struct eng_ctx {
     float *k, *v;                /* (n_ub, n_head_kv*head_dim) */
     float *att;                  /* (n_ub, n_head*head_dim) attention output */
     float *gate, *up;            /* (n_ub, n_ff) */
-    float *attn_scratch;         /* (n_threads, 4*n_ctx) */
+    float *attn_scratch;         /* (n_threads, 4*kv_stride) */
     struct krn_qact act_embd;    /* (n_ub, n_embd) */
     struct krn_qact act_att;     /* (n_ub, n_head*head_dim) */
     struct krn_qact act_ff;      /* (n_ub, n_ff) */

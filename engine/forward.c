@@ -124,7 +124,7 @@ static void task(void *ud, int ith, int nth)
     }
     case PH_ROPE_KV: {
         split(j->n, ith, nth, &a, &b);
-        const size_t lay_k = (size_t)hp->n_head_kv * hd * c->n_ctx;
+        const size_t lay_k = (size_t)hp->n_head_kv * hd * c->kv_stride;
         uint16_t *kc = c->kc + (size_t)j->layer * lay_k;
         uint16_t *vc = c->vc + (size_t)j->layer * lay_k;
         for (int t = a; t < b; t++) {
@@ -135,24 +135,30 @@ static void task(void *ud, int ith, int nth)
             krn_rope_apply(q, hp->n_head, hd, m->n_rot, cs, hp->rope_type);
             krn_rope_apply(k, hp->n_head_kv, hd, m->n_rot, cs, hp->rope_type);
             for (int h = 0; h < hp->n_head_kv; h++) {
-                uint16_t *kh = kc + (size_t)h * hd * c->n_ctx;
-                uint16_t *vh = vc + (size_t)h * c->n_ctx * hd + (size_t)pos * hd;
-                for (int i = 0; i < hd; i++) {
-                    fp16_store(&kh[(size_t)i * c->n_ctx + pos], k[h * hd + i]);
-                    fp16_store(&vh[i], v[h * hd + i]);
+                uint16_t *kh = kc + (size_t)h * hd * c->kv_stride;
+                uint16_t *vh = vc + (size_t)h * c->kv_stride * hd + (size_t)pos * hd;
+                uint16_t kf[256];
+                krn_f32_to_f16_row(vh, v + (size_t)h * hd, hd);
+                if (hd <= 256) {
+                    krn_f32_to_f16_row(kf, k + (size_t)h * hd, hd);
+                    for (int i = 0; i < hd; i++)
+                        kh[(size_t)i * c->kv_stride + pos] = kf[i];
+                } else {
+                    for (int i = 0; i < hd; i++)
+                        fp16_store(&kh[(size_t)i * c->kv_stride + pos], k[h * hd + i]);
                 }
             }
         }
         break;
     }
     case PH_ATTN: {
-        const size_t lay_k = (size_t)hp->n_head_kv * hd * c->n_ctx;
+        const size_t lay_k = (size_t)hp->n_head_kv * hd * c->kv_stride;
         split(krn_attn_n_items(j->n, hp->n_head), ith, nth, &a, &b);
         if (a < b)
             krn_attn_f16(c->att, c->q, c->kc + (size_t)j->layer * lay_k,
                          c->vc + (size_t)j->layer * lay_k, j->n, j->pos0, hp->n_head,
-                         hp->n_head_kv, hd, c->n_ctx, 1.0f / sqrtf((float)hd),
-                         c->attn_scratch + (size_t)ith * 4 * c->n_ctx, a, b);
+                         hp->n_head_kv, hd, c->kv_stride, 1.0f / sqrtf((float)hd),
+                         c->attn_scratch + (size_t)ith * 4 * c->kv_stride, a, b);
         break;
     }
     case PH_QUANT:
@@ -271,12 +277,8 @@ static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float
         run(c, &j, PH_NORM);
         const int n_out = n - j.t0;
         /* the head reads activations of rows t0..n-1: move them to the front */
-        if (j.t0 > 0) {
-            struct krn_qact *a = &c->act_embd;
-            memmove(a->qs, a->qs + (size_t)j.t0 * a->nbp * 32, (size_t)a->nbp * 32);
-            memmove(a->dexp, a->dexp + (size_t)j.t0 * a->nbp * 8, (size_t)a->nbp * 8 * sizeof(float));
-            memmove(a->s, a->s + (size_t)j.t0 * a->nbm, (size_t)a->nbm * sizeof(float));
-        }
+        if (j.t0 > 0)
+            krn_qact_move_row(&c->act_embd, 0, j.t0); /* t0 = n-1: one row */
         j.n = n_out;
         run_matmul(c, &j, &c->act_embd, 1, &m->output, logits_all ? logits_all : logits_last,
                    NULL, NULL, NULL, NULL);
@@ -365,7 +367,10 @@ int eng_ctx_new(const struct eng_model *m, const struct eng_ctx_opts *opts, stru
     }
     const size_t d = (size_t)hp->n_embd, dq = (size_t)hp->n_head * hp->head_dim,
                  dkv = (size_t)hp->n_head_kv * hp->head_dim, ff = (size_t)hp->n_ff;
-    const size_t kv = (size_t)hp->n_layer * dkv * (size_t)n_ctx;
+    /* cache rows padded to an odd number of 64-byte lines: K is stored transposed, and a
+     * stride of a multiple of 4 KiB would put all head_dim rows in one L1 set */
+    c->kv_stride = ((n_ctx + 63) & ~63) + 32;
+    const size_t kv = (size_t)hp->n_layer * dkv * (size_t)c->kv_stride;
     if ((rc = krn_pool_new(m->n_threads, &c->pool)) < 0)
         goto out;
     const int nth = krn_pool_n_threads(c->pool);
@@ -381,7 +386,7 @@ int eng_ctx_new(const struct eng_model *m, const struct eng_ctx_opts *opts, stru
     c->att = zalloc((size_t)n_ub * dq, sizeof(float));
     c->gate = zalloc((size_t)n_ub * ff, sizeof(float));
     c->up = zalloc((size_t)n_ub * ff, sizeof(float));
-    c->attn_scratch = zalloc((size_t)nth * 4 * (size_t)n_ctx, sizeof(float));
+    c->attn_scratch = zalloc((size_t)nth * 4 * (size_t)c->kv_stride, sizeof(float));
     if (!c->kc || !c->vc || !c->rope_cs || !c->x || !c->xn || !c->tmp || !c->q || !c->k ||
         !c->v || !c->att || !c->gate || !c->up || !c->attn_scratch) {
         rc = S3_ENOMEM;

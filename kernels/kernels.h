@@ -34,22 +34,37 @@ void krn_pool_run(struct krn_pool *p, krn_task_fn fn, void *ud);
 /* ---- quantised matrix multiply ----------------------------------------------------------------
  * Weights are repacked at load into a layout for integer dot products: 32-element blocks,
  * unsigned 4-bit (from Q4_1: w = d*q + m, d and m kept as f16 as stored) or signed 8-bit (from
- * Q8_0 and, requantised, from any other type: w = d*q, d in f32) values. Activations are quantised per 32-block to
- * int8 exactly as ggml's Q8_1 (d = amax/127 rounded to f16, q = round-half-even(x*127/amax),
- * s = f16(d*sum q)). y = W x is then sum_b d_w d_x isum_b + m_w s_x, as llama.cpp computes. */
+ * Q8_0 and, requantised, from any other type: w = d*q, d in f32) values. Activations are
+ * quantised per 32-block to int8 exactly as ggml's Q8_1 (d = amax/127 rounded to f16,
+ * q = round-half-even(x*127/amax), s = f16(d*sum q)).
+ *
+ * Rows are stored in groups of 16; the record of (group, block) holds the 16 rows' values of
+ * that block interleaved 4 bytes at a time (the operand layout of VNNI and AMX: byte
+ * kk*64 + i*4 + e is element 4*kk+e of row i), then the 16 rows' scales:
+ *
+ *   Q4 record, 320 bytes:  [0,256)   byte c*64+i*4+e: low nibble = element 4c+e, high
+ *                                    nibble = element 16+4c+e of row i (c < 4)
+ *                          [256,288) d of the 16 rows, f16     [288,320) m, f16
+ *   Q8 record, 576 bytes:  [0,512)   byte kk*64+i*4+e = element 4kk+e of row i plus 128
+ *                                    (unsigned, 0..255)
+ *                          [512,576) d, f32
+ *
+ * Each (row r, token t) is computed as: isum_b = exact integer dot product of block b;
+ *   acc = 0; for each block b in order: acc = fma(isum_b, d_w*d_x, acc); (Q4) acc = fma(m, s, acc)
+ * with single-precision rounding at each step. Every path (scalar reference, AVX512-VNNI, AMX)
+ * follows exactly these steps, so all give bit-identical results and a token's result never
+ * depends on how tokens are batched. Rows past n_rows in the last group are zero. */
 enum krn_qtype { KRN_Q4 = 1, KRN_Q8 = 2 };
+
+#define KRN_QGROUP 16 /* rows per group */
 
 struct krn_qmat {
     int qtype;          /* enum krn_qtype */
     int n_rows, n_cols; /* n_cols is a multiple of 32 */
-    int nbp;            /* blocks per row, padded to even */
-    int nbm;            /* blocks per row, padded to a multiple of 16 (length of m rows) */
-    size_t q_row_bytes; /* nbp*16 (Q4) or nbp*32 (Q8) */
-    uint8_t *q;         /* (n_rows, q_row_bytes), owned. Q4: per block pair 32 bytes, low nibble
-                           of byte j = element j of the even block, high nibble = of the odd */
-    float *d;           /* (n_rows, nbp) scales (Q8 only; NULL for Q4), owned */
-    uint16_t *d16;      /* (n_rows, nbp) f16 scales (Q4 only, exact from Q4_1), owned */
-    uint16_t *m16;      /* (n_rows, nbm) f16 minimums (Q4 only; zero padded), owned */
+    int nb;             /* blocks per row */
+    int n_grp;          /* row groups: ceil(n_rows / 16) */
+    size_t rec_bytes;   /* 320 (Q4) or 576 (Q8) */
+    uint8_t *rec;       /* (n_grp, nb, rec_bytes), 64-byte aligned, owned */
 };
 
 /* Repack n_rows x n_cols of a ggml type into w (zeroed or deinit'ed). Q4_1 and Q8_0 are kept
@@ -61,17 +76,28 @@ void krn_qmat_deinit(struct krn_qmat *w);
 size_t krn_qmat_bytes(const struct krn_qmat *w);
 
 struct krn_qact {
-    int n_tok_max, n_cols, nbp, nbm;
-    int8_t *qs;   /* (n_tok_max, nbp*32), owned */
-    float *dexp;  /* (n_tok_max, nbp/2, 16): the scale of each block repeated 8 times, owned */
-    float *s;     /* (n_tok_max, nbm): f16(d * sum q) per block, zero padded, owned */
+    int n_tok_max, n_cols, nb;
+    int n_tok_alloc; /* n_tok_max rounded up to 16 (the extra rows stay zero) */
+    int8_t *qs;      /* (n_tok_alloc, nb*32), 64-byte aligned, owned */
+    float *d;        /* (n_tok_alloc, nb): block scale, rounded to f16, owned */
+    float *s;        /* (n_tok_alloc, nb): f16(d * sum q) per block, owned */
+    int32_t *qsum;   /* (n_tok_alloc, nb): sum q per block, owned */
+    /* the same three, block-major (contiguous over tokens, for GEMM kernels): owned */
+    float *dT, *sT;  /* (nb, n_tok_alloc) */
+    int32_t *qsumT;  /* (nb, n_tok_alloc) */
 };
+/* Returns 0, S3_EINVAL (n_cols not a multiple of 32, n_tok_max <= 0) or S3_ENOMEM. */
 int krn_qact_init(struct krn_qact *a, int n_tok_max, int n_cols);
 void krn_qact_deinit(struct krn_qact *a);
+/* Copy the quantised row src of a to row dst (both < n_tok_max). */
+void krn_qact_move_row(struct krn_qact *a, int dst, int src);
 /* Quantise rows t0..t1-1 of x (row stride n_cols) into a. */
 void krn_qact_quantize(struct krn_qact *a, const float *x, int t0, int t1);
 
-/* y[t*ldy + r] = (W a_t)[r] for t < n_tok and rows r0 <= r < r1 (threads split rows). */
+/* y[t*ldy + r] = (W a_t)[r] for t < n_tok <= a->n_tok_max and rows r0 <= r < r1 (threads
+ * split rows; a split at multiples of 16 keeps each row group on one thread). Runs the AMX
+ * path for 8+ tokens where available (S3_NO_AMX=1 turns it off), else AVX512-VNNI, else the
+ * reference; all give the same bits. Any thread; concurrent calls may share w and a. */
 void krn_qmatmul(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
                  int ldy, int r0, int r1);
 /* Scalar reference of the same computation (the oracle in tests). */
@@ -81,6 +107,9 @@ void krn_qmatmul_ref(const struct krn_qmat *w, const struct krn_qact *a, int n_t
 void krn_qmat_row(const struct krn_qmat *w, int r, float *out);
 
 /* ---- elementwise and small ops (plain C; one row at a time) ----------------------------------- */
+
+/* dst[i] = f16(src[i]) for i < n, rounded to nearest even (as krn_f32_to_fp16). */
+void krn_f32_to_f16_row(uint16_t *dst, const float *src, int n);
 
 /* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, as ggml). y may alias x. */
 void krn_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
@@ -98,7 +127,8 @@ void krn_rope_apply(float *x, int n_heads, int head_dim, int n_dims, const float
 
 /* ---- attention ---------------------------------------------------------------------------------
  * Causal GQA attention over a f16 KV cache of one layer:
- *   kc: (n_kv_head, head_dim, n_ctx) f16, transposed (K of position j is column j)
+ *   kc: (n_kv_head, head_dim, n_ctx) f16, transposed (K of position j is column j); n_ctx is
+ *       the cache's row length (>= every position used; callers may pad it)
  *   vc: (n_kv_head, n_ctx, head_dim) f16
  *   q : (n_q, n_head*head_dim) f32 (already rotated); query i sits at position pos0+i and
  *       sees keys 0..pos0+i.

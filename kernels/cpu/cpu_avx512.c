@@ -1,27 +1,30 @@
-/* kernels/cpu/cpu_avx512.c - AVX512-VNNI fast paths: activation quantisation, the quantised
- * GEMM/GEMV micro-kernels and f16-cache attention. Chosen at run time by cpu_ref.c
- * (krn__have_avx512vnni); every function carries its own target attribute so the file builds
- * with the project's generic flags.
+/* kernels/cpu/cpu_avx512.c - AVX512-VNNI and AMX fast paths: activation quantisation, the
+ * quantised GEMM/GEMV kernels and f16-cache attention. Chosen at run time by cpu_ref.c
+ * (krn__have_avx512vnni, krn__have_amx); every function carries its own target attribute so
+ * the file builds with the project's generic flags.
  *
- * Quantised GEMM (see kernels.h for the formats): the inner step covers one block pair
- * (64 elements) of R weight rows and C tokens. For each (row, token) one vpdpbusd gives 16
- * int32 partial sums (lanes 0-7: even block, 8-15: odd block), which are converted to float
- * and accumulated with the per-lane scale d_w*d_x. The Q4 minimum term sum_b m_w s_x is
- * folded into the same accumulator 16 blocks at a time, and one horizontal sum at the end
- * gives y. R = C = 4 uses 16 accumulators, 4 weight and 4 scale registers.
- *
- * Many tokens (prefill): Q4 rows are first widened, 16 at a time, into a per-thread buffer
- * (bytes and 16-lane scale vectors), so the tiles (4 rows x 3 tokens) only load them. Few
- * tokens (decode): each weight is used once, so the loop is bound by streaming the weights;
- * it prefetches a few row chunks ahead. Both give bit-identical sums per (row, token), so a
- * token's result does not depend on how the tokens were batched. */
+ * Quantised GEMM (formats in kernels.h): weights sit in records of 16 rows x one 32-block,
+ * interleaved 4 bytes at a time, which is the operand layout of both vpdpbusd (16 rows in one
+ * register, an activation dword broadcast) and AMX's B tile. Both paths first form the exact
+ * integer sum of each block for (row, token), then do the same float steps per block as the
+ * scalar reference, so all three agree bit for bit.
+ *   VNNI (decode, few tokens): per (group, block) 8 vpdpbusd per token give the 16 rows' block
+ *     sums; the loop streams the weights once.
+ *   AMX (prefill): per (group, 16-token tile, block) one tile product gives 16x16 block sums;
+ *     Q4 values are first widened to bytes once per group; the scaling of one block overlaps
+ *     the tile product of the next. */
 #if defined(__x86_64__) && defined(__GNUC__)
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "kernels_int.h"
+#include "s3.h"
 
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
 #define INL __attribute__((always_inline)) inline
@@ -30,12 +33,12 @@
 
 TGT void krn__qact_quantize_avx512(struct krn_qact *a, const float *x, int t0, int t1)
 {
-    const int nb = a->n_cols / 32;
+    const int nb = a->nb;
     for (int t = t0; t < t1; t++) {
         const float *xt = x + (size_t)t * a->n_cols;
-        int8_t *qs = a->qs + (size_t)t * a->nbp * 32;
-        float *dexp = a->dexp + (size_t)t * a->nbp * 8;
-        float *s = a->s + (size_t)t * a->nbm;
+        int8_t *qs = a->qs + (size_t)t * nb * 32;
+        float *dt = a->d + (size_t)t * nb;
+        float *st = a->s + (size_t)t * nb;
         for (int b = 0; b < nb; b++) {
             __m512 x0 = _mm512_loadu_ps(xt + b * 32);
             __m512 x1 = _mm512_loadu_ps(xt + b * 32 + 16);
@@ -48,258 +51,353 @@ TGT void krn__qact_quantize_avx512(struct krn_qact *a, const float *x, int t0, i
             _mm_storeu_si128((__m128i *)(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
             _mm_storeu_si128((__m128i *)(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
             const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-            const float dh = _cvtsh_ss(_cvtss_sh(d, 0));
-            _mm256_storeu_ps(dexp + b * 8, _mm256_set1_ps(dh));
-            s[b] = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
+            a->qsum[(size_t)t * nb + b] = sum;
+            dt[b] = _cvtsh_ss(_cvtss_sh(d, 0));
+            st[b] = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
+            const size_t o = (size_t)b * a->n_tok_alloc + (size_t)t;
+            a->dT[o] = dt[b], a->sT[o] = st[b], a->qsumT[o] = sum;
         }
     }
 }
 
-/* ---- quantised GEMM ------------------------------------------------------------------------------ */
+/* ---- quantised GEMM, VNNI ------------------------------------------------------------------------ */
 
-struct qtile {
-    const struct krn_qmat *w;
-    const struct krn_qact *a;
-    float *y;
-    int ldy;
-    /* Q4 rows u_r0.. unpacked for many tokens (or NULL): per row and block pair, 64 bytes of
-     * 4-bit values widened to bytes and the 16-lane scale vector of load_dpair16 */
-    const uint8_t *uw;
-    const float *ud;
-    int u_r0;
-};
-
-TGT static INL __m512i load_w_q4(const uint8_t *p)
+/* The 16 rows' d (and m) of a record as floats. */
+TGT static INL __m512 rec_d(const uint8_t *rec, int q4)
 {
-    /* both halves hold the 32 bytes; the upper half is shifted right by 4, then all masked */
-    const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
-    const __m512i vs = _mm512_mask_srli_epi16(v, (__mmask32)0xFFFF0000u, v, 4);
-    return _mm512_and_si512(vs, _mm512_set1_epi8(0x0F));
+    return q4 ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(rec + 256)))
+              : _mm512_load_ps((const float *)(rec + 512));
 }
 
-/* The two f16 scales of a Q4 block pair, as load_dpair. */
-TGT static INL __m512 load_dpair16(const uint16_t *d)
+TGT static INL __m512 rec_m(const uint8_t *rec)
 {
-    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    int32_t bits;
-    memcpy(&bits, d, sizeof(bits));
-    const __m128 v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
+    return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(rec + 288)));
 }
 
-TGT static INL __m512 load_dpair(const float *d)
+/* Store the 16 row sums of group g for one token, only rows in [r0, r1). */
+TGT static INL void store_rows(float *yt, int g, int r0, int r1, __m512 v)
 {
-    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m128 v = _mm_castpd_ps(_mm_load_sd((const double *)d));
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
-}
-
-/* R rows from r, C tokens from t. */
-TGT static INL void tile_kernel(const struct qtile *k, int r, int t, const int R, const int C,
-                                const int U)
-{
-    const struct krn_qmat *w = k->w;
-    const struct krn_qact *a = k->a;
-    const int np = w->nbp / 2;
-    const int q4 = w->qtype == KRN_Q4;
-    __m512 acc[4][4];
-    const uint8_t *wq[4];
-    const float *wd[4];
-    const uint16_t *wd16[4];
-    const int8_t *aq[4];
-    const float *ad[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; i++) {
-        wq[i] = w->q + (size_t)(r + i) * w->q_row_bytes;
-        if (q4)
-            wd16[i] = w->d16 + (size_t)(r + i) * w->nbp;
-        else
-            wd[i] = w->d + (size_t)(r + i) * w->nbp;
-    }
-#pragma GCC unroll 4
-    for (int j = 0; j < C; j++) {
-        aq[j] = a->qs + (size_t)(t + j) * a->nbp * 32;
-        ad[j] = a->dexp + (size_t)(t + j) * a->nbp * 8;
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < C; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
-    for (int p = 0; p < np; p++) {
-        __m512i wv[4];
-        __mmask64 neg[4];
-        __m512 dw[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < R; i++) {
-            if (U) {
-                const size_t o = (size_t)(r + i - k->u_r0) * np + (size_t)p;
-                wv[i] = _mm512_load_si512((const void *)(k->uw + o * 64));
-                neg[i] = 0;
-                dw[i] = _mm512_load_ps(k->ud + o * 16);
-                continue;
-            }
-            if (q4) {
-                wv[i] = load_w_q4(wq[i] + (size_t)p * 32);
-                neg[i] = 0;
-            } else {
-                const __m512i v = _mm512_loadu_si512((const void *)(wq[i] + (size_t)p * 64));
-                neg[i] = _mm512_movepi8_mask(v);
-                wv[i] = _mm512_abs_epi8(v);
-            }
-            dw[i] = q4 ? load_dpair16(wd16[i] + 2 * p) : load_dpair(wd[i] + 2 * p);
-        }
-#pragma GCC unroll 4
-        for (int j = 0; j < C; j++) {
-            const __m512i av = _mm512_loadu_si512((const void *)(aq[j] + (size_t)p * 64));
-            const __m512 da = _mm512_loadu_ps(ad[j] + (size_t)p * 16);
-#pragma GCC unroll 4
-            for (int i = 0; i < R; i++) {
-                const __m512i as = q4 ? av : _mm512_mask_sub_epi8(av, neg[i], zero, av);
-                const __m512i isum = _mm512_dpbusd_epi32(zero, wv[i], as);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw[i], da),
-                                            acc[i][j]);
-            }
-        }
-    }
-    if (q4) {
-        for (int c = 0; c < w->nbm; c += 16) {
-#pragma GCC unroll 4
-            for (int j = 0; j < C; j++) {
-                const __m512 sv = _mm512_loadu_ps(a->s + (size_t)(t + j) * a->nbm + c);
-#pragma GCC unroll 4
-                for (int i = 0; i < R; i++) {
-                    const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(
-                        (const __m256i *)(w->m16 + (size_t)(r + i) * w->nbm + c)));
-                    acc[i][j] = _mm512_fmadd_ps(mv, sv, acc[i][j]);
-                }
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int j = 0; j < C; j++)
-#pragma GCC unroll 4
-        for (int i = 0; i < R; i++)
-            k->y[(size_t)(t + j) * k->ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
-}
-
-TGT static void tile_r4(const struct qtile *k, int r, int t, int C)
-{
-    switch (C) {
-    case 4: tile_kernel(k, r, t, 4, 4, 0); break;
-    case 3: tile_kernel(k, r, t, 4, 3, 0); break;
-    case 2: tile_kernel(k, r, t, 4, 2, 0); break;
-    default: tile_kernel(k, r, t, 4, 1, 0); break;
-    }
-}
-
-TGT static void tile_r1(const struct qtile *k, int r, int t, int C)
-{
-    switch (C) {
-    case 4: tile_kernel(k, r, t, 1, 4, 0); break;
-    case 3: tile_kernel(k, r, t, 1, 3, 0); break;
-    case 2: tile_kernel(k, r, t, 1, 2, 0); break;
-    default: tile_kernel(k, r, t, 1, 1, 0); break;
-    }
-}
-
-/* Per-thread scratch for widened Q4 rows: UNPACK_PAIRS (row, block pair) entries. */
-#define UNPACK_PAIRS 1024
-#ifndef UT
-#define UT 3 /* tokens per tile on widened rows: 12 accumulators, no spills */
-#endif
-static _Thread_local _Alignas(64) uint8_t unpack_w[UNPACK_PAIRS * 64];
-static _Thread_local _Alignas(64) float unpack_d[UNPACK_PAIRS * 16];
-
-TGT static void tile_r4u(const struct qtile *k, int r, int t, int C)
-{
-    switch (C) {
-    case 4: tile_kernel(k, r, t, 4, 4, 1); break;
-    case 3: tile_kernel(k, r, t, 4, 3, 1); break;
-    case 2: tile_kernel(k, r, t, 4, 2, 1); break;
-    default: tile_kernel(k, r, t, 4, 1, 1); break;
-    }
-}
-
-TGT static void tile_r1u(const struct qtile *k, int r, int t, int C)
-{
-    switch (C) {
-    case 4: tile_kernel(k, r, t, 1, 4, 1); break;
-    case 3: tile_kernel(k, r, t, 1, 3, 1); break;
-    case 2: tile_kernel(k, r, t, 1, 2, 1); break;
-    default: tile_kernel(k, r, t, 1, 1, 1); break;
-    }
-}
-
-TGT void krn__qmatmul_avx512(const struct krn_qmat *w, const struct krn_qact *a, int n_tok,
-                             float *y, int ldy, int r0, int r1)
-{
-    struct qtile k = {w, a, y, ldy, NULL, NULL, 0};
-    const int np = w->nbp / 2;
-    if (w->qtype == KRN_Q4 && n_tok > 4 && np <= UNPACK_PAIRS / 4) {
-        /* many tokens: widen each chunk of rows once instead of once per 4-token tile */
-        const int rch = UNPACK_PAIRS / np >= 16 ? 16 : (UNPACK_PAIRS / np) & ~3;
-        for (int rc = r0; rc < r1; rc += rch) {
-            const int rce = rc + rch < r1 ? rc + rch : r1;
-            for (int r = rc; r < rce; r++) {
-                const uint8_t *wq = w->q + (size_t)r * w->q_row_bytes;
-                const uint16_t *wd = w->d16 + (size_t)r * w->nbp;
-                for (int p = 0; p < np; p++) {
-                    const size_t o = (size_t)(r - rc) * np + (size_t)p;
-                    _mm512_store_si512((void *)(unpack_w + o * 64),
-                                       load_w_q4(wq + (size_t)p * 32));
-                    _mm512_store_ps(unpack_d + o * 16, load_dpair16(wd + 2 * p));
-                }
-            }
-            k.uw = unpack_w, k.ud = unpack_d, k.u_r0 = rc;
-            for (int t = 0; t < n_tok; t += UT) {
-                const int C = n_tok - t < UT ? n_tok - t : UT;
-                int r = rc;
-                for (; r + 4 <= rce; r += 4)
-                    tile_r4u(&k, r, t, C);
-                for (; r < rce; r++)
-                    tile_r1u(&k, r, t, C);
-            }
-        }
+    const int base = g * 16;
+    if (base >= r0 && base + 16 <= r1) {
+        _mm512_storeu_ps(yt + base, v);
         return;
     }
-    /* rows in chunks whose weights stay in L1/L2 while all tokens stream past */
-    const int RCH = 16;
-#ifndef PF_DIST
-#define PF_DIST 32
+    const int lo = r0 > base ? r0 - base : 0, hi = r1 < base + 16 ? r1 - base : 16;
+    const __mmask16 m = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+    _mm512_mask_storeu_ps(yt + base, m, v);
+}
+
+#ifndef PF_REC
+#define PF_REC 8
 #endif
-    for (int rc = r0; rc < r1; rc += RCH) {
-        const int rce = rc + RCH < r1 ? rc + RCH : r1;
-        const int ps = rc == r0 ? rce : rce + PF_DIST;
-        if (n_tok <= 4 && ps < r1) {
-            /* few tokens: the weights stream once; ask for them a few chunks ahead of use */
-            const int pe = rc == r0 ? (rce + PF_DIST + RCH < r1 ? rce + PF_DIST + RCH : r1)
-                                    : (ps + RCH < r1 ? ps + RCH : r1);
-            const char *q0 = (const char *)(w->q + (size_t)ps * w->q_row_bytes);
-            const size_t qn = (size_t)(pe - ps) * w->q_row_bytes;
-            for (size_t o = 0; o < qn; o += 64)
-                _mm_prefetch(q0 + o, _MM_HINT_T0);
-            const char *d0 = w->d16 ? (const char *)(w->d16 + (size_t)ps * w->nbp)
-                                    : (const char *)(w->d + (size_t)ps * w->nbp);
-            const size_t dn = (size_t)(pe - ps) * w->nbp * (w->d16 ? 2 : 4);
-            for (size_t o = 0; o < dn; o += 64)
-                _mm_prefetch(d0 + o, _MM_HINT_T0);
-            if (w->m16) {
-                const char *m0 = (const char *)(w->m16 + (size_t)ps * w->nbm);
-                for (size_t o = 0; o < (size_t)(pe - ps) * w->nbm * 2; o += 64)
-                    _mm_prefetch(m0 + o, _MM_HINT_T0);
+
+/* G row groups from g0 x T tokens from t0. Per (group, block) the record's values are loaded
+ * once (Q4: widened to 8 byte vectors); each token's 8 activation dwords are broadcast:
+ * vpdpbusd(w u8, a s8); Q8 weights are stored plus 128, so 128 * sum(a) is subtracted. */
+TGT static INL void vnni_kernel(const struct krn_qmat *w, const struct krn_qact *a, int g0,
+                                int t0, float *y, int ldy, int r0, int r1, const int G,
+                                const int T, const int q4)
+{
+    const int nb = w->nb;
+    const size_t rb = w->rec_bytes;
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            acc[g][t] = _mm512_setzero_ps();
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    const uint8_t *rec0 = w->rec + (size_t)g0 * nb * rb;
+    for (int b = 0; b < nb; b++) {
+        __m512i av[4][8];
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const int32_t *ap = (const int32_t *)(a->qs + ((size_t)(t0 + t) * nb + b) * 32);
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++)
+                av[t][k] = _mm512_set1_epi32(ap[k]);
+        }
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            const uint8_t *rec = rec0 + ((size_t)g * nb + b) * rb;
+            __m512i wv[8];
+            if (T == 1) {
+                /* one token: the loop streams the weights; ask for them PF_REC records ahead
+                 * (past the end of the group: the next groups, read next) */
+                const char *pf = (const char *)rec + PF_REC * rb;
+#pragma GCC unroll 10
+                for (size_t o = 0; o < rb; o += 64)
+                    _mm_prefetch(pf + o, _MM_HINT_T0);
+            }
+            if (q4) {
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) {
+                    const __m512i v = _mm512_load_si512((const void *)(rec + c * 64));
+                    wv[c] = _mm512_and_si512(v, lo4);
+                    wv[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+                }
+            } else {
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++)
+                    wv[k] = _mm512_load_si512((const void *)(rec + k * 64));
+            }
+            const __m512 dw = rec_d(rec, q4);
+            __m512 mw = _mm512_setzero_ps();
+            if (q4)
+                mw = rec_m(rec);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                /* two chains of 4 for latency; the integer sum is exact either way */
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) {
+                    s0 = _mm512_dpbusd_epi32(s0, wv[k], av[t][k]);
+                    s1 = _mm512_dpbusd_epi32(s1, wv[k + 4], av[t][k + 4]);
+                }
+                __m512i isum = _mm512_add_epi32(s0, s1);
+                if (!q4) /* the weights are stored plus 128 */
+                    isum = _mm512_sub_epi32(
+                        isum, _mm512_set1_epi32(128 * a->qsum[(size_t)(t0 + t) * nb + b]));
+                const float *dt = a->d + (size_t)(t0 + t) * nb + b;
+                const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(*dt));
+                acc[g][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dd, acc[g][t]);
+                if (q4) {
+                    const float *st = a->s + (size_t)(t0 + t) * nb + b;
+                    acc[g][t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*st), acc[g][t]);
+                }
             }
         }
-        for (int t = 0; t < n_tok; t += 4) {
-            const int C = n_tok - t < 4 ? n_tok - t : 4;
-            int r = rc;
-            for (; r + 4 <= rce; r += 4)
-                tile_r4(&k, r, t, C);
-            for (; r < rce; r++)
-                tile_r1(&k, r, t, C);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            store_rows(y + (size_t)(t0 + t) * ldy, g0 + g, r0, r1, acc[g][t]);
+}
+
+#define VNNI_CASE(G, T)                                                                        \
+    TGT static void vnni_q4_##G##_##T(const struct krn_qmat *w, const struct krn_qact *a, int g0, \
+                                      int t0, float *y, int ldy, int r0, int r1)               \
+    {                                                                                          \
+        vnni_kernel(w, a, g0, t0, y, ldy, r0, r1, G, T, 1);                                    \
+    }                                                                                          \
+    TGT static void vnni_q8_##G##_##T(const struct krn_qmat *w, const struct krn_qact *a, int g0, \
+                                      int t0, float *y, int ldy, int r0, int r1)               \
+    {                                                                                          \
+        vnni_kernel(w, a, g0, t0, y, ldy, r0, r1, G, T, 0);                                    \
+    }
+VNNI_CASE(4, 1)
+VNNI_CASE(1, 1)
+VNNI_CASE(2, 4)
+VNNI_CASE(1, 4)
+
+TGT void krn__qmatmul_vnni(const struct krn_qmat *w, const struct krn_qact *a, int n_tok,
+                           float *y, int ldy, int r0, int r1)
+{
+    if (r0 >= r1 || n_tok <= 0)
+        return;
+    const int q4 = w->qtype == KRN_Q4;
+    const int ga = r0 / 16, gb = (r1 + 15) / 16;
+    int t = 0;
+    /* 4 tokens at a time: 2 groups x 4 tokens share each widened weight vector */
+    for (; t + 4 <= n_tok; t += 4) {
+        int g = ga;
+        for (; g + 2 <= gb; g += 2)
+            (q4 ? vnni_q4_2_4 : vnni_q8_2_4)(w, a, g, t, y, ldy, r0, r1);
+        for (; g < gb; g++)
+            (q4 ? vnni_q4_1_4 : vnni_q8_1_4)(w, a, g, t, y, ldy, r0, r1);
+    }
+    /* single tokens (decode): 4 groups at a time for independent chains */
+    for (; t < n_tok; t++) {
+        int g = ga;
+        for (; g + 4 <= gb; g += 4)
+            (q4 ? vnni_q4_4_1 : vnni_q8_4_1)(w, a, g, t, y, ldy, r0, r1);
+        for (; g < gb; g++)
+            (q4 ? vnni_q4_1_1 : vnni_q8_1_1)(w, a, g, t, y, ldy, r0, r1);
+    }
+}
+
+/* ---- quantised GEMM, AMX ------------------------------------------------------------------------- */
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+int krn__have_amx(void)
+{
+    static int have = -1; /* cache of a process property; benign race (same value written) */
+    if (have < 0) {
+        int h = 0;
+        unsigned eax, ebx, ecx, edx;
+        const char *env = getenv("S3_NO_AMX");
+        if (krn__have_avx512vnni() && !(env && env[0] == '1') &&
+            __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 24 & 1) &&
+            (edx >> 25 & 1))
+            h = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+        have = h;
+    }
+    return have;
+}
+
+#define TGT_AMX                                                                                \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c,amx-tile,amx-int8")))
+
+/* Tile use per thread: tmm0/tmm4 activations (16 tokens x 32 bytes), tmm1/tmm5 weights (8 x 64
+ * bytes: one block of 16 rows, VNNI order), tmm2/tmm3 block sums (16 tokens x 16 rows int32):
+ * even and odd blocks use separate sets, so the next block's tile product runs while this
+ * block is scaled. */
+struct amx_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+static _Thread_local int amx_configured;
+#define AMX_MAX_NB 128 /* widened Q4 scratch: 128 blocks (4096 columns) of 512 bytes */
+static _Thread_local _Alignas(64) uint8_t amx_w[AMX_MAX_NB * 512];
+
+TGT_AMX static void amx_config(void)
+{
+    struct amx_cfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette = 1;
+    cfg.rows[0] = 16, cfg.colsb[0] = 32;
+    cfg.rows[1] = 8, cfg.colsb[1] = 64;
+    cfg.rows[2] = 16, cfg.colsb[2] = 64;
+    cfg.rows[3] = 16, cfg.colsb[3] = 64;
+    cfg.rows[4] = 16, cfg.colsb[4] = 32;
+    cfg.rows[5] = 8, cfg.colsb[5] = 64;
+    _tile_loadconfig(&cfg);
+    amx_configured = 1;
+}
+
+/* tilestored of a C tile into a 1 KiB buffer; unlike _tile_stored it names exactly the
+ * memory written, so the accumulators may stay in registers across it. */
+#define AMX_STORE_C(tc, buf)                                                                   \
+    __asm__ volatile("tilestored %%tmm" #tc ", (%1,%2,1)"                                      \
+                     : "=m"(*(int32_t(*)[256])(buf))                                           \
+                     : "r"(buf), "r"((long)64))
+
+/* block b's product: even b from tmm0 x tmm1 into tmm2, odd b from tmm4 x tmm5 into tmm3 (no
+ * tile register is shared by two products in flight) */
+#define AMX_DP(tc, ta, tb, bb)                                                                 \
+    do {                                                                                       \
+        _tile_zero(tc);                                                                        \
+        _tile_loadd(ta, at + (size_t)(bb) * 32, astride);                                      \
+        _tile_loadd(tb, wt + (size_t)(bb) * wstride, 64);                                      \
+        _tile_dpbsud(tc, ta, tb);                                                              \
+    } while (0)
+
+/* acc[t] (16 rows) += the scaled block sums in cb of block bb, tokens t0..t0+15. The
+ * per-token scales come from the block-major copies (contiguous over tokens). */
+#define AMX_SCALE(cb, bb)                                                                      \
+    do {                                                                                       \
+        const uint8_t *rec_ = rec + (size_t)(bb) * w->rec_bytes;                               \
+        const __m512 dw_ = rec_d(rec_, q4);                                                    \
+        const __m512 mw_ = q4 ? rec_m(rec_) : _mm512_setzero_ps();                             \
+        const size_t o_ = (size_t)(bb) * (size_t)a->n_tok_alloc + (size_t)t0;                  \
+        const float *dT_ = a->dT + o_, *sT_ = a->sT + o_;                                      \
+        const int32_t *qT_ = a->qsumT + o_;                                                    \
+        _Pragma("GCC unroll 16") for (int t = 0; t < 16; t++)                                  \
+        {                                                                                      \
+            __m512i isum = _mm512_load_si512((const void *)((cb) + t * 16));                   \
+            if (!q4) /* the weights are stored plus 128 */                                     \
+                isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(128 * qT_[t]));                \
+            const __m512 dd = _mm512_mul_ps(dw_, _mm512_set1_ps(dT_[t]));                      \
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dd, acc[t]);                    \
+            if (q4)                                                                            \
+                acc[t] = _mm512_fmadd_ps(mw_, _mm512_set1_ps(sT_[t]), acc[t]);                 \
+        }                                                                                      \
+    } while (0)
+
+TGT_AMX static INL void amx_group(const struct krn_qmat *w, const struct krn_qact *a,
+                                  const uint8_t *wt, size_t wstride, int g, int t0, int n_t,
+                                  float *y, int ldy, int r0, int r1, const int q4)
+{
+    const int nb = w->nb;
+    const uint8_t *rec = w->rec + (size_t)g * nb * w->rec_bytes;
+    const size_t astride = (size_t)nb * 32;
+    const int8_t *at = a->qs + (size_t)t0 * astride;
+    _Alignas(64) int32_t c0[256], c1[256];
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++)
+        acc[t] = _mm512_setzero_ps();
+    /* software pipeline: while block b is stored and block b-1 (stored one step earlier, so
+     * read from L1 without waiting on the tile store) is scaled, block b+1's product runs */
+    AMX_DP(2, 0, 1, 0);
+    for (int b = 0; b < nb; b += 2) {
+        /* even b: tmm2 -> c0; odd b: tmm3 -> c1 */
+        if (b + 1 < nb)
+            AMX_DP(3, 4, 5, b + 1);
+        AMX_STORE_C(2, c0);
+        if (b >= 1)
+            AMX_SCALE(c1, b - 1);
+        if (b + 1 >= nb) {
+            AMX_SCALE(c0, b);
+            break;
+        }
+        if (b + 2 < nb)
+            AMX_DP(2, 0, 1, b + 2);
+        AMX_STORE_C(3, c1);
+        AMX_SCALE(c0, b);
+        if (b + 2 >= nb)
+            AMX_SCALE(c1, b + 1);
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++) /* constant indices: acc stays in registers */
+        if (t < n_t)
+            store_rows(y + (size_t)(t0 + t) * ldy, g, r0, r1, acc[t]);
+}
+#undef AMX_DP
+#undef AMX_SCALE
+
+TGT_AMX static void amx_group_q4(const struct krn_qmat *w, const struct krn_qact *a, int g,
+                                 int t0, int n_t, float *y, int ldy, int r0, int r1)
+{
+    amx_group(w, a, amx_w, 512, g, t0, n_t, y, ldy, r0, r1, 1);
+}
+
+TGT_AMX static void amx_group_q8(const struct krn_qmat *w, const struct krn_qact *a, int g,
+                                 int t0, int n_t, float *y, int ldy, int r0, int r1)
+{
+    amx_group(w, a, w->rec + (size_t)g * w->nb * w->rec_bytes, w->rec_bytes, g, t0, n_t, y, ldy,
+              r0, r1, 0);
+}
+
+TGT_AMX int krn__qmatmul_amx(const struct krn_qmat *w, const struct krn_qact *a, int n_tok,
+                             float *y, int ldy, int r0, int r1)
+{
+    if (!krn__have_amx() || w->nb > AMX_MAX_NB || n_tok > a->n_tok_max || a->nb != w->nb ||
+        !a->dT)
+        return S3_EINVAL;
+    if (r0 >= r1 || n_tok <= 0)
+        return 0;
+    if (!amx_configured)
+        amx_config();
+    const int q4 = w->qtype == KRN_Q4;
+    const int ga = r0 / 16, gb = (r1 + 15) / 16;
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    for (int g = ga; g < gb; g++) {
+        if (q4) {
+            /* widen the group's 4-bit values once; all token tiles read them */
+            const uint8_t *rec = w->rec + (size_t)g * w->nb * w->rec_bytes;
+            for (int b = 0; b < w->nb; b++, rec += w->rec_bytes) {
+                uint8_t *o = amx_w + (size_t)b * 512;
+                for (int c = 0; c < 4; c++) {
+                    const __m512i v = _mm512_load_si512((const void *)(rec + c * 64));
+                    _mm512_store_si512((void *)(o + c * 64), _mm512_and_si512(v, lo4));
+                    _mm512_store_si512((void *)(o + 256 + c * 64),
+                                       _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4));
+                }
+            }
+            __asm__ volatile("" ::: "memory"); /* tileloadd reads amx_w: stores first */
+        }
+        for (int t = 0; t < n_tok; t += 16) {
+            const int n_t = n_tok - t < 16 ? n_tok - t : 16;
+            (q4 ? amx_group_q4 : amx_group_q8)(w, a, g, t, n_t, y, ldy, r0, r1);
         }
     }
+    return 0;
 }
 
 /* ---- attention -------------------------------------------------------------------------------- */
@@ -353,34 +451,59 @@ TGT void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, co
             for (int d = 0; d < head_dim && d < 256; d += 16)
                 _mm512_storeu_ps(&qf[qq][d], round_f16(_mm512_loadu_ps(qi + d)));
         }
-        /* scores: 16 keys at a time, K transposed so each dim is a contiguous row */
-        for (int j = 0; nqq == 1 && j < n_kv; j += 16) {
-            /* one query (decode): the same sums in the same order as the 4-query path */
-            const __mmask16 mk = n_kv - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n_kv - j)) - 1);
-            __m512 s0 = _mm512_setzero_ps();
-            for (int d = 0; d < head_dim; d++)
-                s0 = _mm512_fmadd_ps(
-                    _mm512_set1_ps(qf[0][d]),
-                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, kh + (size_t)d * n_ctx + j)), s0);
-            _mm512_mask_storeu_ps(sc[0] + j, mk, _mm512_mul_ps(s0, _mm512_set1_ps(scale)));
-        }
-        for (int j = 0; nqq > 1 && j < n_kv; j += 16) {
-            const __mmask16 mk = n_kv - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n_kv - j)) - 1);
+        /* scores, K transposed so each dim is a contiguous row. Each score is a sum over the
+         * dims in order; several key chunks are interleaved only to have enough independent
+         * FMA chains in flight (one query: 4 chunks of 16 keys; 4 queries: 2 chunks). */
+#define KMASK(jj) (n_kv - (jj) >= 16 ? (__mmask16)0xFFFF                                        \
+                   : n_kv - (jj) <= 0 ? (__mmask16)0 : (__mmask16)((1u << (n_kv - (jj))) - 1))
+        for (int j = 0; nqq == 1 && j < n_kv; j += 64) {
+            const __mmask16 m0 = KMASK(j), m1 = KMASK(j + 16), m2 = KMASK(j + 32),
+                            m3 = KMASK(j + 48);
             __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (int d = 0; d < head_dim; d++) {
-                const __m512 kv =
-                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, kh + (size_t)d * n_ctx + j));
-                s0 = _mm512_fmadd_ps(_mm512_set1_ps(qf[0][d]), kv, s0);
-                s1 = _mm512_fmadd_ps(_mm512_set1_ps(qf[1][d]), kv, s1);
-                s2 = _mm512_fmadd_ps(_mm512_set1_ps(qf[2][d]), kv, s2);
-                s3 = _mm512_fmadd_ps(_mm512_set1_ps(qf[3][d]), kv, s3);
+                const uint16_t *kr = kh + (size_t)d * n_ctx + j;
+                const __m512 qd = _mm512_set1_ps(qf[0][d]);
+                s0 = _mm512_fmadd_ps(qd, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, kr)), s0);
+                s1 = _mm512_fmadd_ps(qd, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, kr + 16)), s1);
+                s2 = _mm512_fmadd_ps(qd, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m2, kr + 32)), s2);
+                s3 = _mm512_fmadd_ps(qd, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m3, kr + 48)), s3);
             }
             const __m512 vs = _mm512_set1_ps(scale);
-            _mm512_mask_storeu_ps(sc[0] + j, mk, _mm512_mul_ps(s0, vs));
-            _mm512_mask_storeu_ps(sc[1] + j, mk, _mm512_mul_ps(s1, vs));
-            _mm512_mask_storeu_ps(sc[2] + j, mk, _mm512_mul_ps(s2, vs));
-            _mm512_mask_storeu_ps(sc[3] + j, mk, _mm512_mul_ps(s3, vs));
+            _mm512_mask_storeu_ps(sc[0] + j, m0, _mm512_mul_ps(s0, vs));
+            _mm512_mask_storeu_ps(sc[0] + j + 16, m1, _mm512_mul_ps(s1, vs));
+            _mm512_mask_storeu_ps(sc[0] + j + 32, m2, _mm512_mul_ps(s2, vs));
+            _mm512_mask_storeu_ps(sc[0] + j + 48, m3, _mm512_mul_ps(s3, vs));
         }
+        for (int j = 0; nqq > 1 && j < n_kv; j += 32) {
+            const __mmask16 m0 = KMASK(j), m1 = KMASK(j + 16);
+            __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+            __m512 t0 = s0, t1 = s0, t2 = s0, t3 = s0;
+            for (int d = 0; d < head_dim; d++) {
+                const uint16_t *kr = kh + (size_t)d * n_ctx + j;
+                const __m512 ka = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, kr));
+                const __m512 kb = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, kr + 16));
+                const __m512 q0 = _mm512_set1_ps(qf[0][d]), q1 = _mm512_set1_ps(qf[1][d]);
+                const __m512 q2 = _mm512_set1_ps(qf[2][d]), q3 = _mm512_set1_ps(qf[3][d]);
+                s0 = _mm512_fmadd_ps(q0, ka, s0);
+                s1 = _mm512_fmadd_ps(q1, ka, s1);
+                s2 = _mm512_fmadd_ps(q2, ka, s2);
+                s3 = _mm512_fmadd_ps(q3, ka, s3);
+                t0 = _mm512_fmadd_ps(q0, kb, t0);
+                t1 = _mm512_fmadd_ps(q1, kb, t1);
+                t2 = _mm512_fmadd_ps(q2, kb, t2);
+                t3 = _mm512_fmadd_ps(q3, kb, t3);
+            }
+            const __m512 vs = _mm512_set1_ps(scale);
+            _mm512_mask_storeu_ps(sc[0] + j, m0, _mm512_mul_ps(s0, vs));
+            _mm512_mask_storeu_ps(sc[1] + j, m0, _mm512_mul_ps(s1, vs));
+            _mm512_mask_storeu_ps(sc[2] + j, m0, _mm512_mul_ps(s2, vs));
+            _mm512_mask_storeu_ps(sc[3] + j, m0, _mm512_mul_ps(s3, vs));
+            _mm512_mask_storeu_ps(sc[0] + j + 16, m1, _mm512_mul_ps(t0, vs));
+            _mm512_mask_storeu_ps(sc[1] + j + 16, m1, _mm512_mul_ps(t1, vs));
+            _mm512_mask_storeu_ps(sc[2] + j + 16, m1, _mm512_mul_ps(t2, vs));
+            _mm512_mask_storeu_ps(sc[3] + j + 16, m1, _mm512_mul_ps(t3, vs));
+        }
+#undef KMASK
         /* causal softmax per query; probabilities past a query's own keys are zero */
         for (int qq = 0; qq < (nqq == 1 ? 1 : 4); qq++) {
             float *s = sc[qq];
@@ -464,6 +587,21 @@ TGT void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, co
     }
 }
 
+/* ---- f16 conversion ----------------------------------------------------------------------------- */
+
+TGT void krn__f32_to_f16_avx512(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(
+            dst + i, m, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, src + i), _MM_FROUND_TO_NEAREST_INT));
+    }
+}
+
 /* ---- SwiGLU ---------------------------------------------------------------------------------- */
 
 TGT void krn__swiglu_avx512(float *out, const float *g, const float *u, int n)
@@ -483,16 +621,29 @@ TGT void krn__swiglu_avx512(float *out, const float *g, const float *u, int n)
 #else /* not x86-64 GCC/Clang: the dispatcher never calls these */
 
 #include "kernels_int.h"
+#include "s3.h"
 
 void krn__qact_quantize_avx512(struct krn_qact *a, const float *x, int t0, int t1)
 {
     krn__qact_quantize_ref(a, x, t0, t1);
 }
 
-void krn__qmatmul_avx512(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
-                         int ldy, int r0, int r1)
+void krn__qmatmul_vnni(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
+                       int ldy, int r0, int r1)
 {
     krn_qmatmul_ref(w, a, n_tok, y, ldy, r0, r1);
+}
+
+int krn__have_amx(void)
+{
+    return 0;
+}
+
+int krn__qmatmul_amx(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
+                     int ldy, int r0, int r1)
+{
+    (void)w, (void)a, (void)n_tok, (void)y, (void)ldy, (void)r0, (void)r1;
+    return S3_EINVAL;
 }
 
 void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, const uint16_t *vc,
@@ -506,6 +657,12 @@ void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, const 
 void krn__swiglu_avx512(float *out, const float *g, const float *u, int n)
 {
     krn__swiglu_ref(out, g, u, n);
+}
+
+void krn__f32_to_f16_avx512(uint16_t *dst, const float *src, int n)
+{
+    for (int i = 0; i < n; i++)
+        dst[i] = krn_f32_to_fp16(src[i]);
 }
 
 #endif

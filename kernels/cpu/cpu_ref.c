@@ -61,6 +61,16 @@ void krn_swiglu(float *out, const float *g, const float *u, int n)
         krn__swiglu_ref(out, g, u, n);
 }
 
+void krn_f32_to_f16_row(uint16_t *dst, const float *src, int n)
+{
+    if (krn__have_avx512vnni()) {
+        krn__f32_to_f16_avx512(dst, src, n);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        dst[i] = krn_f32_to_fp16(src[i]);
+}
+
 void krn_softmax(float *x, int n)
 {
     float max = -INFINITY;
@@ -121,23 +131,13 @@ void krn_qmat_deinit(struct krn_qmat *w)
 {
     if (!w)
         return;
-    free(w->q);
-    free(w->d);
-    free(w->d16);
-    free(w->m16);
+    free(w->rec);
     memset(w, 0, sizeof(*w));
 }
 
 size_t krn_qmat_bytes(const struct krn_qmat *w)
 {
-    size_t n = (size_t)w->n_rows * w->q_row_bytes;
-    if (w->d)
-        n += (size_t)w->n_rows * (size_t)w->nbp * sizeof(float);
-    if (w->d16)
-        n += (size_t)w->n_rows * (size_t)w->nbp * sizeof(uint16_t);
-    if (w->m16)
-        n += (size_t)w->n_rows * (size_t)w->nbm * sizeof(uint16_t);
-    return n;
+    return (size_t)w->n_grp * (size_t)w->nb * w->rec_bytes;
 }
 
 /* Quantise 32 floats to int8 with a per-block scale (d = amax/127, kept in f32). */
@@ -151,6 +151,28 @@ static float quant_block_q8(const float *x, int8_t *q)
     for (int j = 0; j < QK; j++)
         q[j] = (int8_t)nearbyintf(x[j] * id);
     return d;
+}
+
+static uint8_t *qmat_rec(const struct krn_qmat *w, int g, int b)
+{
+    return w->rec + ((size_t)g * (size_t)w->nb + (size_t)b) * w->rec_bytes;
+}
+
+/* Store row i (< 16) of block b of group g: Q4 from a Q4_1 block (20 bytes), Q8 from 32 int8
+ * values and a scale. */
+static void rec_put_q4_1(uint8_t *rec, int i, const uint8_t *blk)
+{
+    for (int c = 0; c < 4; c++)
+        memcpy(rec + c * 64 + i * 4, blk + 4 + c * 4, 4);
+    memcpy(rec + 256 + i * 2, blk, 2);
+    memcpy(rec + 288 + i * 2, blk + 2, 2);
+}
+
+static void rec_put_q8(uint8_t *rec, int i, const int8_t *q, float d)
+{
+    for (int j = 0; j < QK; j++)
+        rec[(j / 4) * 64 + i * 4 + j % 4] = (uint8_t)(q[j] + 128);
+    memcpy(rec + 512 + i * 4, &d, 4);
 }
 
 int krn_qmat_init(struct krn_qmat *w, uint32_t ggml_type, const void *data, int n_rows,
@@ -168,23 +190,19 @@ int krn_qmat_init(struct krn_qmat *w, uint32_t ggml_type, const void *data, int 
     w->qtype = ggml_type == T_Q4_1 ? KRN_Q4 : KRN_Q8;
     w->n_rows = n_rows;
     w->n_cols = n_cols;
-    w->nbp = (nb + 1) & ~1;
-    w->nbm = (nb + 15) & ~15;
-    w->q_row_bytes = (size_t)w->nbp * (w->qtype == KRN_Q4 ? 16 : 32);
-    w->q = calloc((size_t)n_rows, w->q_row_bytes);
-    if (w->qtype == KRN_Q4) {
-        w->d16 = calloc((size_t)n_rows * (size_t)w->nbp, sizeof(uint16_t));
-        w->m16 = calloc((size_t)n_rows * (size_t)w->nbm, sizeof(uint16_t));
-    } else {
-        w->d = calloc((size_t)n_rows * (size_t)w->nbp, sizeof(float));
-    }
-    if (!w->q || (w->qtype == KRN_Q4 ? !w->d16 || !w->m16 : !w->d)) {
+    w->nb = nb;
+    w->n_grp = (n_rows + KRN_QGROUP - 1) / KRN_QGROUP;
+    w->rec_bytes = w->qtype == KRN_Q4 ? 320 : 576;
+    const size_t bytes = krn_qmat_bytes(w);
+    w->rec = aligned_alloc(64, bytes); /* a multiple of 64: rec_bytes is */
+    if (!w->rec) {
         rc = S3_ENOMEM;
         goto out;
     }
+    memset(w->rec, 0, bytes);
     const size_t src_row = krn_type_row_bytes(ggml_type, n_cols);
-    if (ggml_type != T_Q4_1 && ggml_type != T_Q8_0) {
-        tmp = malloc((size_t)n_cols * sizeof(float));
+    if (ggml_type != T_Q4_1) {
+        tmp = malloc((size_t)n_cols * (sizeof(float) + 1));
         if (!tmp) {
             rc = S3_ENOMEM;
             goto out;
@@ -192,35 +210,24 @@ int krn_qmat_init(struct krn_qmat *w, uint32_t ggml_type, const void *data, int 
     }
     for (int r = 0; r < n_rows; r++) {
         const uint8_t *src = (const uint8_t *)data + (size_t)r * src_row;
-        uint8_t *q = w->q + (size_t)r * w->q_row_bytes;
+        const int g = r / KRN_QGROUP, i = r % KRN_QGROUP;
         if (ggml_type == T_Q4_1) {
-            uint16_t *d16 = w->d16 + (size_t)r * w->nbp;
-            uint16_t *m16 = w->m16 + (size_t)r * w->nbm;
-            for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = src + (size_t)b * 20;
-                d16[b] = (uint16_t)(blk[0] | (blk[1] << 8));
-                m16[b] = (uint16_t)(blk[2] | (blk[3] << 8));
-                uint8_t *qp = q + (size_t)(b / 2) * 32;
-                const int shift = (b & 1) ? 4 : 0;
-                for (int j = 0; j < 16; j++) {
-                    qp[j] |= (uint8_t)((blk[4 + j] & 0x0F) << shift);
-                    qp[16 + j] |= (uint8_t)((blk[4 + j] >> 4) << shift);
-                }
-            }
+            for (int b = 0; b < nb; b++)
+                rec_put_q4_1(qmat_rec(w, g, b), i, src + (size_t)b * 20);
         } else if (ggml_type == T_Q8_0) {
-            float *d = w->d + (size_t)r * w->nbp;
             for (int b = 0; b < nb; b++) {
                 const uint8_t *blk = src + (size_t)b * 34;
-                d[b] = rd_half(blk);
-                memcpy(q + (size_t)b * 32, blk + 2, 32);
+                rec_put_q8(qmat_rec(w, g, b), i, (const int8_t *)(blk + 2), rd_half(blk));
             }
         } else {
+            int8_t *q = (int8_t *)(tmp + n_cols);
             rc = krn_dequant(ggml_type, src, tmp, n_cols);
             if (rc < 0)
                 goto out;
-            float *d = w->d + (size_t)r * w->nbp;
-            for (int b = 0; b < nb; b++)
-                d[b] = quant_block_q8(tmp + (size_t)b * QK, (int8_t *)(q + (size_t)b * 32));
+            for (int b = 0; b < nb; b++) {
+                const float d = quant_block_q8(tmp + (size_t)b * QK, q);
+                rec_put_q8(qmat_rec(w, g, b), i, q, d);
+            }
         }
     }
 out:
@@ -233,23 +240,32 @@ out:
 /* Block b of row r: its scale d and minimum m (0 for Q8). */
 static float qmat_d(const struct krn_qmat *w, int r, int b)
 {
-    const size_t i = (size_t)r * w->nbp + (size_t)b;
-    return w->d16 ? krn_fp16_to_f32(w->d16[i]) : w->d[i];
+    const uint8_t *rec = qmat_rec(w, r / KRN_QGROUP, b);
+    const int i = r % KRN_QGROUP;
+    if (w->qtype == KRN_Q4)
+        return rd_half(rec + 256 + i * 2);
+    float d;
+    memcpy(&d, rec + 512 + i * 4, 4);
+    return d;
 }
 
 static float qmat_m(const struct krn_qmat *w, int r, int b)
 {
-    return w->m16 ? krn_fp16_to_f32(w->m16[(size_t)r * w->nbm + b]) : 0.0f;
+    if (w->qtype != KRN_Q4)
+        return 0.0f;
+    return rd_half(qmat_rec(w, r / KRN_QGROUP, b) + 288 + (r % KRN_QGROUP) * 2);
 }
 
 /* Weight element j of block b of row r as an integer. */
 static int qmat_q(const struct krn_qmat *w, int r, int b, int j)
 {
-    const uint8_t *q = w->q + (size_t)r * w->q_row_bytes;
+    const uint8_t *rec = qmat_rec(w, r / KRN_QGROUP, b);
+    const int i = r % KRN_QGROUP;
     if (w->qtype == KRN_Q8)
-        return ((const int8_t *)q)[(size_t)b * 32 + j];
-    const uint8_t byte = q[(size_t)(b / 2) * 32 + j];
-    return (b & 1) ? byte >> 4 : byte & 0x0F;
+        return (int)rec[(j / 4) * 64 + i * 4 + j % 4] - 128;
+    const int jj = j % 16;
+    const uint8_t byte = rec[(jj / 4) * 64 + i * 4 + jj % 4];
+    return j < 16 ? byte & 0x0F : byte >> 4;
 }
 
 void krn_qmat_row(const struct krn_qmat *w, int r, float *out)
@@ -270,51 +286,84 @@ void krn_qact_deinit(struct krn_qact *a)
     if (!a)
         return;
     free(a->qs);
-    free(a->dexp);
+    free(a->d);
     free(a->s);
+    free(a->qsum);
+    free(a->dT);
+    free(a->sT);
+    free(a->qsumT);
     memset(a, 0, sizeof(*a));
+}
+
+/* 64-byte aligned, zeroed; n is rounded up to a multiple of 64 for aligned_alloc. */
+static void *zalloc64(size_t n)
+{
+    n = (n + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, n ? n : 64);
+    if (p)
+        memset(p, 0, n ? n : 64);
+    return p;
 }
 
 int krn_qact_init(struct krn_qact *a, int n_tok_max, int n_cols)
 {
     memset(a, 0, sizeof(*a));
-    if (n_tok_max <= 0 || n_cols <= 0 || n_cols % QK != 0)
+    if (n_tok_max <= 0 || n_tok_max > (1 << 24) || n_cols <= 0 || n_cols % QK != 0)
         return S3_EINVAL;
     const int nb = n_cols / QK;
     a->n_tok_max = n_tok_max;
+    a->n_tok_alloc = (n_tok_max + 15) & ~15;
     a->n_cols = n_cols;
-    a->nbp = (nb + 1) & ~1;
-    a->nbm = (nb + 15) & ~15;
-    a->qs = aligned_alloc(64, (size_t)n_tok_max * (size_t)a->nbp * 32);
-    a->dexp = aligned_alloc(64, (size_t)n_tok_max * (size_t)a->nbp * 8 * sizeof(float));
-    a->s = aligned_alloc(64, (size_t)n_tok_max * (size_t)a->nbm * sizeof(float));
-    if (!a->qs || !a->dexp || !a->s) {
+    a->nb = nb;
+    const size_t n = (size_t)a->n_tok_alloc * (size_t)nb;
+    a->qs = zalloc64(n * 32);
+    a->d = zalloc64(n * sizeof(float));
+    a->s = zalloc64(n * sizeof(float));
+    a->qsum = zalloc64(n * sizeof(int32_t));
+    a->dT = zalloc64(n * sizeof(float));
+    a->sT = zalloc64(n * sizeof(float));
+    a->qsumT = zalloc64(n * sizeof(int32_t));
+    if (!a->qs || !a->d || !a->s || !a->qsum || !a->dT || !a->sT || !a->qsumT) {
         krn_qact_deinit(a);
         return S3_ENOMEM;
     }
-    memset(a->qs, 0, (size_t)n_tok_max * (size_t)a->nbp * 32);
-    memset(a->dexp, 0, (size_t)n_tok_max * (size_t)a->nbp * 8 * sizeof(float));
-    memset(a->s, 0, (size_t)n_tok_max * (size_t)a->nbm * sizeof(float));
     return 0;
+}
+
+void krn_qact_move_row(struct krn_qact *a, int dst, int src)
+{
+    if (dst == src || dst < 0 || src < 0 || dst >= a->n_tok_max || src >= a->n_tok_max)
+        return;
+    const size_t nb = (size_t)a->nb;
+    memcpy(a->qs + (size_t)dst * nb * 32, a->qs + (size_t)src * nb * 32, nb * 32);
+    memcpy(a->d + (size_t)dst * nb, a->d + (size_t)src * nb, nb * sizeof(float));
+    memcpy(a->s + (size_t)dst * nb, a->s + (size_t)src * nb, nb * sizeof(float));
+    memcpy(a->qsum + (size_t)dst * nb, a->qsum + (size_t)src * nb, nb * sizeof(int32_t));
+    for (size_t b = 0; b < nb; b++) {
+        const size_t od = b * (size_t)a->n_tok_alloc + (size_t)dst;
+        const size_t os = b * (size_t)a->n_tok_alloc + (size_t)src;
+        a->dT[od] = a->dT[os], a->sT[od] = a->sT[os], a->qsumT[od] = a->qsumT[os];
+    }
 }
 
 void krn__qact_quantize_ref(struct krn_qact *a, const float *x, int t0, int t1)
 {
-    const int nb = a->n_cols / QK;
+    const int nb = a->nb;
     for (int t = t0; t < t1; t++) {
         const float *xt = x + (size_t)t * a->n_cols;
-        int8_t *qs = a->qs + (size_t)t * a->nbp * 32;
-        float *dexp = a->dexp + (size_t)t * a->nbp * 8;
-        float *s = a->s + (size_t)t * a->nbm;
+        int8_t *qs = a->qs + (size_t)t * nb * 32;
+        float *dt = a->d + (size_t)t * nb;
+        float *st = a->s + (size_t)t * nb;
         for (int b = 0; b < nb; b++) {
             const float d = quant_block_q8(xt + (size_t)b * QK, qs + (size_t)b * QK);
             int sum = 0;
             for (int j = 0; j < QK; j++)
                 sum += qs[b * QK + j];
-            const float dh = round_half(d);
-            for (int j = 0; j < 8; j++)
-                dexp[b * 8 + j] = dh;
-            s[b] = round_half(d * (float)sum);
+            dt[b] = round_half(d);
+            st[b] = round_half(d * (float)sum);
+            a->qsum[(size_t)t * nb + b] = sum;
+            const size_t o = (size_t)b * a->n_tok_alloc + (size_t)t;
+            a->dT[o] = dt[b], a->sT[o] = st[b], a->qsumT[o] = sum;
         }
     }
 }
@@ -332,30 +381,40 @@ void krn_qact_quantize(struct krn_qact *a, const float *x, int t0, int t1)
 void krn_qmatmul_ref(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
                      int ldy, int r0, int r1)
 {
-    const int nb = w->n_cols / QK;
+    const int nb = w->nb;
     for (int t = 0; t < n_tok; t++) {
-        const int8_t *qa = a->qs + (size_t)t * a->nbp * 32;
-        const float *da = a->dexp + (size_t)t * a->nbp * 8;
-        const float *sa = a->s + (size_t)t * a->nbm;
+        const int8_t *qa = a->qs + (size_t)t * nb * 32;
+        const float *da = a->d + (size_t)t * nb;
+        const float *sa = a->s + (size_t)t * nb;
         for (int r = r0; r < r1; r++) {
-            float acc = 0.0f, macc = 0.0f;
+            float acc = 0.0f;
             for (int b = 0; b < nb; b++) {
                 int isum = 0;
                 for (int j = 0; j < QK; j++)
                     isum += qmat_q(w, r, b, j) * qa[b * QK + j];
-                acc += (qmat_d(w, r, b) * da[b * 8]) * (float)isum;
-                macc += qmat_m(w, r, b) * sa[b];
+                const float dd = qmat_d(w, r, b) * da[b];
+                acc = fmaf((float)isum, dd, acc);
+                if (w->qtype == KRN_Q4)
+                    acc = fmaf(qmat_m(w, r, b), sa[b], acc);
             }
-            y[(size_t)t * ldy + r] = acc + macc;
+            y[(size_t)t * ldy + r] = acc;
         }
     }
 }
 
+/* Token count from which the AMX path beats VNNI (it widens Q4 weights once per call). */
+#define AMX_MIN_TOK 8
+
 void krn_qmatmul(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
                  int ldy, int r0, int r1)
 {
+    if (r0 >= r1 || n_tok <= 0)
+        return;
+    if (n_tok >= AMX_MIN_TOK && krn__have_amx() &&
+        krn__qmatmul_amx(w, a, n_tok, y, ldy, r0, r1) == 0)
+        return;
     if (krn__have_avx512vnni())
-        krn__qmatmul_avx512(w, a, n_tok, y, ldy, r0, r1);
+        krn__qmatmul_vnni(w, a, n_tok, y, ldy, r0, r1);
     else
         krn_qmatmul_ref(w, a, n_tok, y, ldy, r0, r1);
 }

@@ -18,16 +18,17 @@
 #include "testutil.h"
 
 /* Tolerances against llama.cpp. Both quantise activations to int8 at every matrix input, so
- * a last-bit difference in float summation order (ours sums 16 lanes, ggml 8) can move a value
- * across an int8 rounding boundary; over 30 layers such flips change logits by ~0.1-0.3 (our
- * own scalar and SIMD paths differ by as much), while either side is ~0.5-1 away from an f64
- * reference of the dequantised model. Measured on the fixtures: mean |diff| 0.13-0.26, max
- * 2.3; top-1 differs only where llama.cpp's top-2 margin is below 0.6. So: */
-#define LOGIT_MEAN_TOL 0.35f  /* mean |logit - llama.cpp| over all stored logits of a sequence */
-#define LOGIT_MAX_TOL 3.0f    /* any single stored logit */
+ * a last-bit difference in float summation order can move a value across an int8 rounding
+ * boundary; over 30 layers such flips change logits by ~0.1-0.3, while either side is ~0.5-1
+ * away from an f64 reference of the dequantised model. Our kernels sum each 32-block exactly
+ * in integers and scale-accumulate blocks in one order on every path (scalar, VNNI, AMX).
+ * Measured on the fixtures: mean |diff| <= 0.22, max 1.33; 31 of 832 teacher-forced greedy
+ * steps pick another id, each where the two ids are within 0.30 of each other. So: */
+#define LOGIT_MEAN_TOL 0.28f  /* mean |logit - llama.cpp| over all stored logits of a sequence */
+#define LOGIT_MAX_TOL 2.0f    /* any single stored logit */
 #define TOP1_MARGIN 1.0f      /* top-1 must agree wherever llama.cpp's top-2 margin exceeds this */
-#define TIE_TOL 0.6f          /* greedy: a different argmax only within this of llama.cpp's id */
-#define GREEDY_MISS_MAX 0.03  /* and at most this fraction of the greedy steps */
+#define TIE_TOL 0.4f          /* greedy: a different argmax only within this of llama.cpp's id */
+#define GREEDY_MISS_MAX 0.045 /* and at most this fraction of the greedy steps */
 
 static struct eng_model *g_model;
 static int g_nv;

@@ -63,9 +63,11 @@ static uint8_t *make_q8_0(int rows, int cols, float *deq)
     return buf;
 }
 
-/* GEMM of a quantised matrix: fast == reference (up to float order), and both close to f64
- * math on the dequantised weights and the unquantised activations (int8 activation error:
- * |err| <= sum_j |w_j| * d_x/2 per block; we check a bound of 1% of sum |w||x|). */
+/* GEMM of a quantised matrix: every fast path (dispatch, VNNI, AMX where the CPU has it) ==
+ * the reference bit for bit (same integer block sums, same float steps), and the reference
+ * close to f64 math on the dequantised weights and the unquantised activations (int8
+ * activation error: |err| <= sum_j |w_j| * d_x/2 per block; we check a bound of 1% of
+ * sum |w||x|). */
 static void check_qmatmul(uint32_t type, int rows, int cols, int n_tok)
 {
     float *deq = malloc((size_t)rows * cols * sizeof(float));
@@ -87,8 +89,19 @@ static void check_qmatmul(uint32_t type, int rows, int cols, int n_tok)
         krn_qmat_row(&w, r, row);
         ck_assert_mem_eq(row, deq + (size_t)r * cols, (size_t)cols * sizeof(float));
     }
-    krn_qmatmul(&w, &a, n_tok, y, rows, 0, rows);
     krn_qmatmul_ref(&w, &a, n_tok, yr, rows, 0, rows);
+    krn_qmatmul(&w, &a, n_tok, y, rows, 0, rows);
+    ck_assert_mem_eq(y, yr, (size_t)n_tok * rows * sizeof(float));
+    if (krn__have_avx512vnni()) {
+        memset(y, 0, (size_t)n_tok * rows * sizeof(float));
+        krn__qmatmul_vnni(&w, &a, n_tok, y, rows, 0, rows);
+        ck_assert_mem_eq(y, yr, (size_t)n_tok * rows * sizeof(float));
+    }
+    if (krn__have_amx()) {
+        memset(y, 0, (size_t)n_tok * rows * sizeof(float));
+        ck_assert_int_eq(krn__qmatmul_amx(&w, &a, n_tok, y, rows, 0, rows), 0);
+        ck_assert_mem_eq(y, yr, (size_t)n_tok * rows * sizeof(float));
+    }
     for (int t = 0; t < n_tok; t++)
         for (int r = 0; r < rows; r++) {
             double s = 0, sa = 0;
@@ -96,20 +109,28 @@ static void check_qmatmul(uint32_t type, int rows, int cols, int n_tok)
                 s += (double)deq[(size_t)r * cols + j] * x[(size_t)t * cols + j];
                 sa += fabs((double)deq[(size_t)r * cols + j] * x[(size_t)t * cols + j]);
             }
-            const float f = y[(size_t)t * rows + r], rf = yr[(size_t)t * rows + r];
-            ck_assert_msg(fabsf(f - rf) <= 1e-5f * (float)sa + 1e-6f, "fast %g ref %g (t %d r %d)",
-                          f, rf, t, r);
+            const float rf = yr[(size_t)t * rows + r];
             ck_assert_msg(fabs(rf - s) <= 0.01 * sa + 1e-6, "ref %g f64 %g (sum|wx| %g)", rf, s,
                           sa);
         }
-    /* a row range writes only its rows */
-    for (int i = 0; i < n_tok * rows; i++)
-        y[i] = -12345.0f;
-    krn_qmatmul(&w, &a, n_tok, y, rows, 4, rows - 1);
-    for (int t = 0; t < n_tok; t++) {
-        ck_assert_float_eq(y[(size_t)t * rows + 3], -12345.0f);
-        ck_assert_float_eq(y[(size_t)t * rows + rows - 1], -12345.0f);
-        ck_assert(y[(size_t)t * rows + 4] != -12345.0f);
+    /* a row range writes only its rows, the same values */
+    for (int pass = 0; pass < 3; pass++) {
+        for (int i = 0; i < n_tok * rows; i++)
+            y[i] = -12345.0f;
+        if (pass == 0)
+            krn_qmatmul(&w, &a, n_tok, y, rows, 4, rows - 1);
+        else if (pass == 1 && krn__have_avx512vnni())
+            krn__qmatmul_vnni(&w, &a, n_tok, y, rows, 4, rows - 1);
+        else if (pass == 2 && krn__have_amx())
+            ck_assert_int_eq(krn__qmatmul_amx(&w, &a, n_tok, y, rows, 4, rows - 1), 0);
+        else
+            continue;
+        for (int t = 0; t < n_tok; t++) {
+            ck_assert_float_eq(y[(size_t)t * rows + 3], -12345.0f);
+            ck_assert_float_eq(y[(size_t)t * rows + rows - 1], -12345.0f);
+            ck_assert_mem_eq(y + (size_t)t * rows + 4, yr + (size_t)t * rows + 4,
+                             (size_t)(rows - 5) * sizeof(float));
+        }
     }
     krn_qmat_deinit(&w);
     krn_qact_deinit(&a);
@@ -126,6 +147,8 @@ START_TEST(qmatmul_q4_1)
     check_qmatmul(3, 40, 96, 7);  /* odd block count (3): padding; tokens not a multiple of 4 */
     check_qmatmul(3, 36, 576, 1); /* decode shape */
     check_qmatmul(3, 16, 1536, 9);
+    check_qmatmul(3, 72, 576, 37); /* AMX: full and partial token tiles, a partial row group */
+    check_qmatmul(3, 48, 1536, 16);
 }
 END_TEST
 
@@ -133,6 +156,114 @@ START_TEST(qmatmul_q8_0)
 {
     check_qmatmul(8, 20, 576, 5);
     check_qmatmul(8, 9, 64, 1);
+    check_qmatmul(8, 40, 576, 21);
+}
+END_TEST
+
+/* Integer-valued operands (weight scales 1, minimum 0; activations integers whose blocks each
+ * hold a +-127, so their scale is exactly 1): every path must give the exact integer dot
+ * product, computed here independently with 64-bit integers. Covers both row-group edges and
+ * token-tile edges of the AMX path and all VNNI tile shapes. */
+static void check_qmatmul_exact_ints(uint32_t type, int rows, int cols, int n_tok)
+{
+    const int nb = cols / 32;
+    const size_t bb = type == 3 ? 20 : 34;
+    uint8_t *raw = calloc((size_t)rows * nb, bb);
+    int *wi = malloc((size_t)rows * cols * sizeof(int));
+    float *x = malloc((size_t)n_tok * cols * sizeof(float));
+    float *y = malloc((size_t)n_tok * rows * sizeof(float));
+    ck_assert(raw && wi && x && y);
+    const uint16_t one = h(1.0f), zero = h(0.0f);
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < nb; b++) {
+            uint8_t *blk = raw + ((size_t)r * nb + b) * bb;
+            memcpy(blk, &one, 2);
+            if (type == 3) {
+                memcpy(blk + 2, &zero, 2);
+                for (int j = 0; j < 16; j++) {
+                    const int lo = (int)(rng >> 3) & 15, hi = (int)(rng >> 9) & 15;
+                    frand();
+                    blk[4 + j] = (uint8_t)(lo | hi << 4);
+                    wi[(size_t)r * cols + b * 32 + j] = lo;
+                    wi[(size_t)r * cols + b * 32 + j + 16] = hi;
+                }
+            } else {
+                for (int j = 0; j < 32; j++) {
+                    const int v = (int)((rng >> 5) & 255) - 128;
+                    frand();
+                    blk[2 + j] = (uint8_t)(int8_t)v;
+                    wi[(size_t)r * cols + b * 32 + j] = v;
+                }
+            }
+        }
+    for (int t = 0; t < n_tok; t++)
+        for (int i = 0; i < cols; i++) {
+            const int v = i % 32 == (t + i / 32) % 32 ? ((t + i) & 1 ? 127 : -127)
+                                                       : (int)(frand() * 127.0f);
+            x[(size_t)t * cols + i] = (float)v;
+        }
+    struct krn_qmat w;
+    struct krn_qact a;
+    ck_assert_int_eq(krn_qmat_init(&w, type, raw, rows, cols), 0);
+    ck_assert_int_eq(krn_qact_init(&a, n_tok, cols), 0);
+    krn_qact_quantize(&a, x, 0, n_tok);
+    for (int path = 0; path < 4; path++) {
+        for (int i = 0; i < n_tok * rows; i++)
+            y[i] = -1.0f;
+        if (path == 0)
+            krn_qmatmul_ref(&w, &a, n_tok, y, rows, 0, rows);
+        else if (path == 1)
+            krn_qmatmul(&w, &a, n_tok, y, rows, 0, rows);
+        else if (path == 2 && krn__have_avx512vnni())
+            krn__qmatmul_vnni(&w, &a, n_tok, y, rows, 0, rows);
+        else if (path == 3 && krn__have_amx())
+            ck_assert_int_eq(krn__qmatmul_amx(&w, &a, n_tok, y, rows, 0, rows), 0);
+        else
+            continue;
+        for (int t = 0; t < n_tok; t++)
+            for (int r = 0; r < rows; r++) {
+                long long s = 0;
+                for (int i = 0; i < cols; i++)
+                    s += (long long)wi[(size_t)r * cols + i] * (long long)x[(size_t)t * cols + i];
+                ck_assert_msg(y[(size_t)t * rows + r] == (float)s, "path %d t %d r %d: %g != %lld",
+                              path, t, r, y[(size_t)t * rows + r], s);
+            }
+    }
+    krn_qmat_deinit(&w);
+    krn_qact_deinit(&a);
+    free(raw);
+    free(wi);
+    free(x);
+    free(y);
+}
+
+START_TEST(qmatmul_exact_integers)
+{
+    check_qmatmul_exact_ints(3, 40, 96, 1);
+    check_qmatmul_exact_ints(3, 40, 96, 35);
+    check_qmatmul_exact_ints(3, 80, 576, 17);
+    check_qmatmul_exact_ints(8, 24, 64, 6);
+    check_qmatmul_exact_ints(8, 33, 576, 19);
+}
+END_TEST
+
+START_TEST(f16_row_equals_scalar)
+{
+    /* ties, subnormals, overflow, signed zero; a length that leaves a masked tail */
+    enum { N = 61 };
+    float x[N];
+    uint16_t got[N + 1];
+    const float special[] = {0.0f, -0.0f, 1.0f + 1.0f / 2048.0f, 1.0f + 3.0f / 2048.0f,
+                             65504.0f, 65520.0f, 1e6f, -1e6f, 5.96e-8f, 2.98e-8f, 1e-10f,
+                             6.1e-5f, -3.0e-5f};
+    for (int i = 0; i < N; i++)
+        x[i] = i < (int)(sizeof(special) / sizeof(special[0])) ? special[i] : frand() * 100.0f;
+    got[N] = 0xABCD;
+    krn_f32_to_f16_row(got, x, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(got[i] == krn_f32_to_fp16(x[i]), "%d: %g -> %04x, want %04x", i, x[i],
+                      got[i], krn_f32_to_fp16(x[i]));
+    ck_assert_uint_eq(got[N], 0xABCD); /* nothing written past n */
 }
 END_TEST
 
@@ -174,17 +305,17 @@ START_TEST(quantize_fast_equals_ref)
     ck_assert_int_eq(krn_qact_init(&b, T, C), 0);
     krn_qact_quantize(&a, x, 0, T);
     krn__qact_quantize_ref(&b, x, 0, T);
-    ck_assert_mem_eq(a.qs, b.qs, (size_t)T * a.nbp * 32);
-    ck_assert_mem_eq(a.dexp, b.dexp, (size_t)T * a.nbp * 8 * sizeof(float));
-    ck_assert_mem_eq(a.s, b.s, (size_t)T * a.nbm * sizeof(float));
+    ck_assert_mem_eq(a.qs, b.qs, (size_t)T * a.nb * 32);
+    ck_assert_mem_eq(a.d, b.d, (size_t)T * a.nb * sizeof(float));
+    ck_assert_mem_eq(a.s, b.s, (size_t)T * a.nb * sizeof(float));
     /* q = round(x * 127 / amax): the max element maps to +-127, dequantised error <= d/2 */
     for (int t = 0; t < T; t++)
         for (int i = 0; i < C; i++) {
-            const float d = b.dexp[(size_t)t * b.nbp * 8 + (i / 32) * 8];
-            const float q = b.qs[(size_t)t * b.nbp * 32 + i];
+            const float d = b.d[(size_t)t * b.nb + i / 32];
+            const float q = b.qs[(size_t)t * b.nb * 32 + i];
             ck_assert_float_le(fabsf(q * d - x[t * C + i]), d * 0.5f + 2e-3f * d * 127.0f);
         }
-    ck_assert_int_eq(b.qs[b.nbp * 32 + 3], 0);
+    ck_assert_int_eq(b.qs[b.nb * 32 + 3], 0);
     krn_qact_deinit(&a);
     krn_qact_deinit(&b);
 }
@@ -351,6 +482,8 @@ static Suite *ops_suite(void)
     tcase_add_test(tc, qmatmul_q4_1);
     tcase_add_test(tc, qmatmul_q8_0);
     tcase_add_test(tc, qmat_other_type_and_errors);
+    tcase_add_test(tc, qmatmul_exact_integers);
+    tcase_add_test(tc, f16_row_equals_scalar);
     tcase_add_test(tc, quantize_fast_equals_ref);
     tcase_add_test(tc, rmsnorm_softmax_swiglu);
     tcase_add_test(tc, rope_conventions);
