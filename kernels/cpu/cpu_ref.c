@@ -6,6 +6,9 @@
  * code below rounds exactly as written. */
 #include <math.h>
 #include <stdlib.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 #include <string.h>
 
 #include "kernels_int.h"
@@ -23,9 +26,12 @@ int krn__have_avx512vnni(void)
         int h = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
         __builtin_cpu_init();
+        unsigned a, b, c, d;
+        /* F16C from cpuid leaf 1 (ECX bit 29): clang 14 has no "f16c" in cpu_supports */
+        int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
         h = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-            __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+            __builtin_cpu_supports("fma") && f16c;
 #endif
         if (env && env[0] == '1')
             h = 0;
