@@ -652,6 +652,12 @@ const struct eng_gguf_tensor *eng_gguf_tensor_by_name(const struct eng_gguf *g, 
     return NULL;
 }
 
+void eng_gguf_drop_pages(const struct eng_gguf *g)
+{
+    if (g && g->base)
+        madvise((void *)g->base, g->size, MADV_DONTNEED);
+}
+
 const void *eng_gguf_file_data(const struct eng_gguf *g, size_t *n_bytes)
 {
     if (n_bytes)

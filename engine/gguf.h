@@ -96,6 +96,9 @@ const struct eng_gguf_tensor *eng_gguf_tensor_by_name(const struct eng_gguf *g,
 
 /* Whole mapping, for hashing. */
 const void *eng_gguf_file_data(const struct eng_gguf *g, size_t *n_bytes);
+/* Lets the kernel drop the mapping's resident pages (they are read back from the file when
+ * touched again): for after a load that has copied what it needs. */
+void eng_gguf_drop_pages(const struct eng_gguf *g);
 
 /* Byte size of a fixed-size metadata value type, 0 for string/array/unknown. */
 static inline size_t eng_gguf_vtype_size(uint32_t t)

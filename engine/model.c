@@ -316,6 +316,10 @@ int eng_model_load(const char *path, const struct eng_model_opts *opts, struct e
     size_t n_file = 0;
     const void *file = eng_gguf_file_data(m->g, &n_file);
     s3_sha256_hex(file, n_file, hp->model_sha256);
+    /* the matrices were copied into the kernels' layout and the file hashed: the mapped
+     * pages need not stay resident (what is read later, embedding rows and vocabulary
+     * strings, comes back on demand) */
+    eng_gguf_drop_pages(m->g);
     S3_LOG(S3_LOG_INFO,
            "event=model_load arch=%s n_layer=%d n_embd=%d n_head=%d n_head_kv=%d n_ff=%d "
            "n_vocab=%d weights_mb=%.1f threads=%d",

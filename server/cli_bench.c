@@ -163,7 +163,7 @@ int cli_bench_engine(int argc, char **argv)
                    pp_mean[si]);
         printf("decode  %6d tokens: %8.1f tok/s best, %8.1f mean\n", n_gen, tg_best,
                tg_sum / reps);
-        printf("peak RSS %.1f MB\n", rss_mb);
+        printf("peak RSS %.1f MiB\n", rss_mb);
     }
     rc = 0;
 out:
