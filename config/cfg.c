@@ -84,7 +84,7 @@ void cfg_defaults(struct cfg *c)
     c->max_tokens_limit = 4096;
     c->default_max_tokens = 512;
     c->queue_max = 64;
-    c->request_timeout_ms = 300000;
+    c->request_timeout_ms = 1800000; /* a 128k-token prompt scans for minutes on a few cores */
     c->threads = 0;
     c->n_ctx = 0;
     c->http_threads = 2;
