@@ -136,35 +136,56 @@ static int32_t rand_tok(int nv)
     return (int32_t)(rng % (uint64_t)nv);
 }
 
+/* Options both benches take: --model --chunk --hook --sae-dict --sae-k --decode --label
+ * (and --tokens, read differently by each). */
+#define COMMON_LONGOPTS                                                                        \
+    {"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'}, {"chunk", 1, 0, 'c'}, {"hook", 1, 0, 'k'},     \
+        {"sae-dict", 1, 0, 'd'}, {"sae-k", 1, 0, 's'}, {"decode", 1, 0, 'g'},                   \
+        {"label", 1, 0, 'l'}
+
+struct common_opts {
+    const char **model, **label;
+    int *chunk, *sae_dict, *sae_k, *n_decode, *n_hooks;
+    long long *hooks;
+};
+
+/* 1 when c is one of the common options (stored through o), else 0. */
+static int common_opt(int c, const char *arg, const struct common_opts *o)
+{
+    switch (c) {
+    case 'm': *o->model = arg; return 1;
+    case 'c': *o->chunk = (int)strtol(arg, NULL, 10); return 1;
+    case 'k': *o->n_hooks = parse_list(arg, o->hooks, 64); return 1;
+    case 'd': *o->sae_dict = (int)strtol(arg, NULL, 10); return 1;
+    case 's': *o->sae_k = (int)strtol(arg, NULL, 10); return 1;
+    case 'g': *o->n_decode = (int)strtol(arg, NULL, 10); return 1;
+    case 'l': *o->label = arg; return 1;
+    default: return 0;
+    }
+}
+
 static int cmd_scan(int argc, char **argv)
 {
     const char *model = NULL, *label = "model";
     long long sizes[8] = {32768, 131072, 1048576}, hooks[64] = {3, 8, 23, 29};
     int n_sizes = 3, n_hooks = 4, chunk = 2048, sae_dict = 0, sae_k = 16, n_decode = 128;
     int dev_path = 1, full = 0, compare = 0;
-    static const struct option lo[] = {{"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},
-                                       {"chunk", 1, 0, 'c'}, {"hook", 1, 0, 'k'},
-                                       {"sae-dict", 1, 0, 'd'}, {"sae-k", 1, 0, 's'},
-                                       {"decode", 1, 0, 'g'}, {"label", 1, 0, 'l'},
-                                       {"sae-path", 1, 0, 'p'}, {"full", 1, 0, 'f'},
-                                       {"compare", 1, 0, 'x'},
+    static const struct option lo[] = {COMMON_LONGOPTS, {"sae-path", 1, 0, 'p'},
+                                       {"full", 1, 0, 'f'}, {"compare", 1, 0, 'x'},
                                        {0, 0, 0, 0}};
+    const struct common_opts cmo = {&model, &label, &chunk, &sae_dict, &sae_k, &n_decode,
+                                    &n_hooks, hooks};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
-        case 'm': model = optarg; break;
         case 't': n_sizes = parse_list(optarg, sizes, 8); break;
-        case 'c': chunk = (int)strtol(optarg, NULL, 10); break;
-        case 'k': n_hooks = parse_list(optarg, hooks, 64); break;
-        case 'd': sae_dict = (int)strtol(optarg, NULL, 10); break;
-        case 's': sae_k = (int)strtol(optarg, NULL, 10); break;
-        case 'g': n_decode = (int)strtol(optarg, NULL, 10); break;
-        case 'l': label = optarg; break;
         case 'p': dev_path = strcmp(optarg, "host") != 0; break;
         case 'f': full = (int)strtol(optarg, NULL, 10); break;
         case 'x': compare = (int)strtol(optarg, NULL, 10); break;
-        default: return 2;
+        default:
+            if (!common_opt(c, optarg, &cmo))
+                return 2;
         }
     }
     if (!model || n_sizes < 1 || n_hooks < 0 || chunk < 16) {
@@ -442,28 +463,22 @@ static int cmd_ingest(int argc, char **argv)
     int n_hooks = 4, chunk = 2048, sae_dict = 2048, sae_k = 16, ki = SRV_SCAN_INDEX_K,
         n_decode = 64,
         budget = 2048, q_len = 32;
-    static const struct option lo[] = {{"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},
-                                       {"chunk", 1, 0, 'c'}, {"hook", 1, 0, 'k'},
-                                       {"sae-dict", 1, 0, 'd'}, {"sae-k", 1, 0, 's'},
-                                       {"decode", 1, 0, 'g'}, {"label", 1, 0, 'l'},
-                                       {"db", 1, 0, 'b'}, {"budget", 1, 0, 'u'},
-                                       {"index-k", 1, 0, 'i'}, {0, 0, 0, 0}};
+    static const struct option lo[] = {COMMON_LONGOPTS, {"db", 1, 0, 'b'},
+                                       {"budget", 1, 0, 'u'}, {"index-k", 1, 0, 'i'},
+                                       {0, 0, 0, 0}};
+    const struct common_opts cmo = {&model, &label, &chunk, &sae_dict, &sae_k, &n_decode,
+                                    &n_hooks, hooks};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
-        case 'm': model = optarg; break;
         case 't': n_tok = strtoll(optarg, NULL, 10); break;
-        case 'c': chunk = (int)strtol(optarg, NULL, 10); break;
-        case 'k': n_hooks = parse_list(optarg, hooks, 64); break;
-        case 'd': sae_dict = (int)strtol(optarg, NULL, 10); break;
-        case 's': sae_k = (int)strtol(optarg, NULL, 10); break;
-        case 'g': n_decode = (int)strtol(optarg, NULL, 10); break;
-        case 'l': label = optarg; break;
         case 'b': db_path = optarg; break;
         case 'u': budget = (int)strtol(optarg, NULL, 10); break;
         case 'i': ki = (int)strtol(optarg, NULL, 10); break;
-        default: return 2;
+        default:
+            if (!common_opt(c, optarg, &cmo))
+                return 2;
         }
     }
     if (!model || n_tok < chunk || chunk < 256 || n_hooks < 1 || ki < 1 || sae_k < ki) {
