@@ -86,7 +86,7 @@
 #include "idx.h"
 
 #define IDX_SCHEMA_VERSION 2
-#define IDX_SEG_TOKENS     65536        /* merge pending chunks at this many positions */
+#define IDX_SEG_TOKENS     16384        /* merge pending chunks at this many positions */
 #define IDX_MAX_SPAN       (1LL << 32)  /* positions of one blob lie in [base, base + this) */
 #define IDX_Q_ZERO         144
 #define IDX_Q_STEPS        12.0f
@@ -96,7 +96,7 @@
 #define IDX_MAX_SLOTS      256
 #define IDX_MMAP_SIZE_STR  "1073741824" /* mmap for queries */
 #define IDX_QUERY_CACHE    "-16384"     /* page cache (KiB) outside a scan (store.c) */
-#define IDX_SCAN_CACHE     "-16384"     /* page cache (KiB) while a writer is open */
+#define IDX_SCAN_CACHE     "-8192"      /* page cache (KiB) while a writer is open */
 #define IDX_COMPACT_TOKENS 131072       /* finishing: a slot's features merged in ranges of
                                          * about this many tokens' worth of postings */
 extern int64_t idx__compact_tokens;     /* IDX_COMPACT_TOKENS; tests lower it */

@@ -708,7 +708,7 @@ START_TEST(test_crash_resume)
     tmp_path(path, sizeof path, "crash");
     idx_remove_files(path);
     static const int64_t plant[] = {20000, 100000};
-    /* 69 chunks; killed after 40, past the first segment merge (at 65536 = 32 chunks) */
+    /* 69 chunks; killed after 40, past the first segment merges (every 16384 = 8 chunks) */
     struct syn s = {.n_tok = 140000, .chunk = 2048, .sent_len = 16, .pass_len = 96, .seed = 5,
                     .plant_pos = plant, .n_plant = 2};
     ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
