@@ -417,7 +417,7 @@ int cfg_apply_json(struct cfg *c, const char *text, size_t len, struct s3_errinf
             int was_string = r.p < r.end && *r.p == '"';
             if ((rc = jr_scalar(&r, val, VMAX)) < 0)
                 goto out;
-            if (k->type == CFG_STR && !was_string) {
+            if ((k->type == CFG_STR || k->type == CFG_KEYS) && !was_string) {
                 rc = s3_errf(err, S3_EINVAL, "config file: '%s' must be a string", key);
                 goto out;
             }

@@ -155,7 +155,9 @@ START_TEST(json_reader)
         "{\"port\":{}}", "{\"model\":5}", "{\"port\":[\"1\"]}", "{\"model\":\"a\\q\"}",
         "{port:1}", "{\"model\":\"\\u0000\"}", "{\"api_keys\":[\"a,b\"]}",
         /* not JSON numbers (strtoll would take them) */
-        "{\"port\":+80}", "{\"port\":080}", "{\"port\":--1}", "{\"port\":-}", "{\"port\":00}"};
+        "{\"port\":+80}", "{\"port\":080}", "{\"port\":--1}", "{\"port\":-}", "{\"port\":00}",
+        /* API keys are strings (a number, even one long enough, is not a key) */
+        "{\"api_keys\":2222222222222222222222222222222222222222}", "{\"api_keys\":true}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(&err, 0, sizeof err);
         ck_assert_msg(cfg_apply_json(&c, bad[i], strlen(bad[i]), &err) < 0, "accepted: %s",
