@@ -61,7 +61,7 @@ for suite in tests/http/run.sh tests/eval/run.sh; do
     [ -x "$suite" ] && step "$suite" "$suite"
 done
 fuzz() {
-    FUZZ_SECONDS=${FUZZ_SECONDS:-30} tests/fuzz/run.sh
+    FUZZ_SECONDS=${FUZZ_SECONDS:-30} FUZZ_SEED=${FUZZ_SEED:-1} tests/fuzz/run.sh
 }
 [ -x tests/fuzz/run.sh ] && step "tests/fuzz/run.sh (libFuzzer, ${FUZZ_SECONDS:-30} s per target)" fuzz
 

@@ -5,12 +5,15 @@
 # non-zero when any target finds a crash, a leak, a timeout or a broken property; the input
 # that did it is saved under build-fuzz/artifacts/.
 #   FUZZ_SECONDS=60 tests/fuzz/run.sh              # all targets, 60 s each
+#   FUZZ_SEED=1 tests/fuzz/run.sh                   # repeatable inputs (as the test command)
 #   FUZZ_TARGETS="request config" tests/fuzz/run.sh
 #   build-fuzz/fuzz_request build-fuzz/artifacts/request-crash-...   # replay one input
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 secs=${FUZZ_SECONDS:-30}
+# a fixed seed (FUZZ_SEED, tests/run_all.sh sets 1) makes a run repeat the same inputs
+seed_opt=${FUZZ_SEED:+-seed=$FUZZ_SEED}
 jobs=${FUZZ_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}
 bdir=build-fuzz
 targets=${FUZZ_TARGETS:-"request config tokenizer gguf bm25"}
@@ -53,7 +56,7 @@ for t in $targets; do
     mkdir -p "$bdir/corpus/$t"
     log=$bdir/logs/$t.log
     # shellcheck disable=SC2046
-    "$exe" -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=20 -rss_limit_mb=2560 \
+    "$exe" $seed_opt -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=20 -rss_limit_mb=2560 \
         -print_final_stats=1 -artifact_prefix="$bdir/artifacts/$t-" $(dict_of "$t") \
         "$bdir/corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1
     rc=$?
