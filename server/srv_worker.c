@@ -201,6 +201,31 @@ static int reserve_tokens(const struct srv *s, const struct srv_req *r)
     return s->cfg->default_max_tokens < 256 ? s->cfg->default_max_tokens : 256;
 }
 
+/* Tokens left for evidence between a and c (the prompt composed without evidence), less
+ * slack, in *avail; an explicit retrieval budget over that is refused (400). `beside` names
+ * what a and c are in that message. */
+static int evidence_room(struct srv *s, struct srv_req *r, int at, const char *a, size_t na,
+                         const char *c, size_t nc, int slack, const char *beside, long *avail,
+                         struct srv_error *e)
+{
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int rc = compose(s, r, at, a, na, "", 0, c, nc, &ids, &n_ids, e);
+    free(ids);
+    if (rc < 0)
+        return rc;
+    *avail = (long)s->info.n_ctx - (long)n_ids - reserve_tokens(s, r) - slack;
+    int budget = r->gen.ret.budget;
+    if (budget && budget > *avail)
+        return srv_errorf(e, 400, "invalid_request_error", "context_length_exceeded",
+                          "retrieval.budget",
+                          "The evidence budget of %d tokens does not fit the window of %d "
+                          "tokens next to %s (%zu tokens) and the completion (%d tokens); at "
+                          "most %ld fits.", budget, s->info.n_ctx, beside, n_ids,
+                          reserve_tokens(s, r), *avail > 0 ? *avail : 0);
+    return 0;
+}
+
 static const char doc_instr[] =
     "Answer the question using the evidence below, which was retrieved from the documents. "
     "Answer briefly.\n\nEvidence:\n";
@@ -228,8 +253,7 @@ static int plan_documents(struct srv *s, struct srv_req *r, struct plan *pl,
 {
     struct idx_result res = {0};
     struct srv_evidence_info info;
-    int32_t *ids = NULL;
-    size_t n_ids = 0, evn = 0;
+    size_t evn = 0;
     char *ev = NULL;
     int rc, at = -1;
     const char *question;
@@ -260,22 +284,11 @@ static int plan_documents(struct srv *s, struct srv_req *r, struct plan *pl,
     memcpy(tail + sizeof qhead - 1, question, ql + 1);
     size_t tl = sizeof qhead - 1 + ql;
     /* the budget: as asked, else the configured one, as far as the window allows */
-    if ((rc = compose(s, r, at, doc_instr, sizeof doc_instr - 1, "", 0, tail, tl, &ids, &n_ids,
-                      e)) < 0)
+    long avail;
+    if ((rc = evidence_room(s, r, at, doc_instr, sizeof doc_instr - 1, tail, tl, 16,
+                            "the prompt", &avail, e)) < 0)
         goto out;
-    free(ids);
-    ids = NULL;
-    long avail = (long)s->info.n_ctx - (long)n_ids - reserve_tokens(s, r) - 16;
     int budget = r->gen.ret.budget;
-    if (budget && budget > avail) {
-        rc = srv_errorf(e, 400, "invalid_request_error", "context_length_exceeded",
-                        "retrieval.budget",
-                        "The evidence budget of %d tokens does not fit the window of %d tokens "
-                        "next to the prompt (%zu tokens) and the completion (%d tokens); at most "
-                        "%ld fits.", budget, s->info.n_ctx, n_ids, reserve_tokens(s, r),
-                        avail > 0 ? avail : 0);
-        goto out;
-    }
     if (!budget) {
         budget = s->cfg->retrieval_budget;
         if (budget > avail * 9 / 10)
@@ -309,7 +322,6 @@ static int plan_documents(struct srv *s, struct srv_req *r, struct plan *pl,
 out:
     free(tail);
     free(ev);
-    free(ids);
     idx_result_deinit(&res);
     return rc;
 }
@@ -358,8 +370,7 @@ static int plan_long(struct srv *s, struct srv_req *r, size_t n_orig, struct pla
     struct idx_result res = {0};
     struct srv_evidence_info info = {0};
     struct srv_scan_stats st = {0};
-    size_t *ends = NULL, n_tok = 0, n_ids = 0, evn = 0;
-    int32_t *ids = NULL;
+    size_t *ends = NULL, n_tok = 0, evn = 0;
     char *ev = NULL, *tailq = NULL, sha[65] = "";
     size_t mlen = 0;
     int64_t tdoc = 0;
@@ -386,22 +397,11 @@ static int plan_long(struct srv *s, struct srv_req *r, size_t n_orig, struct pla
     srv_long_split(text, len, ends, n_tok, head, tailn, &h_end, &t_start);
     static const char sep_a[] = "\n\n[...]\n", sep_b[] = "\n[...]\n\n";
     /* room left for evidence next to head, tail and the completion */
-    if ((rc = compose(s, r, at, text, h_end, "", 0, text + t_start, len - t_start, &ids, &n_ids,
-                      e)) < 0)
+    long avail;
+    if ((rc = evidence_room(s, r, at, text, h_end, text + t_start, len - t_start, 24,
+                            "the kept head and tail", &avail, e)) < 0)
         goto out;
-    free(ids);
-    ids = NULL;
-    long avail = (long)s->info.n_ctx - (long)n_ids - reserve_tokens(s, r) - 24;
     int budget = r->gen.ret.budget;
-    if (budget && budget > avail) {
-        rc = srv_errorf(e, 400, "invalid_request_error", "context_length_exceeded",
-                        "retrieval.budget",
-                        "The evidence budget of %d tokens does not fit the window of %d tokens "
-                        "next to the kept head and tail (%zu tokens) and the completion (%d "
-                        "tokens); at most %ld fits.", budget, s->info.n_ctx, n_ids,
-                        reserve_tokens(s, r), avail > 0 ? avail : 0);
-        goto out;
-    }
     if (!budget)
         budget = (int)(avail * 9 / 10);
     if (budget < 16) {
@@ -491,7 +491,6 @@ static int plan_long(struct srv *s, struct srv_req *r, size_t n_orig, struct pla
            idx_mode_name(info.mode), budget, (long long)res.n_tokens, pl->n_ids);
 out:
     free(ends);
-    free(ids);
     free(ev);
     free(tailq);
     idx_result_deinit(&res);

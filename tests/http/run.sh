@@ -127,6 +127,11 @@ import json, sys
 print(json.dumps({"messages": [{"role": "user", "content": "hello world " * 6000}], "max_tokens": 4,
                   "retrieval": {"mode": "full"}}))' >"$WORK/long-full.json"
 check "over-long prompt with mode full" 400 '"code":"context_length_exceeded"' "${AUTH[@]}" --data-binary @"$WORK/long-full.json" "$C"
+"$PY" -c '
+import json, sys
+print(json.dumps({"messages": [{"role": "user", "content": "hello world " * 6000}], "max_tokens": 4,
+                  "retrieval": {"mode": "hybrid", "budget": 2000}}))' >"$WORK/long-budget.json"
+check "over-long prompt, budget beside head and tail" 400 '"param":"retrieval.budget".*kept head and tail|kept head and tail.*"param":"retrieval.budget"' "${AUTH[@]}" --data-binary @"$WORK/long-budget.json" "$C"
 check "unknown fields ignored" 200 '"finish_reason"' "${AUTH[@]}" -d "{$MSG,\"max_tokens\":2,\"x_future\":{\"a\":1}}" "$C"
 check "stream ends with [DONE]" 200 'data: \[DONE\]' "${AUTH[@]}" -N -d "{$MSG,\"max_tokens\":2,\"stream\":true}" "$C"
 
