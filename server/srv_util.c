@@ -187,12 +187,10 @@ static int ct_equal(const char *a, size_t alen, const char *b, size_t blen)
     return acc == 0;
 }
 
-int srv_auth_check(const struct cfg *c, const char *authorization)
+/* The token of an "Authorization: Bearer <token>" value, spaces around it dropped: 1 and
+ * (*tok, *len) pointing into authorization, or 0 when it is not a Bearer value. */
+static int bearer_token(const char *authorization, const char **tok, size_t *len)
 {
-    if (!c->n_api_keys)
-        return 1;
-    if (!authorization)
-        return 0;
     const char *p = authorization;
     while (*p == ' ')
         p++;
@@ -201,9 +199,22 @@ int srv_auth_check(const struct cfg *c, const char *authorization)
     p += 7;
     while (*p == ' ')
         p++;
-    size_t len = strlen(p);
-    while (len && p[len - 1] == ' ')
-        len--;
+    size_t n = strlen(p);
+    while (n && p[n - 1] == ' ')
+        n--;
+    *tok = p;
+    *len = n;
+    return 1;
+}
+
+int srv_auth_check(const struct cfg *c, const char *authorization)
+{
+    if (!c->n_api_keys)
+        return 1;
+    const char *p;
+    size_t len;
+    if (!authorization || !bearer_token(authorization, &p, &len))
+        return 0;
     int ok = 0;
     for (size_t i = 0; i < c->n_api_keys; i++) /* no early exit: every key is compared */
         ok |= ct_equal(p, len, c->api_keys[i], strlen(c->api_keys[i]));
@@ -213,19 +224,10 @@ int srv_auth_check(const struct cfg *c, const char *authorization)
 void srv_tenant_of(const struct cfg *c, const char *authorization, char out[64])
 {
     out[0] = 0;
-    if (!c->n_api_keys || !authorization)
+    const char *p;
+    size_t len;
+    if (!c->n_api_keys || !authorization || !bearer_token(authorization, &p, &len))
         return;
-    const char *p = authorization;
-    while (*p == ' ')
-        p++;
-    if (strncasecmp(p, "Bearer ", 7) != 0)
-        return;
-    p += 7;
-    while (*p == ' ')
-        p++;
-    size_t len = strlen(p);
-    while (len && p[len - 1] == ' ')
-        len--;
     char hex[65];
     s3_sha256_hex(p, len, hex);
     snprintf(out, 64, "k_%.16s", hex);
