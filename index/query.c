@@ -83,6 +83,43 @@ static void qdoc_deinit(struct qdoc *d)
     free(d->s_char);
 }
 
+/* Sentence starts of one passage [t0, t1) x [c0, c1] onto the lists: the passage start, then
+ * one per (token gap > 0, char gap) LEB128 pair in [b, e). 0, S3_EFORMAT when a pair is
+ * malformed or leaves the passage, S3_ENOMEM. */
+static int push_sentences(const uint8_t *b, const uint8_t *e, int64_t t0, int64_t c0,
+                          int64_t t1, int64_t c1, struct vec *st_tok, struct vec *st_char)
+{
+    if (vec_push(st_tok, &t0, sizeof t0) < 0 || vec_push(st_char, &c0, sizeof c0) < 0)
+        return S3_ENOMEM;
+    int64_t lt = t0, lc = c0;
+    while (b && b < e) {
+        uint64_t dt, dc;
+        size_t k1 = idx__varint_get(b, e, &dt);
+        size_t k2 = k1 ? idx__varint_get(b + k1, e, &dc) : 0;
+        if (!k2 || dt == 0 || lt + (int64_t)dt >= t1 || lc + (int64_t)dc > c1)
+            return S3_EFORMAT;
+        b += k1 + k2;
+        lt += (int64_t)dt;
+        lc += (int64_t)dc;
+        if (vec_push(st_tok, &lt, sizeof lt) < 0 || vec_push(st_char, &lc, sizeof lc) < 0)
+            return S3_ENOMEM;
+    }
+    return 0;
+}
+
+/* Closes the sentence lists with the document end (t, c) and hands them to d. */
+static int take_sentences(struct qdoc *d, struct vec *st_tok, struct vec *st_char, int64_t t,
+                          int64_t c)
+{
+    if (vec_push(st_tok, &t, sizeof t) < 0 || vec_push(st_char, &c, sizeof c) < 0)
+        return S3_ENOMEM;
+    d->s_tok = st_tok->p;
+    d->s_char = st_char->p;
+    d->n_sent = st_tok->n - 1;
+    st_tok->p = st_char->p = NULL;
+    return 0;
+}
+
 /* Boundaries from the document's docmap row (index_int.h). Returns 1 when there is none
  * (a document finished before schema 2), 0 when loaded. d->p_tok/p_char are allocated. */
 static int load_docmap(struct idx_db *db, struct qdoc *d, struct s3_errinfo *err)
@@ -119,22 +156,12 @@ static int load_docmap(struct idx_db *db, struct qdoc *d, struct s3_errinfo *err
         int64_t t1 = t + (int64_t)dt, c1 = c + (int64_t)dc;
         d->p_tok[i] = t;
         d->p_char[i] = c;
-        if (vec_push(&st_tok, &t, sizeof t) < 0 || vec_push(&st_char, &c, sizeof c) < 0)
+        rc = push_sentences(b, b + sb, t, c, t1, c1, &st_tok, &st_char);
+        if (rc == S3_EFORMAT)
+            goto bad;
+        if (rc < 0)
             goto oom;
-        const uint8_t *se = b + sb;
-        int64_t lt = t, lc = c;
-        while (b < se) {
-            uint64_t a1, a2;
-            size_t m1 = idx__varint_get(b, se, &a1);
-            size_t m2 = m1 ? idx__varint_get(b + m1, se, &a2) : 0;
-            if (!m2 || a1 == 0 || lt + (int64_t)a1 >= t1 || lc + (int64_t)a2 > c1)
-                goto bad;
-            b += m1 + m2;
-            lt += (int64_t)a1;
-            lc += (int64_t)a2;
-            if (vec_push(&st_tok, &lt, sizeof lt) < 0 || vec_push(&st_char, &lc, sizeof lc) < 0)
-                goto oom;
-        }
+        b += sb;
         t = t1;
         c = c1;
         i++;
@@ -143,12 +170,8 @@ static int load_docmap(struct idx_db *db, struct qdoc *d, struct s3_errinfo *err
         goto bad;
     d->p_tok[np] = t;
     d->p_char[np] = c;
-    if (vec_push(&st_tok, &t, sizeof t) < 0 || vec_push(&st_char, &c, sizeof c) < 0)
+    if (take_sentences(d, &st_tok, &st_char, t, c) < 0)
         goto oom;
-    d->s_tok = st_tok.p;
-    d->s_char = st_char.p;
-    d->n_sent = st_tok.n - 1;
-    st_tok.p = st_char.p = NULL;
 out:
     sqlite3_finalize(st);
     free(st_tok.p);
@@ -233,26 +256,16 @@ static int load_doc(struct idx_db *db, int64_t id, const char *tenant, struct qd
         d->p_char[i] = c0;
         d->p_tok[i + 1] = t1;
         d->p_char[i + 1] = c1;
-        if (vec_push(&st_tok, &t0, sizeof t0) < 0 || vec_push(&st_char, &c0, sizeof c0) < 0)
-            goto oom;
         const uint8_t *b = sqlite3_column_blob(st, 4);
-        const uint8_t *e = b + sqlite3_column_bytes(st, 4);
-        int64_t lt = t0, lc = c0;
-        while (b && b < e) {
-            uint64_t dt, dc;
-            size_t k1 = idx__varint_get(b, e, &dt);
-            size_t k2 = k1 ? idx__varint_get(b + k1, e, &dc) : 0;
-            if (!k2 || dt == 0 || lt + (int64_t)dt >= t1 || lc + (int64_t)dc > c1) {
-                rc = s3_errf(err, S3_EFORMAT, "index: bad sentence data in document %lld",
-                             (long long)id);
-                goto out;
-            }
-            b += k1 + k2;
-            lt += (int64_t)dt;
-            lc += (int64_t)dc;
-            if (vec_push(&st_tok, &lt, sizeof lt) < 0 || vec_push(&st_char, &lc, sizeof lc) < 0)
-                goto oom;
+        rc = push_sentences(b, b + sqlite3_column_bytes(st, 4), t0, c0, t1, c1, &st_tok,
+                            &st_char);
+        if (rc == S3_EFORMAT) {
+            rc = s3_errf(err, S3_EFORMAT, "index: bad sentence data in document %lld",
+                         (long long)id);
+            goto out;
         }
+        if (rc < 0)
+            goto oom;
         i++;
     }
     if (src != SQLITE_ROW && src != SQLITE_DONE) {
@@ -264,13 +277,8 @@ static int load_doc(struct idx_db *db, int64_t id, const char *tenant, struct qd
                      (long long)id);
         goto out;
     }
-    if (vec_push(&st_tok, &d->p_tok[np], sizeof(int64_t)) < 0 ||
-        vec_push(&st_char, &d->p_char[np], sizeof(int64_t)) < 0)
+    if (take_sentences(d, &st_tok, &st_char, d->p_tok[np], d->p_char[np]) < 0)
         goto oom;
-    d->s_tok = st_tok.p;
-    d->s_char = st_char.p;
-    d->n_sent = st_tok.n - 1;
-    st_tok.p = st_char.p = NULL;
 out:
     sqlite3_finalize(st);
     free(st_tok.p);

@@ -454,6 +454,52 @@ static double bm25_ref(int tf, int dl, double avgdl, int N, int df)
     return idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl));
 }
 
+/* Sentence boundaries come from the docmap row, or from the passages rows when there is none
+ * (documents finished before schema 2): the same spans either way; malformed data in either
+ * is an error, never a wrong span. */
+START_TEST(test_boundary_sources)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    struct syn s = syn70k();
+    int64_t id = syn_new(db, &s);
+    struct idx_qfeat f = {SYN_LAYER, SYN_HEAD, SYN_FEAT, 1.0f};
+    struct idx_query q = {.mode = IDX_MODE_S3, .budget = 128, .feats = &f, .n_feats = 1,
+                          .docs = &id, .n_docs = 1};
+    struct idx_result r;
+    char sql[160];
+    ck_assert_msg(idx_retrieve(db, &q, &r, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(r.n_spans, 2);
+    int64_t want[4] = {r.spans[0].start_tok, r.spans[0].end_tok, r.spans[1].start_tok,
+                       r.spans[1].end_tok};
+    ck_assert_int_eq(want[0], 4976); /* grown to sentence boundaries (test_s3_spans) */
+    idx_result_deinit(&r);
+
+    snprintf(sql, sizeof sql, "UPDATE docmap SET blob = x'05' WHERE doc = %lld", (long long)id);
+    ck_assert_int_eq(sqlite3_exec(db->db, sql, NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), S3_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "bad docmap"));
+
+    snprintf(sql, sizeof sql, "DELETE FROM docmap WHERE doc = %lld", (long long)id);
+    ck_assert_int_eq(sqlite3_exec(db->db, sql, NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_msg(idx_retrieve(db, &q, &r, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(r.n_spans, 2);
+    ck_assert_int_eq(r.spans[0].start_tok, want[0]);
+    ck_assert_int_eq(r.spans[0].end_tok, want[1]);
+    ck_assert_int_eq(r.spans[1].start_tok, want[2]);
+    ck_assert_int_eq(r.spans[1].end_tok, want[3]);
+    idx_result_deinit(&r);
+
+    /* a sentence gap of 0 in the first passage */
+    snprintf(sql, sizeof sql, "UPDATE passages SET sents = x'0000' WHERE id = %lld",
+             (long long)IDX_PASSAGE_ID(id, 0));
+    ck_assert_int_eq(sqlite3_exec(db->db, sql, NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(idx_retrieve(db, &q, &r, &err), S3_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "bad sentence data"));
+    idx_close(db);
+}
+END_TEST
+
 START_TEST(test_bm25_exact)
 {
     struct s3_errinfo err = {0};
@@ -955,6 +1001,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_blob_roundtrip);
     tcase_add_loop_test(tc, test_scores_exact, 0, 2);
     tcase_add_test(tc, test_s3_spans);
+    tcase_add_test(tc, test_boundary_sources);
     tcase_add_test(tc, test_bm25_exact);
     tcase_add_test(tc, test_bm25_per_document);
     tcase_add_test(tc, test_hybrid_fusion);
