@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "engine.h"
 #include "sae.h"
+#include "scan.h"
 
 #define CLI_SAE_MAX_CORPUS ((size_t)1 << 30)
 
@@ -44,17 +45,6 @@ static int parse_layers(const char *s, int *layers, int *n)
         if (layers[i] <= layers[i - 1])
             return -1;
     return *n > 0 ? 0 : -1;
-}
-
-/* Default output: models/sae-<model file name without .gguf>.s3sae */
-static void default_out(const char *model, char *out, size_t n)
-{
-    const char *base = strrchr(model, '/');
-    base = base ? base + 1 : model;
-    size_t len = strlen(base);
-    if (len > 5 && strcmp(base + len - 5, ".gguf") == 0)
-        len -= 5;
-    snprintf(out, n, "models/sae-%.*s.s3sae", (int)len, base);
 }
 
 static void print_figures(const struct eng_sae *s, const struct eng_sae_report *r)
@@ -208,7 +198,7 @@ int cli_train_sae(int argc, char **argv)
         return 2;
     }
     if (!out_path) {
-        default_out(model, out_buf, sizeof(out_buf));
+        srv_scan_default_sae(model, out_buf, sizeof(out_buf));
         out_path = out_buf;
     }
     struct eng_model_opts mo = {.n_threads = n_threads};
