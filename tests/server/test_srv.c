@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "scan.h"
 #include "srv_int.h"
 #include "testutil.h"
 
@@ -765,6 +766,16 @@ START_TEST(long_prompt_cache)
 }
 END_TEST
 
+START_TEST(default_sae_path)
+{
+    char b[64];
+    ck_assert_str_eq(srv_scan_default_sae("models/SmolLM2.Q4_1.gguf", b, sizeof b),
+                     "models/sae-SmolLM2.Q4_1.s3sae");
+    ck_assert_str_eq(srv_scan_default_sae("weights", b, sizeof b), "models/sae-weights.s3sae");
+    ck_assert_str_eq(srv_scan_default_sae("/x/.gguf", b, sizeof b), "models/sae-.gguf.s3sae");
+}
+END_TEST
+
 static Suite *srv_suite(void)
 {
     Suite *s = suite_create("server");
@@ -791,6 +802,7 @@ static Suite *srv_suite(void)
     tcase_add_test(tc, tenants);
     tcase_add_test(tc, long_prompt_split);
     tcase_add_test(tc, long_prompt_cache);
+    tcase_add_test(tc, default_sae_path);
     suite_add_tcase(s, tc);
     return s;
 }
