@@ -1,7 +1,9 @@
-/* index/compact.c - work done once when a document is finished, so that a query touches
- * few rows however long the document is (see index_int.h, "Finishing"):
- *   - the postings of all its segments are rewritten as one segment [0, n_tokens), one row
- *     per (layer, head, feature) instead of one per segment, without the stop features
+/* index/compact.c - group blobs (the postings of one (layer, head) slot over a range of
+ * positions, grouped by feature; see index_int.h) and the work done once when a document is
+ * finished, so that a query touches few rows however long the document is:
+ *   - the segment blobs of each slot are concatenated feature by feature into one postings
+ *     row per (layer, head, feature) over [0, n_tokens), streamed through small buffers
+ *     (memory does not grow with the document), without the stop features
  *     (df > n_tokens / IDX_STOP_FRAC + 1, which queries skip);
  *   - its passage and sentence boundaries are written as one docmap blob. */
 #include <stdint.h>
@@ -10,16 +12,13 @@
 
 #include "index_int.h"
 
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
+size_t idx__compact_buf = IDX_COMPACT_BUF;
 
-static int buf_reserve(struct buf *b, size_t extra)
+int idx__buf_reserve(struct idx_buf *b, size_t extra)
 {
     if (b->n + extra <= b->cap)
         return 0;
-    size_t nc = b->cap ? b->cap : 65536;
+    size_t nc = b->cap ? b->cap : 4096;
     while (nc < b->n + extra)
         nc *= 2;
     uint8_t *np = realloc(b->p, nc);
@@ -30,105 +29,224 @@ static int buf_reserve(struct buf *b, size_t extra)
     return 0;
 }
 
-static int buf_varint(struct buf *b, uint64_t v)
+int idx__buf_varint(struct idx_buf *b, uint64_t v)
 {
-    if (buf_reserve(b, 10) < 0)
+    if (idx__buf_reserve(b, 10) < 0)
         return S3_ENOMEM;
     b->n += idx__varint_put(b->p + b->n, v);
     return 0;
 }
 
-/* One merged row of a slot: feature, entry count, its bytes in the slot's buffer. */
-struct mrow {
-    int32_t feat;
-    int64_t n;
-    size_t off, len;
-    int64_t last;            /* last position appended */
-    int seg;                 /* index of the source segment */
-};
+/* ---- reading a group blob sequentially ------------------------------------------------------ */
 
-/* Append the entries of one segment's blob (base seg) to row r of data, re-basing the first
- * gap onto the row's previous position (all later gaps are relative and copy unchanged). */
-static int append_blob(struct buf *data, struct mrow *r, int64_t base, int64_t lim,
-                       const uint8_t *blob, size_t nb)
+/* Make at least want bytes (or all that is left) readable at r->p. */
+static int rd_fill(struct idx_grp_rd *r, size_t want)
 {
-    uint64_t g0;
-    size_t k = idx__varint_get(blob, blob + nb, &g0);
-    if (!k || k >= nb || (int64_t)g0 >= lim - base)
-        return S3_EFORMAT;
-    int64_t first = base + (int64_t)g0;
-    if (r->last >= 0 && first <= r->last)
-        return S3_EFORMAT;
-    int rc = buf_varint(data, (uint64_t)(r->last >= 0 ? first - r->last - 1 : first));
-    if (rc < 0 || buf_reserve(data, nb - k) < 0)
-        return S3_ENOMEM;
-    memcpy(data->p + data->n, blob + k, nb - k);
-    data->n += nb - k;
-    /* the last position of this blob: walk it (gaps only) */
-    int64_t pos = first;
-    const uint8_t *p = blob + k + 1, *e = blob + nb;
-    while (p < e) {
-        uint64_t g;
-        size_t m = idx__varint_get(p, e, &g);
-        if (!m || p + m >= e)
-            return S3_EFORMAT;
-        pos += 1 + (int64_t)g;
-        p += m + 1;
-    }
-    if (pos >= lim)
-        return S3_EFORMAT;
-    r->last = pos;
+    size_t have = (size_t)(r->e - r->p);
+    if (have >= want || !r->blob || r->off >= r->size)
+        return 0;
+    if (want > r->cap)
+        return S3_EFORMAT; /* never: want is a header's worth */
+    memmove(r->buf, r->p, have);
+    size_t room = r->cap - have, left = (size_t)(r->size - r->off);
+    size_t take = left < room ? left : room;
+    if (sqlite3_blob_read(r->blob, r->buf + have, (int)take, r->off) != SQLITE_OK)
+        return S3_EIO;
+    r->off += (int)take;
+    r->p = r->buf;
+    r->e = r->buf + have + take;
     return 0;
 }
 
-int64_t idx__compact_tokens = IDX_COMPACT_TOKENS;
-
-/* (doc, seg, layer, head, first feature, end feature) of the range statements */
-static void bind_range(sqlite3_stmt *st, int64_t doc, int64_t seg, int layer, int head, int f0,
-                       int f1)
+static int rd_varint(struct idx_grp_rd *r, uint64_t *v)
 {
-    sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, doc);
-    sqlite3_bind_int64(st, 2, seg);
-    sqlite3_bind_int(st, 3, layer);
-    sqlite3_bind_int(st, 4, head);
-    sqlite3_bind_int(st, 5, f0);
-    sqlite3_bind_int(st, 6, f1);
+    int rc = rd_fill(r, 10);
+    if (rc < 0)
+        return rc;
+    size_t k = idx__varint_get(r->p, r->e, v);
+    if (!k)
+        return S3_EFORMAT;
+    r->p += k;
+    return 0;
 }
 
-static int cmp_feat(const void *a, const void *b)
+int idx__grp_next(struct idx_grp_rd *r)
 {
-    const struct mrow *x = a, *y = b;
-    if (x->feat != y->feat)
-        return (x->feat > y->feat) - (x->feat < y->feat);
+    r->have = 0;
+    int rc = rd_fill(r, 40);
+    if (rc < 0)
+        return rc;
+    if (r->p == r->e)
+        return 0; /* the end */
+    uint64_t df, n, last, nb;
+    if ((rc = rd_varint(r, &df)) < 0 || (rc = rd_varint(r, &n)) < 0 ||
+        (rc = rd_varint(r, &last)) < 0 || (rc = rd_varint(r, &nb)) < 0)
+        return rc;
+    int64_t f = (int64_t)r->feat + 1 + (int64_t)df;
+    if (f >= IDX_MAX_FEATURE || n == 0 || nb < 2 * n || nb > 6 * n ||
+        last >= (uint64_t)(r->lim - r->base))
+        return S3_EFORMAT;
+    r->feat = (int32_t)f;
+    r->n = (int64_t)n;
+    r->last = r->base + (int64_t)last;
+    r->nbytes = nb;
+    r->have = 1;
+    return 0;
+}
+
+/* Copy (out != NULL) or skip the current group's entries, the first gap re-based so that the
+ * entries continue after position prev (-1: relative to out_base). */
+static int grp_take(struct idx_grp_rd *r, struct idx_buf *out, int64_t out_base, int64_t prev)
+{
+    uint64_t g0;
+    const uint8_t *p0 = r->p;
+    int rc = rd_varint(r, &g0);
+    if (rc < 0)
+        return rc;
+    size_t k = (size_t)(r->p - p0);
+    if (k >= r->nbytes || g0 > (uint64_t)(r->last - r->base))
+        return S3_EFORMAT;
+    int64_t first = r->base + (int64_t)g0;
+    if (first <= prev || first < out_base)
+        return S3_EFORMAT;
+    if (out && idx__buf_varint(out, (uint64_t)(prev >= 0 ? first - prev - 1 : first - out_base)) < 0)
+        return S3_ENOMEM;
+    size_t left = (size_t)r->nbytes - k;
+    while (left) {
+        if ((rc = rd_fill(r, 1)) < 0)
+            return rc;
+        size_t have = (size_t)(r->e - r->p);
+        if (!have)
+            return S3_EFORMAT; /* the blob ends inside the group */
+        size_t take = have < left ? have : left;
+        if (out) {
+            if (idx__buf_reserve(out, take) < 0)
+                return S3_ENOMEM;
+            memcpy(out->p + out->n, r->p, take);
+            out->n += take;
+        }
+        r->p += take;
+        left -= take;
+    }
+    return 0;
+}
+
+int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base,
+                    int64_t stop_n, idx_grp_emit_fn emit, void *ud, struct idx_buf *scratch)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n_parts && rc == 0; i++) {
+        parts[i].feat = -1;
+        rc = idx__grp_next(&parts[i]);
+    }
+    while (rc == 0) {
+        int32_t f = -1;
+        int64_t n = 0;
+        for (size_t i = 0; i < n_parts; i++)
+            if (parts[i].have && (f < 0 || parts[i].feat < f))
+                f = parts[i].feat;
+        if (f < 0)
+            break;
+        for (size_t i = 0; i < n_parts; i++)
+            if (parts[i].have && parts[i].feat == f)
+                n += parts[i].n;
+        const int keep = stop_n <= 0 || n <= stop_n;
+        int64_t prev = -1;
+        scratch->n = 0;
+        for (size_t i = 0; i < n_parts && rc == 0; i++) {
+            if (!parts[i].have || parts[i].feat != f)
+                continue;
+            rc = grp_take(&parts[i], keep ? scratch : NULL, out_base, prev);
+            prev = parts[i].last;
+            if (rc == 0)
+                rc = idx__grp_next(&parts[i]);
+        }
+        if (rc == 0 && keep)
+            rc = emit(ud, f, n, prev, scratch->p, scratch->n);
+    }
+    return rc;
+}
+
+int idx__grp_put(struct idx_buf *b, int32_t prev_feat, int32_t feat, int64_t n, int64_t last_rel,
+                 const uint8_t *entries, size_t nbytes)
+{
+    if (idx__buf_varint(b, (uint64_t)(feat - prev_feat - 1)) < 0 ||
+        idx__buf_varint(b, (uint64_t)n) < 0 || idx__buf_varint(b, (uint64_t)last_rel) < 0 ||
+        idx__buf_varint(b, (uint64_t)nbytes) < 0 || idx__buf_reserve(b, nbytes) < 0)
+        return S3_ENOMEM;
+    memcpy(b->p + b->n, entries, nbytes);
+    b->n += nbytes;
+    return 0;
+}
+
+/* ---- finishing ------------------------------------------------------------------------------ */
+
+struct seg_row {
+    int64_t id, seg, end;
+    int layer, head;
+};
+
+static int cmp_seg_row(const void *a, const void *b)
+{
+    const struct seg_row *x = a, *y = b;
+    if (x->layer != y->layer)
+        return (x->layer > y->layer) - (x->layer < y->layer);
+    if (x->head != y->head)
+        return (x->head > y->head) - (x->head < y->head);
     return (x->seg > y->seg) - (x->seg < y->seg);
+}
+
+struct emit_row {
+    struct idx_db *db;
+    sqlite3_stmt *ins;
+    int64_t doc;
+    int layer, head;
+};
+
+static int emit_row(void *ud, int32_t feat, int64_t n, int64_t last, const uint8_t *entries,
+                    size_t nbytes)
+{
+    struct emit_row *e = ud;
+    (void)last;
+    sqlite3_reset(e->ins);
+    sqlite3_bind_int64(e->ins, 1, e->doc);
+    sqlite3_bind_int(e->ins, 2, e->layer);
+    sqlite3_bind_int(e->ins, 3, e->head);
+    sqlite3_bind_int(e->ins, 4, feat);
+    sqlite3_bind_int64(e->ins, 5, n);
+    sqlite3_bind_blob(e->ins, 6, entries, (int)nbytes, SQLITE_STATIC);
+    int src = sqlite3_step(e->ins);
+    return src == SQLITE_DONE ? 0 : src; /* a SQLite code: mapped by the caller */
 }
 
 int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_errinfo *err)
 {
-    sqlite3_stmt *st = NULL, *rd = NULL, *del = NULL, *ins = NULL, *fm = NULL;
-    int64_t *seg = NULL;       /* (n_seg, 2) start, end */
-    size_t n_seg = 0, cap_seg = 0;
-    struct buf data = {0};
-    struct mrow *rows = NULL;
+    sqlite3_stmt *st = NULL, *ins = NULL;
+    struct seg_row *rows = NULL;
+    struct idx_grp_rd *rd = NULL;
+    uint8_t *bufs = NULL;
+    struct idx_buf scratch = {0};
     size_t n_rows = 0, cap_rows = 0;
-    int rc = idx__prepare(db, "SELECT seg, end FROM segments WHERE doc = ? ORDER BY seg", &st,
-                          err);
+    const size_t bsz = idx__compact_buf >= 64 ? idx__compact_buf : 64;
+    int rc = idx__prepare(db,
+                          "SELECT id, layer, head, seg, end FROM segblobs WHERE id BETWEEN ? AND ?",
+                          &st, err);
     if (rc < 0)
         return rc;
-    sqlite3_bind_int64(st, 1, doc);
+    sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(doc, 0));
+    sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(doc, 0xffffffffLL));
     int src;
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n_seg == cap_seg) {
-            cap_seg = cap_seg ? cap_seg * 2 : 16;
-            int64_t *ns = realloc(seg, cap_seg * 2 * sizeof *ns);
-            if (!ns)
+        if (n_rows == cap_rows) {
+            cap_rows = cap_rows ? cap_rows * 2 : 64;
+            struct seg_row *nr = realloc(rows, cap_rows * sizeof *nr);
+            if (!nr)
                 goto oom;
-            seg = ns;
+            rows = nr;
         }
-        seg[2 * n_seg] = sqlite3_column_int64(st, 0);
-        seg[2 * n_seg + 1] = sqlite3_column_int64(st, 1);
-        n_seg++;
+        rows[n_rows++] = (struct seg_row){sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3),
+                                          sqlite3_column_int64(st, 4), sqlite3_column_int(st, 1),
+                                          sqlite3_column_int(st, 2)};
     }
     sqlite3_finalize(st);
     st = NULL;
@@ -136,215 +254,103 @@ int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_err
         rc = idx__sqlerr(db, src, "index: read segments", err);
         goto out;
     }
-    if (n_seg <= 1) {
-        /* one segment: only drop the stop features' rows */
-        rc = idx__prepare(db, "DELETE FROM postings WHERE doc = ?1 AND n > ?2", &del, err);
+    if (n_rows)
+        qsort(rows, n_rows, sizeof *rows, cmp_seg_row);
+    rc = idx__prepare(db,
+                      "INSERT INTO postings(doc, seg, layer, head, feature, n, blob)"
+                      " VALUES(?1, 0, ?2, ?3, ?4, ?5, ?6)",
+                      &ins, err);
+    if (rc < 0)
+        goto out;
+    struct emit_row em = {.db = db, .ins = ins, .doc = doc};
+    const int64_t stop_n = n_tokens / IDX_STOP_FRAC + 1;
+    for (size_t i = 0; i < n_rows;) {
+        size_t j = i;
+        while (j < n_rows && rows[j].layer == rows[i].layer && rows[j].head == rows[i].head)
+            j++;
+        const size_t np = j - i;
+        free(rd);
+        free(bufs);
+        rd = calloc(np, sizeof *rd);
+        bufs = malloc(np * bsz);
+        if (!rd || !bufs)
+            goto oom;
+        for (size_t s = 0; s < np; s++) {
+            const struct seg_row *r = &rows[i + s];
+            if ((s && r->seg < rows[i + s - 1].end) || r->end <= r->seg || r->end > n_tokens) {
+                rc = s3_errf(err, S3_EFORMAT, "index: segments of document %lld overlap",
+                             (long long)doc);
+                goto close;
+            }
+            src = sqlite3_blob_open(db->db, "main", "segblobs", "blob", r->id, 0, &rd[s].blob);
+            if (src != SQLITE_OK) {
+                rd[s].blob = NULL;
+                rc = idx__sqlerr(db, src, "index: read segment", err);
+                goto close;
+            }
+            rd[s].size = sqlite3_blob_bytes(rd[s].blob);
+            rd[s].buf = bufs + s * bsz;
+            rd[s].cap = bsz;
+            rd[s].p = rd[s].e = rd[s].buf;
+            rd[s].base = r->seg;
+            rd[s].lim = r->end;
+        }
+        em.layer = rows[i].layer;
+        em.head = rows[i].head;
+        rc = idx__grp_concat(rd, np, 0, stop_n, emit_row, &em, &scratch);
+        if (rc > 0)
+            rc = idx__sqlerr(db, rc, "index: compact postings", err);
+        else if (rc == S3_ENOMEM)
+            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+        else if (rc == S3_EIO)
+            rc = s3_errf(err, S3_EIO, "index: reading segment postings: %s",
+                         sqlite3_errmsg(db->db));
+        else if (rc < 0)
+            rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
+                         (long long)doc);
+close:
+        for (size_t s = 0; s < np; s++)
+            if (rd[s].blob)
+                sqlite3_blob_close(rd[s].blob);
         if (rc < 0)
             goto out;
-        sqlite3_bind_int64(del, 1, doc);
-        sqlite3_bind_int64(del, 2, n_tokens / IDX_STOP_FRAC + 1);
-        src = sqlite3_step(del);
-        if (src != SQLITE_DONE)
-            rc = idx__sqlerr(db, src, "index: drop stop features", err);
-        goto out;
+        i = j;
     }
-    rc = idx__prepare(db,
-                      "SELECT layer, head FROM postings WHERE doc = ?1 AND seg = ?2 AND"
-                      " (layer > ?3 OR (layer = ?3 AND head > ?4)) ORDER BY layer, head LIMIT 1",
-                      &st, err);
-    if (rc == 0)
-        rc = idx__prepare(db,
-                          "SELECT feature, n, blob FROM postings WHERE doc = ?1 AND seg = ?2"
-                          " AND layer = ?3 AND head = ?4 AND feature >= ?5 AND feature < ?6",
-                          &rd, err);
-    if (rc == 0)
-        rc = idx__prepare(db,
-                          "DELETE FROM postings WHERE doc = ?1 AND seg = ?2 AND layer = ?3"
-                          " AND head = ?4 AND feature >= ?5 AND feature < ?6",
-                          &del, err);
-    if (rc == 0)
-        rc = idx__prepare(db,
-                          "SELECT max(feature) FROM postings WHERE doc = ?1 AND seg = ?2"
-                          " AND layer = ?3 AND head = ?4",
-                          &fm, err);
-    if (rc == 0)
-        rc = idx__prepare(db,
-                          "INSERT INTO postings(doc, seg, layer, head, feature, n, blob)"
-                          " VALUES(?1, 0, ?2, ?3, ?4, ?5, ?6)",
-                          &ins, err);
-    if (rc < 0)
-        goto out;
-    /* slots in (layer, head) order: the smallest next slot over all segments */
-    int layer = -1, head = -1;
-    for (;;) {
-        int nl = -1, nh = -1;
-        for (size_t s = 0; s < n_seg; s++) {
-            sqlite3_reset(st);
-            sqlite3_bind_int64(st, 1, doc);
-            sqlite3_bind_int64(st, 2, seg[2 * s]);
-            sqlite3_bind_int(st, 3, layer);
-            sqlite3_bind_int(st, 4, head);
-            src = sqlite3_step(st);
-            if (src == SQLITE_ROW) {
-                int l = sqlite3_column_int(st, 0), h = sqlite3_column_int(st, 1);
-                if (nl < 0 || l < nl || (l == nl && h < nh)) {
-                    nl = l;
-                    nh = h;
-                }
-            } else if (src != SQLITE_DONE) {
-                rc = idx__sqlerr(db, src, "index: read postings", err);
-                goto out;
-            }
-        }
-        if (nl < 0)
-            break;
-        layer = nl;
-        head = nh;
-        /* the slot in feature ranges of about idx__compact_tokens tokens' worth of postings
-         * each, so the memory used here does not grow with the document */
-        int64_t per = idx__compact_tokens > 0 ? idx__compact_tokens : IDX_COMPACT_TOKENS;
-        int n_rng = (int)((n_tokens + per - 1) / per), fmax = 0;
-        sqlite3_reset(fm);
-        sqlite3_bind_int64(fm, 1, doc);
-        sqlite3_bind_int64(fm, 2, seg[0]);
-        sqlite3_bind_int(fm, 3, layer);
-        sqlite3_bind_int(fm, 4, head);
-        if ((src = sqlite3_step(fm)) == SQLITE_ROW)
-            fmax = sqlite3_column_int(fm, 0);
-        else if (src != SQLITE_DONE) {
-            rc = idx__sqlerr(db, src, "index: read postings", err);
+    static const char *const fin[] = {
+        "DELETE FROM segblobs WHERE id BETWEEN ?1 AND ?2",
+        "DELETE FROM segments WHERE doc = ?3",
+        "INSERT INTO segments(doc, seg, end) VALUES(?3, 0, ?4)",
+    };
+    for (size_t k = 0; k < sizeof fin / sizeof fin[0]; k++) {
+        sqlite3_finalize(st);
+        rc = idx__prepare(db, fin[k], &st, err);
+        if (rc < 0)
+            goto out;
+        sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(doc, 0));
+        sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(doc, 0xffffffffLL));
+        sqlite3_bind_int64(st, 3, doc);
+        sqlite3_bind_int64(st, 4, n_tokens);
+        if ((src = sqlite3_step(st)) != SQLITE_DONE) {
+            rc = idx__sqlerr(db, src, "index: compact segments", err);
             goto out;
         }
-        if (n_rng < 1)
-            n_rng = 1;
-        int width = fmax / n_rng + 1;
-        for (int r = 0; r < n_rng; r++) {
-            /* the last range is open: segment 0 need not hold the largest feature */
-            int f0 = r * width, f1 = r == n_rng - 1 ? INT32_MAX : (r + 1) * width;
-            /* gather this slot: rows by feature, segments in order */
-            data.n = 0;
-            n_rows = 0;
-            for (size_t s = 0; s < n_seg; s++) {
-                bind_range(rd, doc, seg[2 * s], layer, head, f0, f1);
-                while ((src = sqlite3_step(rd)) == SQLITE_ROW) {
-                    if (n_rows == cap_rows) {
-                        cap_rows = cap_rows ? cap_rows * 2 : 4096;
-                        struct mrow *nr = realloc(rows, cap_rows * sizeof *nr);
-                        if (!nr)
-                            goto oom;
-                        rows = nr;
-                    }
-                    struct mrow *m = &rows[n_rows++];
-                    m->feat = sqlite3_column_int(rd, 0);
-                    m->n = sqlite3_column_int64(rd, 1);
-                    m->off = data.n;
-                    m->len = (size_t)sqlite3_column_bytes(rd, 2);
-                    m->seg = (int)s;
-                    if (buf_reserve(&data, m->len) < 0)
-                        goto oom;
-                    if (m->len)
-                        memcpy(data.p + data.n, sqlite3_column_blob(rd, 2), m->len);
-                    data.n += m->len;
-                }
-                if (src != SQLITE_DONE) {
-                    rc = idx__sqlerr(db, src, "index: read postings", err);
-                    goto out;
-                }
-            }
-            /* by (feature, segment): each feature's blobs in position order */
-            if (n_rows)
-                qsort(rows, n_rows, sizeof *rows, cmp_feat);
-            /* merge each feature's blobs into one, written to a second buffer */
-            struct buf out = {0};
-            for (size_t s = 0; s < n_seg; s++) {
-                bind_range(del, doc, seg[2 * s], layer, head, f0, f1);
-                src = sqlite3_step(del);
-                if (src != SQLITE_DONE) {
-                    free(out.p);
-                    rc = idx__sqlerr(db, src, "index: compact postings", err);
-                    goto out;
-                }
-            }
-            for (size_t i = 0; i < n_rows;) {
-                struct mrow m = {.feat = rows[i].feat, .last = -1};
-                out.n = 0;
-                size_t j = i;
-                for (; j < n_rows && rows[j].feat == m.feat; j++) {
-                    size_t si = (size_t)rows[j].seg;
-                    rc = append_blob(&out, &m, seg[2 * si], seg[2 * si + 1],
-                                     data.p + rows[j].off, rows[j].len);
-                    if (rc < 0)
-                        break;
-                    m.n += rows[j].n;
-                }
-                if (rc == 0 && m.n > n_tokens / IDX_STOP_FRAC + 1) {
-                    /* a stop feature: never read by a query (index_int.h, "Scores") */
-                } else if (rc == 0) {
-                    sqlite3_reset(ins);
-                    sqlite3_bind_int64(ins, 1, doc);
-                    sqlite3_bind_int(ins, 2, layer);
-                    sqlite3_bind_int(ins, 3, head);
-                    sqlite3_bind_int(ins, 4, m.feat);
-                    sqlite3_bind_int64(ins, 5, m.n);
-                    sqlite3_bind_blob(ins, 6, out.p, (int)out.n, SQLITE_STATIC);
-                    src = sqlite3_step(ins);
-                    if (src != SQLITE_DONE)
-                        rc = idx__sqlerr(db, src, "index: compact postings", err);
-                } else if (rc == S3_EFORMAT) {
-                    rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
-                                 (long long)doc);
-                } else {
-                    rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-                }
-                if (rc < 0) {
-                    free(out.p);
-                    goto out;
-                }
-                i = j;
-            }
-            free(out.p);
-        }
     }
-    sqlite3_finalize(del);
-    del = NULL;
-    rc = idx__prepare(db, "DELETE FROM segments WHERE doc = ?1", &del, err);
-    if (rc < 0)
-        goto out;
-    sqlite3_bind_int64(del, 1, doc);
-    src = sqlite3_step(del);
-    sqlite3_finalize(del);
-    del = NULL;
-    if (src != SQLITE_DONE) {
-        rc = idx__sqlerr(db, src, "index: compact segments", err);
-        goto out;
-    }
-    rc = idx__prepare(db, "INSERT INTO segments(doc, seg, end) VALUES(?1, 0, ?2)", &del, err);
-    if (rc < 0)
-        goto out;
-    sqlite3_bind_int64(del, 1, doc);
-    sqlite3_bind_int64(del, 2, n_tokens);
-    src = sqlite3_step(del);
-    if (src != SQLITE_DONE)
-        rc = idx__sqlerr(db, src, "index: compact segments", err);
 out:
     sqlite3_finalize(st);
-    sqlite3_finalize(rd);
-    sqlite3_finalize(del);
     sqlite3_finalize(ins);
-    sqlite3_finalize(fm);
-    free(seg);
-    free(data.p);
     free(rows);
+    free(rd);
+    free(bufs);
+    free(scratch.p);
     return rc;
 oom:
     rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
     goto out;
 }
-
 int idx__docmap_write(struct idx_db *db, int64_t doc, int64_t n_passages, struct s3_errinfo *err)
 {
     sqlite3_stmt *st = NULL;
-    struct buf b = {0};
+    struct idx_buf b = {0};
     int rc = idx__prepare(db,
                           "SELECT start_tok, end_tok, start_char, end_char, sents FROM passages"
                           " WHERE id BETWEEN ? AND ? ORDER BY id",
@@ -365,8 +371,8 @@ int idx__docmap_write(struct idx_db *db, int64_t doc, int64_t n_passages, struct
             goto out;
         }
         /* entry: token length, byte length, sents byte count, sents */
-        if (buf_varint(&b, (uint64_t)(t1 - t0)) < 0 || buf_varint(&b, (uint64_t)(c1 - c0)) < 0 ||
-            buf_varint(&b, (uint64_t)sb) < 0 || buf_reserve(&b, (size_t)sb) < 0)
+        if (idx__buf_varint(&b, (uint64_t)(t1 - t0)) < 0 || idx__buf_varint(&b, (uint64_t)(c1 - c0)) < 0 ||
+            idx__buf_varint(&b, (uint64_t)sb) < 0 || idx__buf_reserve(&b, (size_t)sb) < 0)
             goto oom;
         if (sb)
             memcpy(b.p + b.n, sqlite3_column_blob(st, 4), (size_t)sb);

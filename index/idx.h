@@ -10,7 +10,7 @@
  *     struct idx_db *db;  struct idx_writer *w;  int64_t id;
  *     idx_open("docs.db", NULL, &db, &err);
  *     idx_writer_begin(db, &meta, &w, &err);          // document row, status 'scanning'
- *     idx_writer_add(w, &chunk, &err);                // one transaction per chunk
+ *     idx_writer_add(w, &chunk, &err);                // committed per segment or second
  *     ...
  *     idx_writer_finish(w, &err);                     // status 'ready': now visible
  *     id = idx_writer_doc(w);  idx_writer_free(w);
@@ -22,7 +22,7 @@
  * Threads: an idx_db is one SQLite connection and belongs to one thread at a time. Open one
  * per thread; any number of readers may run while one writer writes (WAL). A document is
  * visible to readers only once finished; a crash mid-scan leaves it in status 'scanning',
- * from where idx_writer_resume() continues after the last committed chunk, or
+ * from where idx_writer_resume() continues after the last commit, or
  * idx_doc_delete() removes it.
  *
  * Errors: 0 or a negative S3_E* code; S3_EBUSY when the database stays locked past the busy
@@ -38,6 +38,8 @@
 
 struct idx_db;
 struct idx_writer;
+
+#define IDX_COMMIT_MS 1000   /* a writer commits at least this often (idx_writer_add) */
 
 /* ---- database ----------------------------------------------------------------------------- */
 
@@ -136,7 +138,8 @@ struct idx_chunk {
     const struct idx_passage *passages; /* (n_passages), borrowed */
 };
 
-/* Where a scan stands (after the last committed chunk). */
+/* Where a scan stands (after the last accepted chunk; after idx_writer_resume(), the last
+ * committed one). */
 struct idx_scan_state {
     int64_t next_tok;       /* first position of the next chunk */
     int64_t pass_tok;       /* next passage starts at this token ... */
@@ -151,16 +154,26 @@ int idx_writer_begin(struct idx_db *db, const struct idx_doc_meta *meta, struct 
 /* Continue an unfinished document (S3_EINVAL if it is ready or failed). */
 int idx_writer_resume(struct idx_db *db, int64_t doc, struct idx_writer **out,
                       struct s3_errinfo *err);
-/* Write one chunk (postings, passages, FTS rows, progress) in one transaction; on error the
- * transaction is rolled back and the document is as before the call. */
+/* Accept one chunk (postings, passages, progress). Accepted chunks are committed together, in
+ * one transaction: when the segment they belong to is full, when the last commit is
+ * commit_ms old (idx_writer_set_commit_ms; default IDX_COMMIT_MS), at idx_writer_flush() and
+ * at idx_writer_finish(); so a crash loses at most about commit_ms of scanning (resume
+ * continues after the last commit), while a fast scan commits once per segment. On error the
+ * transaction is rolled back and everything accepted since the last commit is dropped: the
+ * writer's state (idx_writer_state) is the committed one again. */
 int idx_writer_add(struct idx_writer *w, const struct idx_chunk *c, struct s3_errinfo *err);
+/* Commit what was accepted since the last commit (nothing to do: 0). */
+int idx_writer_flush(struct idx_writer *w, struct s3_errinfo *err);
+/* 0: commit every chunk. */
+void idx_writer_set_commit_ms(struct idx_writer *w, int ms);
 /* Mark the document ready (visible). Passages must cover every committed position. */
 int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err);
 /* Mark the document failed (kept invisible, with the message). */
 int idx_writer_fail(struct idx_writer *w, const char *why, struct s3_errinfo *err);
 int64_t idx_writer_doc(const struct idx_writer *w);
 void idx_writer_state(const struct idx_writer *w, struct idx_scan_state *st);
-/* Accepts NULL. An unfinished document stays 'scanning' (resumable). */
+/* Accepts NULL. An unfinished document stays 'scanning' (resumable from its last commit;
+ * chunks accepted after it are dropped: idx_writer_flush() first to keep them). */
 void idx_writer_free(struct idx_writer *w);
 
 /* ---- retrieval ---------------------------------------------------------------------------- */

@@ -18,17 +18,19 @@
  *   passages_fts: FTS5 (tokenize 'porter unicode61'), external content = passages.text.
  *   pending(doc, tok0, layer, head, blob) WITHOUT ROWID: the postings of one chunk of a
  *       document being scanned, one row per (chunk, slot), appended in key order (cheap: a
- *       chunk writes n_slot rows at the end of the tree). blob = groups, one per feature in
- *       increasing order: varint (feature - previous feature - 1, the first from -1), varint
- *       byte length of the entries, entries (see below) relative to base = tok0.
+ *       chunk writes n_slot rows at the end of the tree). blob = a group blob (below) with
+ *       base = tok0. The writer keeps a copy in memory (a resumed one reads them back).
+ *   segblobs(id, layer, head, seg, end, blob) (schema 3): the postings of a segment
+ *       [seg, end) of a document being scanned, one row per slot, id = IDX_PASSAGE_ID(doc,
+ *       i) (a document's rows are one rowid range, read at finishing through incremental
+ *       blob I/O). blob = a group blob with base = seg. When the pending chunks reach
+ *       IDX_SEG_TOKENS positions (and at finish), the chunk that crosses the mark
+ *       concatenates their blobs (from memory) into one segblobs row per slot and deletes
+ *       them, in its own transaction.
  *   postings(doc, seg, layer, head, feature, n, blob) WITHOUT ROWID: the postings of a
- *       finished segment of the document: tokens [seg, end) with end from `segments`;
- *       n = the number of entries in blob (df without decoding).
- *       When the pending chunks reach IDX_SEG_TOKENS positions (and at finish), the chunk
- *       that crosses the mark merges them in its own transaction: one row per (slot,
- *       feature), entries relative to base = seg, pending rows deleted. Rows are written
- *       once, segment after segment, so the tree grows at its end.
- *   segments(doc, seg, end) WITHOUT ROWID: the merged segments of a document.
+ *       finished document, seg = 0: one row per (slot, feature), blob = the entries relative
+ *       to base 0 (below), n = their count (df without decoding).
+ *   segments(doc, seg, end) WITHOUT ROWID: (doc, 0, n_tokens) for a finished document.
  *   docmap(doc, blob) (schema 2): the passage and sentence boundaries of a finished document
  *       in one blob, so that a query reads one row instead of every passage row: per passage
  *       varint token length, varint byte length, varint byte count of its sents, its sents
@@ -37,12 +39,25 @@
  *
  * ## Finishing
  *
- * idx_writer_finish() merges the last pending chunks, then, in the same transaction,
- * rewrites the postings of a document of several segments as one segment [0, n_tokens)
- * (idx__compact: per slot, each feature's segment blobs are concatenated, the first gap of
- * each re-based, the rest copied unchanged), drops the rows of stop features (queries skip
- * them: the same scores, a smaller index) and writes its docmap row. A query then reads one
- * postings row per query feature and one docmap row, however long the document.
+ * idx_writer_finish() writes the last pending chunks as a segment, then, in the same
+ * transaction, concatenates each slot's segment blobs feature by feature into postings rows
+ * (idx__compact: streamed through IDX_COMPACT_BUF bytes per segment; each feature's first gap
+ * re-based, the rest copied unchanged), drops the rows of stop features (queries skip them:
+ * the same scores, a smaller index), deletes the segment blobs and writes its docmap row. A
+ * query then reads one postings row per query feature and one docmap row, however long the
+ * document.
+ *
+ * ## Group blobs (pending and segblobs rows)
+ *
+ * The postings of one slot over [base, lim), one group per feature, features increasing:
+ *
+ *   varint feature - previous feature - 1 (the first: feature)
+ *   varint n, the group's entry count (>= 1)
+ *   varint last - base, its last position
+ *   varint byte length of the entries
+ *   the entries (below) relative to base
+ *
+ * The count and last position let groups be concatenated without decoding them.
  *
  * ## Posting entries (a postings blob; a pending group)
  *
@@ -85,7 +100,7 @@
 
 #include "idx.h"
 
-#define IDX_SCHEMA_VERSION 2
+#define IDX_SCHEMA_VERSION 3
 #define IDX_SEG_TOKENS     16384        /* merge pending chunks at this many positions */
 #define IDX_MAX_SPAN       (1LL << 32)  /* positions of one blob lie in [base, base + this) */
 #define IDX_Q_ZERO         144
@@ -97,9 +112,8 @@
 #define IDX_MMAP_SIZE_STR  "1073741824" /* mmap for queries */
 #define IDX_QUERY_CACHE    "-16384"     /* page cache (KiB) outside a scan (store.c) */
 #define IDX_SCAN_CACHE     "-8192"      /* page cache (KiB) while a writer is open */
-#define IDX_COMPACT_TOKENS 131072       /* finishing: a slot's features merged in ranges of
-                                         * about this many tokens' worth of postings */
-extern int64_t idx__compact_tokens;     /* IDX_COMPACT_TOKENS; tests lower it */
+#define IDX_COMPACT_BUF    16384        /* finishing: read buffer per segment blob */
+extern size_t idx__compact_buf;         /* IDX_COMPACT_BUF; tests lower it */
 #define IDX_WAL_PAGES      "16384"      /* WAL auto-checkpoint (pages) while a writer is open */
 #ifndef IDX_PAGE_SIZE_STR
 #define IDX_PAGE_SIZE_STR  "4096"     /* new databases (64 KiB pages: 40% larger, no faster) */
@@ -158,9 +172,48 @@ int idx__bm25_doc(struct idx_db *db, int64_t doc, int64_t n_passages, int64_t ft
                   const char *text, size_t n_top, struct idx_bm25_hit **hits, size_t *n_hits,
                   struct s3_errinfo *err);
 
+/* ---- growable byte buffers, group blobs (compact.c) ---- */
+struct idx_buf {
+    uint8_t *p;
+    size_t n, cap;
+};
+int idx__buf_reserve(struct idx_buf *b, size_t extra);   /* S3_ENOMEM */
+int idx__buf_varint(struct idx_buf *b, uint64_t v);
+
+/* A group blob read group by group, from memory (blob NULL: [p, e) is all of it) or from a
+ * segblobs row through a buffer of cap bytes (cap >= 64). */
+struct idx_grp_rd {
+    const uint8_t *p, *e;
+    sqlite3_blob *blob;
+    int off, size;            /* read position and size of the blob */
+    uint8_t *buf;
+    size_t cap;
+    int64_t base, lim;        /* positions lie in [base, lim) */
+    /* the current group (after idx__grp_next) */
+    int have;
+    int32_t feat;
+    int64_t n, last;
+    uint64_t nbytes;
+};
+/* Read the next group header (r->have = 0 at the end). S3_EFORMAT, S3_EIO. */
+int idx__grp_next(struct idx_grp_rd *r);
+/* Called per feature with its concatenated entries (relative to out_base), count and last
+ * position; a non-zero return stops idx__grp_concat, which returns it. */
+typedef int (*idx_grp_emit_fn)(void *ud, int32_t feat, int64_t n, int64_t last,
+                               const uint8_t *entries, size_t nbytes);
+/* Concatenate parts (group blobs of consecutive position ranges, in position order; their
+ * readers positioned at the start, feat = -1) feature by feature; features with more than
+ * stop_n entries (stop_n > 0) are skipped. scratch holds one feature's entries. Returns 0,
+ * S3_EFORMAT, S3_ENOMEM, S3_EIO, or what emit returned. */
+int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base, int64_t stop_n,
+                    idx_grp_emit_fn emit, void *ud, struct idx_buf *scratch);
+/* Append one group to b. S3_ENOMEM. */
+int idx__grp_put(struct idx_buf *b, int32_t prev_feat, int32_t feat, int64_t n, int64_t last_rel,
+                 const uint8_t *entries, size_t nbytes);
+
 /* ---- finishing (compact.c) ---- */
-/* Rewrite the postings of doc's segments as one segment [0, n_tokens). Call inside a
- * transaction. Memory: one slot's postings at a time. */
+/* Concatenate doc's segment blobs into its postings rows [0, n_tokens) and delete them. Call
+ * inside a transaction. Memory: IDX_COMPACT_BUF per segment of one slot at a time. */
 int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_errinfo *err);
 /* Write the docmap row of doc from its passages. Call inside a transaction. */
 int idx__docmap_write(struct idx_db *db, int64_t doc, int64_t n_passages,

@@ -51,6 +51,16 @@ static const char *const migrations[] = {
     " PRIMARY KEY(doc, seg)) WITHOUT ROWID;",
     /* 1 -> 2 */
     "CREATE TABLE docmap(doc INTEGER PRIMARY KEY, blob BLOB NOT NULL);",
+    /* 2 -> 3: segment blobs; a scan in progress wrote the older pending format and segments:
+     * it cannot be resumed, so it fails with what to do */
+    "CREATE TABLE segblobs(id INTEGER PRIMARY KEY, layer INTEGER NOT NULL, head INTEGER NOT NULL,"
+    " seg INTEGER NOT NULL, end INTEGER NOT NULL, blob BLOB NOT NULL);"
+    "DELETE FROM pending;"
+    "DELETE FROM postings WHERE doc IN (SELECT id FROM documents WHERE status = 'scanning');"
+    "DELETE FROM segments WHERE doc IN (SELECT id FROM documents WHERE status = 'scanning');"
+    "UPDATE documents SET status = 'failed', finished = CAST(strftime('%s', 'now') AS INTEGER),"
+    " error = 'the scan was started by an older version of the index and cannot be resumed;"
+    " add the document again' WHERE status = 'scanning';",
 };
 
 int idx__sqlerr(struct idx_db *db, int rc, const char *what, struct s3_errinfo *err)
@@ -398,6 +408,7 @@ int idx_doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err)
         "DELETE FROM passages WHERE id BETWEEN ?1 AND ?2",
         "DELETE FROM postings WHERE doc = ?3",
         "DELETE FROM pending WHERE doc = ?3",
+        "DELETE FROM segblobs WHERE id BETWEEN ?1 AND ?2",
         "DELETE FROM segments WHERE doc = ?3",
         "DELETE FROM docmap WHERE doc = ?3",
         "DELETE FROM documents WHERE id = ?3",

@@ -995,6 +995,12 @@ out:
     if (sc->dev_sae)
         eng__cuda_sae_scan_drain(sc->dev_sae); /* a pass queued but not written is dropped */
     eng_ctx_set_cancel(sc->ctx, NULL);
+    if (w && rc < 0) {
+        /* stopped or failed: keep the chunks accepted so far (a resume starts after them) */
+        struct s3_errinfo e2 = {0};
+        if (idx_writer_flush(w, &e2) < 0)
+            S3_LOG(S3_LOG_WARN, "event=scan_flush_failed msg=\"%s\"", e2.msg);
+    }
     idx_writer_free(w);
     free(t.ids);
     free(t.off);
