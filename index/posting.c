@@ -1,6 +1,7 @@
 /* index/posting.c - the posting blob format (see index_int.h): varints and log-quantised
  * activations. */
 #include <math.h>
+#include <string.h>
 
 #include "index_int.h"
 
@@ -31,16 +32,35 @@ size_t idx__varint_get(const uint8_t *p, const uint8_t *end, uint64_t *v)
     return 0;
 }
 
+/* 2^((k - 0.5) / 12), k = 1..12, rounded to float: a mantissa m in [1, 2) at or above the
+ * k-th rounds 12 * log2(m) up to at least k. */
+static const float act_mid[12] = {
+    0x1.07805ap+0f, 0x1.172b84p+0f, 0x1.27c532p+0f, 0x1.395b92p+0f, 0x1.4bfdaep+0f, 0x1.5fbb6ep+0f,
+    0x1.74a5b0p+0f, 0x1.8ace54p+0f, 0x1.a24848p+0f, 0x1.bb279cp+0f, 0x1.d5818ep+0f, 0x1.f16ca2p+0f,
+};
+
+/* round(12 * log2(a)) + IDX_Q_ZERO clamped to 1..255, from the float's exponent and 12
+ * mantissa comparisons (a scan encodes every indexed feature of every token: log2f was a
+ * tenth of the writer's time). */
 uint8_t idx__act_encode(float a)
 {
     if (!(a > 0))
         return 1;
-    float q = roundf(log2f(a) * IDX_Q_STEPS) + (float)IDX_Q_ZERO;
-    if (!(q >= 1.0f))
-        return 1;
-    if (q > 255.0f)
-        return 255;
-    return (uint8_t)q;
+    uint32_t bits;
+    memcpy(&bits, &a, sizeof bits);
+    const int e = (int)((bits >> 23) & 0xff) - 127;
+    if (e < -20)
+        return 1; /* below code 1 (and subnormals) */
+    if (e > 20)
+        return 255; /* above code 255 (and infinity) */
+    const uint32_t mb = (bits & 0x7fffffu) | 0x3f800000u;
+    float m;
+    memcpy(&m, &mb, sizeof m);
+    int r = 0;
+    for (int k = 0; k < 12; k++)
+        r += m >= act_mid[k];
+    const int q = IDX_Q_ZERO + 12 * e + r;
+    return (uint8_t)(q < 1 ? 1 : q > 255 ? 255 : q);
 }
 
 float idx__act_decode(uint8_t q)

@@ -206,7 +206,9 @@ int idx_open(const char *path, const struct idx_open_opts *opts, struct idx_db *
     /* mmap reads spare a syscall per page on queries (writers turn it off while they live);
      * a 16 MiB page cache keeps the tree tops (64 MiB was no faster on a 1M-token document
      * and made a scan's memory grow with the document) */
+    /* (the WAL of a long scan can reach hundreds of MiB: it is cut back to 64 MiB when reset) */
     rc = idx__exec(db, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"
+                       " PRAGMA journal_size_limit=67108864;"
                        " PRAGMA mmap_size=" IDX_MMAP_SIZE_STR "; PRAGMA cache_size=" IDX_QUERY_CACHE ";", err);
     if (rc < 0)
         goto out;

@@ -148,9 +148,11 @@ static void *ckpt_main(void *arg)
 {
     struct idx_writer *w = arg;
     pthread_mutex_lock(&w->ck_mu);
-    while (!w->ck_stop) {
+    for (;;) {
         while (!w->ck_kick && !w->ck_stop)
             pthread_cond_wait(&w->ck_cv, &w->ck_mu);
+        if (!w->ck_kick)
+            break; /* stopped with nothing left to copy (a last kick is served first) */
         w->ck_kick = 0;
         pthread_mutex_unlock(&w->ck_mu);
         /* SQLITE_BUSY (another checkpoint, a lock) only means: next time */
@@ -174,6 +176,10 @@ static int ckpt_start(struct idx_writer *w)
         return -1;
     }
     sqlite3_busy_timeout(w->ck_db, 0);
+    /* a connection opens the WAL with its first read; until then it checkpoints nothing */
+    if (sqlite3_exec(w->ck_db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL) !=
+        SQLITE_OK)
+        goto fail_db;
     if (pthread_mutex_init(&w->ck_mu, NULL) != 0)
         goto fail_db;
     if (pthread_cond_init(&w->ck_cv, NULL) != 0)

@@ -59,12 +59,14 @@ log bench-135m
 $B/bench_cuda/s3cuda_bench synth --shape smollm2-135m --type q4_1 --out $M/smol.gguf
 timeout ${INGEST_TIMEOUT:-240} $B/bench_cuda/s3cuda_bench ingest --model $M/smol.gguf --label smollm2-135m --tokens ${INGEST_TOKENS:-1048576} \
   --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee $OUT/ingest_135m.jsonl
+irc=${PIPESTATUS[0]}; [ $irc = 0 ] || echo "ingest 135m FAILED (exit $irc)"
 [ "${SCAN_135M:-1}" = 1 ] && $B/bench_cuda/s3cuda_bench scan --model $M/smol.gguf --label smollm2-135m --tokens ${TOKENS_135M:-32768,131072,1048576} \
   --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --compare 1 2>&1 | tee $OUT/bench_135m.jsonl
 log bench-8b
 $B/bench_cuda/s3cuda_bench synth --shape llama3-8b --type q4_1 --out $M/l8b.gguf
 timeout ${INGEST_TIMEOUT:-240} $B/bench_cuda/s3cuda_bench ingest --model $M/l8b.gguf --label llama3-8b --tokens ${INGEST_TOKENS:-1048576} \
   --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee $OUT/ingest_8b.jsonl
+irc=${PIPESTATUS[0]}; [ $irc = 0 ] || echo "ingest 8b FAILED (exit $irc)"
 [ "${SCAN_8B:-1}" = 1 ] && $B/bench_cuda/s3cuda_bench scan --model $M/l8b.gguf --label llama3-8b --tokens ${TOKENS_8B:-32768,131072,1048576} \
   --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --compare 1 2>&1 | tee $OUT/bench_8b.jsonl
 rm -f $M/l8b.gguf

@@ -205,6 +205,25 @@ START_TEST(test_act_quant)
         float r = idx__act_decode(idx__act_encode(a));
         ck_assert_msg(fabsf(r - a) / a <= 0.0295f, "a=%g -> %g", a, r);
     }
+    /* the code is round(12 log2 a) + IDX_Q_ZERO (clamped), computed here in double: equal
+     * everywhere but within float rounding of a half step */
+    int ties = 0;
+    for (double a = 1e-5; a < 3000.0; a *= 1.0003) {
+        const float af = (float)a;
+        const double x = 12.0 * log2((double)af);
+        double want = floor(x + 0.5) + IDX_Q_ZERO;
+        want = want < 1 ? 1 : want > 255 ? 255 : want;
+        if ((double)idx__act_encode(af) != want) {
+            ck_assert_msg(fabs(x - floor(x) - 0.5) < 1e-5, "a=%.9g code %u want %g", a,
+                          idx__act_encode(af), want);
+            ties++;
+        }
+    }
+    ck_assert_int_le(ties, 2);
+    ck_assert_uint_eq(idx__act_encode(0x1.07805ap+0f), IDX_Q_ZERO + 1);  /* the first mid */
+    ck_assert_uint_eq(idx__act_encode(0x1.078058p+0f), IDX_Q_ZERO);      /* just below */
+    ck_assert_uint_eq(idx__act_encode(INFINITY), 255);
+    ck_assert_uint_eq(idx__act_encode(0x1p-149f), 1);                     /* subnormal */
 }
 END_TEST
 
