@@ -186,14 +186,19 @@ struct seg_row {
     int layer, head;
 };
 
+int idx__cmp_slot_pos(int l1, int h1, int64_t p1, int l2, int h2, int64_t p2)
+{
+    if (l1 != l2)
+        return (l1 > l2) - (l1 < l2);
+    if (h1 != h2)
+        return (h1 > h2) - (h1 < h2);
+    return (p1 > p2) - (p1 < p2);
+}
+
 static int cmp_seg_row(const void *a, const void *b)
 {
     const struct seg_row *x = a, *y = b;
-    if (x->layer != y->layer)
-        return (x->layer > y->layer) - (x->layer < y->layer);
-    if (x->head != y->head)
-        return (x->head > y->head) - (x->head < y->head);
-    return (x->seg > y->seg) - (x->seg < y->seg);
+    return idx__cmp_slot_pos(x->layer, x->head, x->seg, y->layer, y->head, y->seg);
 }
 
 struct emit_row {
@@ -321,20 +326,8 @@ close:
         "DELETE FROM segments WHERE doc = ?3",
         "INSERT INTO segments(doc, seg, end) VALUES(?3, 0, ?4)",
     };
-    for (size_t k = 0; k < sizeof fin / sizeof fin[0]; k++) {
-        sqlite3_finalize(st);
-        rc = idx__prepare(db, fin[k], &st, err);
-        if (rc < 0)
-            goto out;
-        sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(doc, 0));
-        sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(doc, 0xffffffffLL));
-        sqlite3_bind_int64(st, 3, doc);
-        sqlite3_bind_int64(st, 4, n_tokens);
-        if ((src = sqlite3_step(st)) != SQLITE_DONE) {
-            rc = idx__sqlerr(db, src, "index: compact segments", err);
-            goto out;
-        }
-    }
+    rc = idx__exec_doc(db, fin, sizeof fin / sizeof fin[0], doc, n_tokens,
+                       "index: compact segments", err);
 out:
     sqlite3_finalize(st);
     sqlite3_finalize(ins);

@@ -131,6 +131,10 @@ struct idx_db {
 int idx__sqlerr(struct idx_db *db, int rc, const char *what, struct s3_errinfo *err);
 int idx__exec(struct idx_db *db, const char *sql, struct s3_errinfo *err);
 int idx__prepare(struct idx_db *db, const char *sql, sqlite3_stmt **st, struct s3_errinfo *err);
+/* Run n statements, each bound with ?1..?2 = doc's rowid range (IDX_PASSAGE_ID(doc, 0 ..
+ * 0xffffffff)), ?3 = doc, ?4 = v; a failure is reported as "what: ...". */
+int idx__exec_doc(struct idx_db *db, const char *const *sql, size_t n, int64_t doc, int64_t v,
+                  const char *what, struct s3_errinfo *err);
 
 /* ---- varints and activation codes (posting.c) ---- */
 /* Append v to buf (at most 10 bytes); returns bytes written. */
@@ -210,6 +214,9 @@ int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base, 
 /* Append one group to b. S3_ENOMEM. */
 int idx__grp_put(struct idx_buf *b, int32_t prev_feat, int32_t feat, int64_t n, int64_t last_rel,
                  const uint8_t *entries, size_t nbytes);
+
+/* Order of (layer, head, position) triples, as a qsort comparator's result. */
+int idx__cmp_slot_pos(int l1, int h1, int64_t p1, int l2, int h2, int64_t p2);
 
 /* ---- finishing (compact.c) ---- */
 /* Concatenate doc's segment blobs into its postings rows [0, n_tokens) and delete them. Call

@@ -98,6 +98,26 @@ int idx__exec(struct idx_db *db, const char *sql, struct s3_errinfo *err)
     return 0;
 }
 
+int idx__exec_doc(struct idx_db *db, const char *const *sql, size_t n, int64_t doc, int64_t v,
+                  const char *what, struct s3_errinfo *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_stmt *st = NULL;
+        int rc = idx__prepare(db, sql[i], &st, err);
+        if (rc < 0)
+            return rc;
+        sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(doc, 0));
+        sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(doc, 0xffffffffLL));
+        sqlite3_bind_int64(st, 3, doc);
+        sqlite3_bind_int64(st, 4, v);
+        int src = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (src != SQLITE_DONE)
+            return idx__sqlerr(db, src, what, err);
+    }
+    return 0;
+}
+
 int idx__prepare(struct idx_db *db, const char *sql, sqlite3_stmt **st, struct s3_errinfo *err)
 {
     int rc = sqlite3_prepare_v2(db->db, sql, -1, st, NULL);
@@ -415,21 +435,10 @@ int idx_doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err)
         "DELETE FROM docmap WHERE doc = ?3",
         "DELETE FROM documents WHERE id = ?3",
     };
-    for (size_t i = 0; i < sizeof dels / sizeof dels[0]; i++) {
-        sqlite3_stmt *st = NULL;
-        rc = idx__prepare(db, dels[i], &st, err);
-        if (rc < 0)
-            goto out;
-        sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(id, 0));
-        sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(id, 0xffffffffLL));
-        sqlite3_bind_int64(st, 3, id);
-        int src = sqlite3_step(st);
-        sqlite3_finalize(st);
-        if (src != SQLITE_DONE) {
-            rc = idx__sqlerr(db, src, "index: delete document", err);
-            goto out;
-        }
-    }
+    rc = idx__exec_doc(db, dels, sizeof dels / sizeof dels[0], id, 0, "index: delete document",
+                       err);
+    if (rc < 0)
+        goto out;
     rc = idx__exec(db, "COMMIT", err);
 out:
     if (rc < 0)

@@ -555,11 +555,7 @@ static int load_pending(struct idx_writer *w, struct s3_errinfo *err)
 static int cmp_part(const void *a, const void *b)
 {
     const struct mpart *x = a, *y = b;
-    if (x->layer != y->layer)
-        return (x->layer > y->layer) - (x->layer < y->layer);
-    if (x->head != y->head)
-        return (x->head > y->head) - (x->head < y->head);
-    return (x->tok0 > y->tok0) - (x->tok0 < y->tok0);
+    return idx__cmp_slot_pos(x->layer, x->head, x->tok0, y->layer, y->head, y->tok0);
 }
 
 struct seg_out {
