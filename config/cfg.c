@@ -29,7 +29,7 @@ static const struct cfg_key cfg_keys[] = {
     {"model", CFG_STR, F(model), SZ(model), 0, 0, "GGUF model file"},
     {"model_id", CFG_STR, F(model_id), SZ(model_id), 0, 0,
      "model name clients use (default: file name without .gguf)"},
-    {"device", CFG_STR, F(device), SZ(device), 0, 0, "compute device: cpu or cuda"},
+    {"device", CFG_STR, F(device), SZ(device), 0, 0, "compute device: cpu, cpu-f32 (f32 activations: the reference math, slower) or cuda"},
     {"db", CFG_STR, F(db), SZ(db), 0, 0, "index database file"},
     {"config", CFG_STR, F(config), SZ(config), 0, 0, "JSON configuration file"},
     {"api_keys", CFG_KEYS, F(api_keys), 0, 0, 0,
@@ -583,8 +583,10 @@ int cfg_validate(const struct cfg *c, struct s3_errinfo *err)
         return s3_errf(err, S3_EINVAL, "model: must not be empty");
     if (!c->model_id[0])
         return s3_errf(err, S3_EINVAL, "model_id: must not be empty");
-    if (strcmp(c->device, "cpu") != 0 && strcmp(c->device, "cuda") != 0)
-        return s3_errf(err, S3_EINVAL, "device: must be cpu or cuda, got '%s'", c->device);
+    if (strcmp(c->device, "cpu") != 0 && strcmp(c->device, "cpu-f32") != 0 &&
+        strcmp(c->device, "cuda") != 0)
+        return s3_errf(err, S3_EINVAL, "device: must be cpu, cpu-f32 or cuda, got '%s'",
+                       c->device);
     for (const char *p = c->model_id; *p; p++)
         if ((unsigned char)*p < 0x21 || *p == '"' || *p == '\\')
             return s3_errf(err, S3_EINVAL, "model_id: spaces, quotes and control characters "

@@ -46,7 +46,10 @@ struct eng_hparams {
 
 struct eng_model_opts {
     int n_threads;       /* 0 = all online cores */
-    const char *device;  /* "cpu" (default) or "cuda" */
+    const char *device;  /* "cpu" (default), "cpu-f32" (cpu with f32_act) or "cuda" */
+    int f32_act;         /* CPU: multiply the dequantised weights by f32 activations instead of
+                          * 8-bit ones (the reference path: about as exact as the GPU's fp16
+                          * GEMMs with fp32 sums; several times slower) */
 };
 
 struct eng_model;

@@ -34,6 +34,7 @@ struct eng_model {
     float *rope_ff;              /* (n_rot/2) frequency divisors or NULL, owned */
     int n_rot;                   /* rotated dims per head */
     int n_threads;
+    int f32_act;                 /* eng_model_opts.f32_act (CPU) */
     size_t weight_bytes;         /* repacked weights */
     struct eng_cuda_model *cuda; /* device copy of the weights when device = "cuda", owned */
 };
@@ -55,6 +56,8 @@ struct eng_ctx {
     float *att;                  /* (n_ub, n_head*head_dim) attention output */
     float *gate, *up;            /* (n_ub, n_ff) */
     float *attn_scratch;         /* (n_threads, 4*kv_stride) */
+    float *f32_rows;             /* m->f32_act: (n_threads, 16 * max columns) dequantised rows */
+    int f32_cols;                /* max columns of a matrix input */
     struct krn_qact act_embd;    /* (n_ub, n_embd) */
     struct krn_qact act_att;     /* (n_ub, n_head*head_dim) */
     struct krn_qact act_ff;      /* (n_ub, n_ff) */

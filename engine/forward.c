@@ -18,7 +18,9 @@
  * n = 1. Every step is one task of the context's thread pool: matrices split by rows,
  * per-token work by tokens, attention by (head, 4 queries); for a few tokens (decode) the
  * per-token steps run on the calling thread, which saves four pool hand-offs per layer.
- * No allocation per token. */
+ * No allocation per token. With eng_model_opts.f32_act (device "cpu-f32") the matrices are
+ * multiplied by the f32 activations instead of their int8 copies (matmul_f32): the reference
+ * math, within float rounding of a double computation, for comparing devices. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +51,7 @@ struct job {
     float *y[3];
     int ldy[3];
     const struct krn_qact *act;
+    const float *xf;     /* the same activations in f32, (n, n_cols) (m->f32_act) */
     /* PH_QUANT */
     const float *src;
     struct krn_qact *qdst;
@@ -58,6 +61,31 @@ static void split(int n, int ith, int nth, int *a, int *b)
 {
     *a = (int)((long long)n * ith / nth);
     *b = (int)((long long)n * (ith + 1) / nth);
+}
+
+/* y[t*ldy + r] = W_r . x_t for rows lo <= r < hi, in f32 from the dequantised rows (16 at a
+ * time into rows: 16 * n_cols floats): the reference path (eng_model_opts.f32_act). */
+static void matmul_f32(const struct krn_qmat *w, const float *x, int n, float *y, int ldy,
+                       int lo, int hi, float *rows)
+{
+    const int nc = w->n_cols;
+    for (int r0 = lo; r0 < hi; r0 += 16) {
+        const int nr = hi - r0 < 16 ? hi - r0 : 16;
+        for (int i = 0; i < nr; i++)
+            krn_qmat_row(w, r0 + i, rows + (size_t)i * nc);
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + (size_t)t * nc;
+            for (int i = 0; i < nr; i++) {
+                const float *wr = rows + (size_t)i * nc;
+                float s[8] = {0};
+                for (int k = 0; k < nc; k += 8) /* n_cols is a multiple of 32 */
+                    for (int l = 0; l < 8; l++)
+                        s[l] += wr[k + l] * xt[k + l];
+                y[(size_t)t * ldy + r0 + i] = ((s[0] + s[1]) + (s[2] + s[3])) +
+                                              ((s[4] + s[5]) + (s[6] + s[7]));
+            }
+        }
+    }
 }
 
 static void fp16_store(uint16_t *dst, float v)
@@ -103,7 +131,10 @@ static void task(void *ud, int ith, int nth)
             const int rows = j->w[i]->n_rows;
             const int lo = a > base ? a - base : 0;
             const int hi = b - base < rows ? b - base : rows;
-            if (lo < hi)
+            if (lo < hi && m->f32_act)
+                matmul_f32(j->w[i], j->xf, j->n, j->y[i], j->ldy[i], lo, hi,
+                           c->f32_rows + (size_t)ith * 16 * c->f32_cols);
+            else if (lo < hi)
                 krn_qmatmul(j->w[i], j->act, j->n, j->y[i], j->ldy[i], lo, hi);
             base += rows;
         }
@@ -191,11 +222,12 @@ static void run(struct eng_ctx *c, struct job *j, enum phase ph)
         krn_pool_run(c->pool, task, j);
 }
 
-static void run_matmul(struct eng_ctx *c, struct job *j, const struct krn_qact *act, int n_mat,
-                       const struct krn_qmat *w0, float *y0, const struct krn_qmat *w1, float *y1,
-                       const struct krn_qmat *w2, float *y2)
+static void run_matmul(struct eng_ctx *c, struct job *j, const struct krn_qact *act,
+                       const float *xf, int n_mat, const struct krn_qmat *w0, float *y0,
+                       const struct krn_qmat *w1, float *y1, const struct krn_qmat *w2, float *y2)
 {
     j->act = act;
+    j->xf = xf;
     j->n_mat = n_mat;
     j->w[0] = w0, j->y[0] = y0, j->ldy[0] = w0->n_rows;
     if (w1)
@@ -247,7 +279,7 @@ static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float
         j.normw = ly->attn_norm;
         j.t0 = 0;
         run(c, &j, PH_NORM);
-        run_matmul(c, &j, &c->act_embd, 3, &ly->wq, c->q, &ly->wk, c->k, &ly->wv, c->v);
+        run_matmul(c, &j, &c->act_embd, c->xn, 3, &ly->wq, c->q, &ly->wk, c->k, &ly->wv, c->v);
         if (ly->bq || ly->bk || ly->bv)
             run(c, &j, PH_BIAS);
         if (c->hook && il < 64 && (c->hook_mask >> il) & 1) {
@@ -261,13 +293,13 @@ static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float
         j.src = c->att;
         j.qdst = &c->act_att;
         run(c, &j, PH_QUANT);
-        run_matmul(c, &j, &c->act_att, 1, &ly->wo, c->tmp, NULL, NULL, NULL, NULL);
+        run_matmul(c, &j, &c->act_att, c->att, 1, &ly->wo, c->tmp, NULL, NULL, NULL, NULL);
         j.add_tmp = 1;
         j.normw = ly->ffn_norm;
         run(c, &j, PH_NORM);
-        run_matmul(c, &j, &c->act_embd, 2, &ly->w_gate, c->gate, &ly->w_up, c->up, NULL, NULL);
+        run_matmul(c, &j, &c->act_embd, c->xn, 2, &ly->w_gate, c->gate, &ly->w_up, c->up, NULL, NULL);
         run(c, &j, PH_SWIGLU);
-        run_matmul(c, &j, &c->act_ff, 1, &ly->w_down, c->tmp, NULL, NULL, NULL, NULL);
+        run_matmul(c, &j, &c->act_ff, c->gate, 1, &ly->w_down, c->tmp, NULL, NULL, NULL, NULL);
     }
     if (logits_last || logits_all) {
         /* final norm on the rows asked for, then the head on those rows only */
@@ -280,7 +312,8 @@ static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float
         if (j.t0 > 0)
             krn_qact_move_row(&c->act_embd, 0, j.t0); /* t0 = n-1: one row */
         j.n = n_out;
-        run_matmul(c, &j, &c->act_embd, 1, &m->output, logits_all ? logits_all : logits_last,
+        run_matmul(c, &j, &c->act_embd, c->xn + (size_t)j.t0 * d, 1, &m->output,
+                   logits_all ? logits_all : logits_last,
                    NULL, NULL, NULL, NULL);
         if (logits_all && logits_last)
             memcpy(logits_last, logits_all + (size_t)(n - 1) * hp->n_vocab,
@@ -387,8 +420,13 @@ int eng_ctx_new(const struct eng_model *m, const struct eng_ctx_opts *opts, stru
     c->gate = zalloc((size_t)n_ub * ff, sizeof(float));
     c->up = zalloc((size_t)n_ub * ff, sizeof(float));
     c->attn_scratch = zalloc((size_t)nth * 4 * (size_t)c->kv_stride, sizeof(float));
+    if (m->f32_act) {
+        c->f32_cols = (int)(d > dq ? (d > ff ? d : ff) : (dq > ff ? dq : ff));
+        c->f32_rows = zalloc((size_t)nth * 16 * (size_t)c->f32_cols, sizeof(float));
+    }
     if (!c->kc || !c->vc || !c->rope_cs || !c->x || !c->xn || !c->tmp || !c->q || !c->k ||
-        !c->v || !c->att || !c->gate || !c->up || !c->attn_scratch) {
+        !c->v || !c->att || !c->gate || !c->up || !c->attn_scratch ||
+        (m->f32_act && !c->f32_rows)) {
         rc = S3_ENOMEM;
         goto out;
     }
@@ -427,6 +465,7 @@ void eng_ctx_free(struct eng_ctx *c)
     free(c->gate);
     free(c->up);
     free(c->attn_scratch);
+    free(c->f32_rows);
     krn_qact_deinit(&c->act_embd);
     krn_qact_deinit(&c->act_att);
     krn_qact_deinit(&c->act_ff);

@@ -263,8 +263,9 @@ int eng_model_load(const char *path, const struct eng_model_opts *opts, struct e
     if (!path)
         return s3_errf(err, S3_EINVAL, "model: no path");
     const int want_cuda = opts && opts->device && strcmp(opts->device, "cuda") == 0;
-    if (opts && opts->device && strcmp(opts->device, "cpu") != 0 && !want_cuda)
-        return s3_errf(err, S3_EINVAL, "model: unknown device '%s' (use cpu or cuda)",
+    const int cpu_f32 = opts && opts->device && strcmp(opts->device, "cpu-f32") == 0;
+    if (opts && opts->device && strcmp(opts->device, "cpu") != 0 && !want_cuda && !cpu_f32)
+        return s3_errf(err, S3_EINVAL, "model: unknown device '%s' (use cpu, cpu-f32 or cuda)",
                        opts->device);
     if (want_cuda && !eng__cuda_available())
         return s3_errf(err, S3_EDEVICE,
@@ -274,6 +275,7 @@ int eng_model_load(const char *path, const struct eng_model_opts *opts, struct e
     if (!m)
         return s3_errf(err, S3_ENOMEM, "model: out of memory");
     m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : krn_n_cpus();
+    m->f32_act = (opts && opts->f32_act) || cpu_f32;
     if ((rc = eng_gguf_open(path, &m->g, err)) < 0)
         goto out;
     L.g = m->g;

@@ -238,7 +238,7 @@ int cli_generate(int argc, char **argv)
             printf("usage: s3serve generate [--model M] [--prompt TEXT | stdin] [--chat]\n"
                    "         [--system TEXT] [--max-tokens N] [--temperature T] [--top-p P]\n"
                    "         [--top-k K] [--seed S] [--stop STR]... [--threads N] [--verbose]\n"
-                   "         [--device cpu|cuda]\n"
+                   "         [--device cpu|cpu-f32|cuda]\n"
                    "  prints only the completion; --chat wraps the prompt as one user turn\n"
                    "  in the model's chat template; --verbose adds timings on stderr\n");
             return 0;

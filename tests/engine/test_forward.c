@@ -307,12 +307,62 @@ static void ref_matvec(const struct eng_gguf_tensor *t, const float *x, int n_in
     free(row);
 }
 
+/* Layer-0 K and Q of tokens ids[0..n), computed independently (rmsnorm of the dequantised
+ * embedding through the dequantised matrices, sums in double), against k0, q0 (n rows):
+ * the largest error of any row relative to that row's largest magnitude. */
+static void layer0_err(const int32_t *ids, int n, const float *k0, const float *q0, float *kerr,
+                       float *qerr)
+{
+    const struct eng_hparams *hp = eng_model_hparams(g_model);
+    const int d = hp->n_embd, dkv = hp->n_head_kv * hp->head_dim, dq = hp->n_head * hp->head_dim;
+    struct s3_errinfo err = {0};
+    struct eng_gguf *g = NULL;
+    char *path = s3t_root_path(S3T_MODEL_REL);
+    ck_assert_int_eq(eng_gguf_open(path, &g, &err), 0);
+    free(path);
+    const struct eng_gguf_tensor *te = eng_gguf_tensor_by_name(g, "token_embd.weight");
+    const struct eng_gguf_tensor *tn = eng_gguf_tensor_by_name(g, "blk.0.attn_norm.weight");
+    const struct eng_gguf_tensor *tk = eng_gguf_tensor_by_name(g, "blk.0.attn_k.weight");
+    const struct eng_gguf_tensor *tq = eng_gguf_tensor_by_name(g, "blk.0.attn_q.weight");
+    ck_assert(te && tn && tk && tq && tn->type == 0);
+    float *x = malloc((size_t)d * sizeof(float)), *kr = malloc((size_t)dkv * sizeof(float));
+    float *qr = malloc((size_t)dq * sizeof(float));
+    ck_assert(x && kr && qr);
+    *kerr = *qerr = 0;
+    for (int t = 0; t < n; t++) {
+        const size_t rb = krn_type_row_bytes(te->type, d);
+        ck_assert_int_eq(krn_dequant(te->type, (const uint8_t *)te->data + ids[t] * rb, x, d), 0);
+        double ss = 0;
+        for (int i = 0; i < d; i++)
+            ss += (double)x[i] * x[i];
+        const float sc = (float)(1.0 / sqrt(ss / d + hp->rms_eps));
+        for (int i = 0; i < d; i++)
+            x[i] = x[i] * sc * ((const float *)tn->data)[i];
+        ref_matvec(tk, x, d, dkv, kr);
+        ref_matvec(tq, x, d, dq, qr);
+        float kmax = 0, ke = 0, qmax = 0, qe = 0;
+        for (int i = 0; i < dkv; i++) {
+            kmax = fmaxf(kmax, fabsf(kr[i]));
+            ke = fmaxf(ke, fabsf(kr[i] - k0[(size_t)t * dkv + i]));
+        }
+        for (int i = 0; i < dq; i++) {
+            qmax = fmaxf(qmax, fabsf(qr[i]));
+            qe = fmaxf(qe, fabsf(qr[i] - q0[(size_t)t * dq + i]));
+        }
+        *kerr = fmaxf(*kerr, ke / kmax);
+        *qerr = fmaxf(*qerr, qe / qmax);
+    }
+    free(x);
+    free(kr);
+    free(qr);
+    eng_gguf_close(g);
+}
+
 START_TEST(qk_hook_sees_pre_rope_projections)
 {
     if (!have_model())
         return;
     const struct eng_hparams *hp = eng_model_hparams(g_model);
-    const int d = hp->n_embd, dkv = hp->n_head_kv * hp->head_dim, dq = hp->n_head * hp->head_dim;
     enum { N = 6 };
     const int32_t ids[N] = {1, 504, 3400, 28, 19934, 30};
     struct eng_ctx *c = new_ctx(64, 0);
@@ -330,44 +380,11 @@ START_TEST(qk_hook_sees_pre_rope_projections)
     ck_assert_int_eq(rec.pos0, 2);
     ck_assert_int_eq(rec.n_tokens, N - 2);
 
-    /* independent layer-0 K and Q: rmsnorm(embedding) through the dequantised matrices */
-    struct s3_errinfo err = {0};
-    struct eng_gguf *g = NULL;
-    char *path = s3t_root_path(S3T_MODEL_REL);
-    ck_assert_int_eq(eng_gguf_open(path, &g, &err), 0);
-    free(path);
-    const struct eng_gguf_tensor *te = eng_gguf_tensor_by_name(g, "token_embd.weight");
-    const struct eng_gguf_tensor *tn = eng_gguf_tensor_by_name(g, "blk.0.attn_norm.weight");
-    const struct eng_gguf_tensor *tk = eng_gguf_tensor_by_name(g, "blk.0.attn_k.weight");
-    const struct eng_gguf_tensor *tq = eng_gguf_tensor_by_name(g, "blk.0.attn_q.weight");
-    ck_assert(te && tn && tk && tq && tn->type == 0);
-    float *x = malloc((size_t)d * sizeof(float)), *kr = malloc((size_t)dkv * sizeof(float));
-    float *qr = malloc((size_t)dq * sizeof(float));
-    ck_assert(x && kr && qr);
-    for (int t = 2; t < N; t++) {
-        const size_t rb = krn_type_row_bytes(te->type, d);
-        ck_assert_int_eq(krn_dequant(te->type, (const uint8_t *)te->data + ids[t] * rb, x, d), 0);
-        double ss = 0;
-        for (int i = 0; i < d; i++)
-            ss += (double)x[i] * x[i];
-        const float sc = (float)(1.0 / sqrt(ss / d + hp->rms_eps));
-        for (int i = 0; i < d; i++)
-            x[i] = x[i] * sc * ((const float *)tn->data)[i];
-        ref_matvec(tk, x, d, dkv, kr);
-        ref_matvec(tq, x, d, dq, qr);
-        /* int8 activations: error well below 2% of the row's scale */
-        float kmax = 0, kerr = 0, qmax = 0, qerr = 0;
-        for (int i = 0; i < dkv; i++) {
-            kmax = fmaxf(kmax, fabsf(kr[i]));
-            kerr = fmaxf(kerr, fabsf(kr[i] - rec.k0[(size_t)(t - 2) * dkv + i]));
-        }
-        for (int i = 0; i < dq; i++) {
-            qmax = fmaxf(qmax, fabsf(qr[i]));
-            qerr = fmaxf(qerr, fabsf(qr[i] - rec.q0[(size_t)(t - 2) * dq + i]));
-        }
-        ck_assert_msg(kerr < 0.02f * kmax, "token %d: K err %.4f (max %.3f)", t, kerr, kmax);
-        ck_assert_msg(qerr < 0.02f * qmax, "token %d: Q err %.4f (max %.3f)", t, qerr, qmax);
-    }
+    /* independent layer-0 K and Q: int8 activations, error well below 2% of the row's scale */
+    float kerr, qerr;
+    layer0_err(ids + 2, N - 2, rec.k0, rec.q0, &kerr, &qerr);
+    ck_assert_msg(kerr < 0.02f, "K err %.4f of the row's max", kerr);
+    ck_assert_msg(qerr < 0.02f, "Q err %.4f of the row's max", qerr);
     /* a hook's nonzero return cancels the pass */
     rec.cancel_at = 7;
     rec.calls = 0;
@@ -380,13 +397,59 @@ START_TEST(qk_hook_sees_pre_rope_projections)
     eng_ctx_reset(c);
     ck_assert_int_eq(eng_ctx_prefill(c, ids, 2, NULL, NULL), S3_ECANCELED);
     eng_ctx_set_cancel(c, NULL);
-    free(x);
-    free(kr);
-    free(qr);
     free(rec.k0);
     free(rec.q0);
-    eng_gguf_close(g);
     eng_ctx_free(c);
+}
+END_TEST
+
+/* The f32 reference path (eng_model_opts.f32_act): layer-0 K and Q within float rounding of
+ * the double reference (the int8 path is ~100x further away), and the same greedy choices as
+ * the int8 path wherever those are not near ties. */
+START_TEST(f32_activations_are_exact)
+{
+    if (!have_model())
+        return;
+    struct s3_errinfo err = {0};
+    struct eng_model *mf = NULL;
+    char *path = s3t_root_path(S3T_MODEL_REL);
+    struct eng_model_opts mo = {.n_threads = 2, .f32_act = 1};
+    ck_assert_msg(eng_model_load(path, &mo, &mf, &err) == 0, "%s", err.msg);
+    free(path);
+    enum { N = 5 };
+    const int32_t ids[N] = {504, 3400, 28, 19934, 30};
+    struct eng_ctx *cf = NULL, *c8 = new_ctx(64, 0);
+    struct eng_ctx_opts co = {.n_ctx = 64};
+    ck_assert_int_eq(eng_ctx_new(mf, &co, &cf, &err), 0);
+    struct hook_rec rf = {.cancel_at = -1}, r8 = {.cancel_at = -1};
+    eng_ctx_set_qk_hook(cf, hook_fn, &rf, 1);
+    eng_ctx_set_qk_hook(c8, hook_fn, &r8, 1);
+    float *lf = malloc((size_t)N * g_nv * sizeof(float)), *l8 = malloc((size_t)N * g_nv *
+                                                                        sizeof(float));
+    ck_assert(lf && l8);
+    ck_assert_int_eq(eng_ctx_prefill(cf, ids, N, NULL, lf), 0);
+    ck_assert_int_eq(eng_ctx_prefill(c8, ids, N, NULL, l8), 0);
+    float kf, qf, k8, q8;
+    layer0_err(ids, N, rf.k0, rf.q0, &kf, &qf);
+    layer0_err(ids, N, r8.k0, r8.q0, &k8, &q8);
+    fprintf(stderr, "layer 0 vs double reference (of the row's max): f32 path K %.2e Q %.2e, "
+                    "int8 path K %.2e Q %.2e\n", kf, qf, k8, q8);
+    ck_assert_msg(kf < 1e-5f && qf < 1e-5f, "f32 path: K %.2e Q %.2e", kf, qf);
+    ck_assert(k8 > 10 * kf && q8 > 10 * qf);
+    for (int t = 0; t < N; t++) {
+        const float *a = lf + (size_t)t * g_nv, *b = l8 + (size_t)t * g_nv;
+        const int32_t ta = argmax(a, g_nv), tb = argmax(b, g_nv);
+        ck_assert_msg(ta == tb || b[tb] - b[ta] < 1.0f, "pos %d: f32 %d int8 %d", t, ta, tb);
+    }
+    /* decode goes the same way (one token) */
+    ck_assert_int_eq(eng_ctx_decode(cf, 30, lf), 0);
+    ck_assert_int_eq(eng_ctx_decode(c8, 30, l8), 0);
+    free(lf);
+    free(l8);
+    free(rf.k0), free(rf.q0), free(r8.k0), free(r8.q0);
+    eng_ctx_free(cf);
+    eng_ctx_free(c8);
+    eng_model_free(mf);
 }
 END_TEST
 
@@ -561,6 +624,7 @@ static Suite *forward_suite(void)
     tcase_add_test(tc, logits_match_llama_cpp);
     tcase_add_test(tc, prefill_pieces_equal_one_shot);
     tcase_add_test(tc, qk_hook_sees_pre_rope_projections);
+    tcase_add_test(tc, f32_activations_are_exact);
     tcase_add_test(tc, scan_mode_keeps_hooked_projections);
     tcase_add_test(tc, generate_greedy_stop_and_cancel);
     suite_add_tcase(s, tc);

@@ -130,7 +130,11 @@ START_TEST(bad_inputs)
     ck_assert_int_eq(load(&c, 3, a9, &err), S3_EINVAL);
     const char *a11[] = {"serve", "--device", "tpu"};
     ck_assert_int_eq(load(&c, 3, a11, &err), S3_EINVAL);
-    ck_assert_str_eq(err.msg, "device: must be cpu or cuda, got 'tpu'");
+    ck_assert_str_eq(err.msg, "device: must be cpu, cpu-f32 or cuda, got 'tpu'");
+    const char *a12[] = {"serve", "--device", "cpu-f32"};
+    ck_assert_int_eq(load(&c, 3, a12, &err), 0);
+    ck_assert_str_eq(c.device, "cpu-f32");
+    cfg_deinit(&c);
     const char *env[] = {"S3_PORT=abc", NULL};
     env_set(env);
     const char *a10[] = {"serve"};
