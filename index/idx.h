@@ -172,6 +172,18 @@ int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err);
 int idx_writer_fail(struct idx_writer *w, const char *why, struct s3_errinfo *err);
 int64_t idx_writer_doc(const struct idx_writer *w);
 void idx_writer_state(const struct idx_writer *w, struct idx_scan_state *st);
+/* A writer on its own thread: idx_async_add() copies a chunk into a queue of depth chunks
+ * (waiting while it is full) and returns; the thread writes them in order with
+ * idx_writer_add(). From idx_async_start() to idx_async_end() the writer and its database
+ * belong to that thread: the caller must not use either. The first error of a queued chunk
+ * is returned by the next idx_async_add() and by idx_async_end() (later chunks are dropped);
+ * after idx_async_end() (which writes what is queued and stops the thread) the writer is the
+ * caller's again: finish, flush or free it as usual. */
+struct idx_async;
+int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
+                    struct s3_errinfo *err);
+int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err);
+int idx_async_end(struct idx_async *a, struct s3_errinfo *err); /* accepts NULL */
 /* Accepts NULL. An unfinished document stays 'scanning' (resumable from its last commit;
  * chunks accepted after it are dropped: idx_writer_flush() first to keep them). */
 void idx_writer_free(struct idx_writer *w);

@@ -812,6 +812,7 @@ int srv_scan_document(struct srv_scan *sc, struct idx_db *db, const char *text, 
     struct toks t = {.text = text, .len = len};
     struct pass_builder pb = {0};
     struct idx_writer *w = NULL;
+    struct idx_async *aw = NULL; /* GPU scans: the writer on its own thread */
     const struct eng_tokenizer *tk;
     double t_start = s3_now_ms();
     int64_t next = 0, dummy_doc = 0;
@@ -860,6 +861,10 @@ int srv_scan_document(struct srv_scan *sc, struct idx_db *db, const char *text, 
         if (id)
             S3_LOG(S3_LOG_INFO, "event=scan_resume doc=%lld next_tok=%lld passages=%lld",
                    (long long)id, (long long)next, (long long)ss.n_passages);
+        /* on the GPU the index of chunk i is written on a thread of its own while this one
+         * submits the next passes (the device would otherwise wait for SQLite) */
+        if (sc->dev_sae && (rc = idx_async_start(w, 2, &aw, err)) < 0)
+            goto out;
     }
     pb.last = pb.ps;
     pb.cursor = pb.ps + 1;
@@ -954,7 +959,7 @@ int srv_scan_document(struct srv_scan *sc, struct idx_db *db, const char *text, 
                                    .slots = sc->slots, .k = sc->KI, .feat = sc->feat,
                                    .act = sc->act, .n_passages = pb.n_p, .passages = pb.p};
             if (n > 0 || pb.n_p > 0) {
-                rc = idx_writer_add(w, &ch, err);
+                rc = aw ? idx_async_add(aw, &ch, err) : idx_writer_add(w, &ch, err);
                 if (rc < 0)
                     goto out;
                 if (o->on_chunk && (rc = o->on_chunk(o->chunk_ud, &ch)) < 0) {
@@ -985,7 +990,10 @@ int srv_scan_document(struct srv_scan *sc, struct idx_db *db, const char *text, 
     }
     if (!o->no_index) {
         double t0 = s3_now_ms();
-        rc = idx_writer_finish(w, err);
+        rc = idx_async_end(aw, err);
+        aw = NULL;
+        if (rc == 0)
+            rc = idx_writer_finish(w, err);
         stats.write_ms += s3_now_ms() - t0;
         if (rc < 0)
             goto out;
@@ -995,6 +1003,11 @@ out:
     if (sc->dev_sae)
         eng__cuda_sae_scan_drain(sc->dev_sae); /* a pass queued but not written is dropped */
     eng_ctx_set_cancel(sc->ctx, NULL);
+    if (aw) {
+        struct s3_errinfo e2 = {0};
+        if (idx_async_end(aw, &e2) < 0) /* the queued chunks are written first */
+            S3_LOG(S3_LOG_WARN, "event=scan_write_failed msg=\"%s\"", e2.msg);
+    }
     if (w && rc < 0) {
         /* stopped or failed: keep the chunks accepted so far (a resume starts after them) */
         struct s3_errinfo e2 = {0};

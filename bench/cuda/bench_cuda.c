@@ -494,6 +494,7 @@ static int cmd_ingest(int argc, char **argv)
     struct eng_cuda_sae_scan *ss = NULL;
     struct idx_db *db = NULL;
     struct idx_writer *w = NULL;
+    struct idx_async *aw = NULL; /* the writer on its own thread, as server/scan.c runs it */
     struct krn_cuda_dev *probe = NULL;
     int rc = 1;
     double t = s3_now_ms();
@@ -553,11 +554,12 @@ static int cmd_ingest(int argc, char **argv)
     struct idx_doc_meta meta = {.name = "ingest", .text_sha256 = sha,
                                 .model_hash = hp->model_sha256, .sae_hash = sha,
                                 .n_bytes = (int64_t)tl};
-    if (idx_open(db_path, NULL, &db, &err) < 0 || idx_writer_begin(db, &meta, &w, &err) < 0)
+    if (idx_open(db_path, NULL, &db, &err) < 0 || idx_writer_begin(db, &meta, &w, &err) < 0 ||
+        idx_async_start(w, 2, &aw, &err) < 0)
         goto fail;
     size_t min_free = free0;
     /* the pipeline */
-    double submit_ms = 0, wait_ms = 0, write_ms = 0, t0;
+    double submit_ms = 0, wait_ms = 0, write_ms = 0, finish_ms = 0, t0;
     int64_t n_pass = 0, pass_tok = 0;
     t = s3_now_ms();
     const double t_scan = t;
@@ -595,7 +597,7 @@ static int cmd_ingest(int argc, char **argv)
         struct idx_chunk ch = {.tok0 = next, .n_tok = n, .n_slot = n_slot, .slots = slots,
                                .k = ki, .feat = feat, .act = ract, .n_passages = np,
                                .passages = pas};
-        if (idx_writer_add(w, &ch, &err) < 0)
+        if (idx_async_add(aw, &ch, &err) < 0)
             goto fail;
         write_ms += dt_ms(&t0);
         next = nn;
@@ -605,9 +607,11 @@ static int cmd_ingest(int argc, char **argv)
             min_free = f < min_free ? f : min_free;
         }
     }
-    if (idx_writer_finish(w, &err) < 0)
+    const int arc = idx_async_end(aw, &err);
+    aw = NULL;
+    if (arc < 0 || idx_writer_finish(w, &err) < 0)
         goto fail;
-    write_ms += dt_ms(&t0);
+    finish_ms = dt_ms(&t0);
     /* the scan ends when the writer is gone: its checkpointer has copied the WAL into the
      * database file (the question below reads a small WAL, as a server's next request does) */
     const int64_t doc = idx_writer_doc(w);
@@ -619,11 +623,11 @@ static int cmd_ingest(int argc, char **argv)
     idx_db_bytes(db, &db_bytes, &err);
     printf("{\"bench\":\"ingest\",\"label\":\"%s\",\"tokens\":%lld,\"chunk\":%d,\"hooked_layers\":%d,"
            "\"sae_dict\":%d,\"sae_k\":%d,\"index_k\":%d,\"load_ms\":%.0f,\"seconds\":%.3f,"
-           "\"tok_per_s\":%.0f,\"host_ms\":{\"submit\":%.0f,\"wait_gpu\":%.0f,\"sqlite\":%.0f,"
-           "\"checkpoint_wait\":%.0f},"
+           "\"tok_per_s\":%.0f,\"host_ms\":{\"submit\":%.0f,\"wait_gpu\":%.0f,"
+           "\"queue_chunk\":%.0f,\"finish\":%.0f,\"checkpoint_wait\":%.0f},"
            "\"index_bytes_per_token\":%.1f,\"extra_device_gib\":%.3f}\n",
            label, n_tok, chunk, in.n_idx, sae_dict, sae_k, ki, load_ms, scan_ms / 1000,
-           n_tok / (scan_ms / 1000), submit_ms, wait_ms, write_ms, ckpt_ms,
+           n_tok / (scan_ms / 1000), submit_ms, wait_ms, write_ms, finish_ms, ckpt_ms,
            (double)db_bytes / n_tok,
            (double)(free0 - min_free) / 1073741824.0);
     fflush(stdout);
@@ -745,6 +749,7 @@ fail:
         fprintf(stderr, "ingest: %s\n", err.msg[0] ? err.msg : "failed");
     eng__cuda_sae_scan_free(ss);
     eng_sae_enc_free(enc);
+    idx_async_end(aw, NULL);
     idx_writer_free(w);
     idx_close(db);
     idx_remove_files(db_path);

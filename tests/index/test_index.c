@@ -74,10 +74,11 @@ static int is_planted(const struct syn *s, int64_t t)
     return 0;
 }
 
-/* Write chunks from the writer's current position; stop after max_chunks (-1: all) and
- * call after(ud) after each commit. Finishes the document when everything is written. */
-static void syn_write(struct idx_writer *w, const struct syn *s, const char *txt, int max_chunks,
-                      void (*after)(void *), void *ud)
+/* Write chunks from the writer's current position through aw (an async writer on w) or w;
+ * stop after max_chunks (-1: all) and call after(ud) after each chunk. Finishes the document
+ * when everything is written (not with aw: the caller ends it first). */
+static void syn_write_via(struct idx_writer *w, struct idx_async *aw, const struct syn *s,
+                          const char *txt, int max_chunks, void (*after)(void *), void *ud)
 {
     struct s3_errinfo err = {0};
     struct idx_scan_state st;
@@ -87,8 +88,8 @@ static void syn_write(struct idx_writer *w, const struct syn *s, const char *txt
     struct idx_passage *ps = calloc((size_t)s->chunk / s->pass_len + 2, sizeof *ps);
     int64_t *stok = malloc(sizeof(int64_t) * (size_t)(s->chunk + 2) * 2);
     int64_t *schar = stok + s->chunk + 2;
+    idx_writer_state(w, &st); /* then followed here: with aw the writer is its thread's */
     for (int done = 0; max_chunks < 0 || done < max_chunks; done++) {
-        idx_writer_state(w, &st);
         if (st.next_tok >= s->n_tok)
             break;
         int64_t t0 = st.next_tok;
@@ -125,18 +126,27 @@ static void syn_write(struct idx_writer *w, const struct syn *s, const char *txt
         }
         struct idx_chunk c = {.tok0 = t0, .n_tok = n, .n_slot = 1, .slots = &slot, .k = 2,
                               .feat = feat, .act = act, .n_passages = np, .passages = ps};
-        int rc = idx_writer_add(w, &c, &err);
+        int rc = aw ? idx_async_add(aw, &c, &err) : idx_writer_add(w, &c, &err);
         ck_assert_msg(rc == 0, "add: %s", err.msg);
+        memset(feat, 0xff, (size_t)s->chunk * 2 * sizeof *feat); /* copied, not borrowed */
+        st.next_tok = t0 + n;
+        if (np)
+            st.pass_tok = ps[np - 1].end_tok;
         if (after)
             after(ud);
     }
-    idx_writer_state(w, &st);
-    if (st.next_tok == s->n_tok)
+    if (!aw && st.next_tok == s->n_tok)
         ck_assert_msg(idx_writer_finish(w, &err) == 0, "finish: %s", err.msg);
     free(feat);
     free(act);
     free(ps);
     free(stok);
+}
+
+static void syn_write(struct idx_writer *w, const struct syn *s, const char *txt, int max_chunks,
+                      void (*after)(void *), void *ud)
+{
+    syn_write_via(w, NULL, s, txt, max_chunks, after, ud);
 }
 
 static int64_t syn_new(struct idx_db *db, const struct syn *s)
@@ -854,6 +864,60 @@ START_TEST(test_commit_resume)
 }
 END_TEST
 
+/* The writer on its own thread: the same postings as a writer on the caller's thread; the
+ * first error of a queued chunk comes back from the next add and from the end, and the
+ * writer is then at its last commit; bad chunks are refused before they are queued. */
+START_TEST(test_async_writer)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    struct syn s = syn70k();
+    int64_t first = syn_new(db, &s);
+    char *txt = syn_text(&s);
+    struct idx_writer *w;
+    struct idx_async *aw;
+    struct idx_doc_meta m = {.name = "async"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    const int64_t doc = idx_writer_doc(w);
+    ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
+    syn_write_via(w, aw, &s, txt, -1, NULL, NULL);
+    ck_assert_int_eq(idx_async_end(aw, &err), 0);
+    ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
+    idx_writer_free(w);
+    same_postings(db, first, doc);
+    /* errors: a chunk that does not continue the document fails on the thread */
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    idx_writer_set_commit_ms(w, 0);
+    ck_assert_int_eq(idx_async_start(w, 1, &aw, &err), 0);
+    syn_write_via(w, aw, &s, txt, 2, NULL, NULL);
+    struct idx_passage p = {.start_tok = 9000, .end_tok = 9004, .start_char = 1, .end_char = 5,
+                            .text = "abcd"};
+    struct idx_chunk bad = {.tok0 = 9000, .n_tok = 4, .n_passages = 1, .passages = &p};
+    ck_assert_int_eq(idx_async_add(aw, &bad, &err), 0); /* queued */
+    int rc = 0;
+    for (int i = 0; i < 1000 && rc == 0; i++) /* until the thread has met it */
+        rc = idx_async_add(aw, &(struct idx_chunk){.tok0 = 9004}, &err);
+    ck_assert_int_eq(rc, S3_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "expected 4096"));
+    memset(&err, 0, sizeof err);
+    ck_assert_int_eq(idx_async_end(aw, &err), S3_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "expected 4096"));
+    struct idx_scan_state st;
+    idx_writer_state(w, &st);
+    ck_assert_int_eq(st.next_tok, 4096); /* the two good chunks, committed */
+    /* refused before queueing */
+    ck_assert_int_eq(idx_async_start(w, 1, &aw, &err), 0);
+    struct idx_chunk shape = {.tok0 = 4096, .n_tok = 4, .n_slot = 1, .k = 2};
+    ck_assert_int_eq(idx_async_add(aw, &shape, &err), S3_EINVAL);
+    ck_assert_int_eq(idx_async_end(aw, &err), 0);
+    ck_assert_int_eq(idx_async_start(w, 0, &aw, &err), S3_EINVAL);
+    ck_assert_int_eq(idx_async_end(NULL, &err), 0);
+    idx_writer_free(w);
+    free(txt);
+    idx_close(db);
+}
+END_TEST
+
 START_TEST(test_crash_resume)
 {
     char path[256];
@@ -1178,6 +1242,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_multi_doc);
     tcase_add_test(tc, test_crash_resume);
     tcase_add_test(tc, test_commit_resume);
+    tcase_add_test(tc, test_async_writer);
     tcase_add_test(tc, test_bad_queries);
     tcase_add_test(tc, test_locked_db);
     tcase_add_test(tc, test_migrate_v2);

@@ -1,0 +1,198 @@
+/* index/async.c - a writer on a thread of its own: chunks are copied into a bounded queue and
+ * written (encoded, committed) in order while the caller goes on, e.g. submitting the GPU's
+ * next pass. The writer and its database connection move to that thread for the duration
+ * and come back at idx_async_end(): one thread uses them at a time. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index_int.h"
+
+/* One queued chunk: the chunk with every array it points to copied into mem. */
+struct qchunk {
+    struct idx_chunk c;
+    void *mem;
+};
+
+struct idx_async {
+    struct idx_writer *w;      /* the writer thread's while it runs */
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;         /* a chunk queued, a slot freed, the end asked */
+    /* under mu */
+    struct qchunk *q;          /* ring of depth entries */
+    int depth, head, count;    /* count includes the chunk being written */
+    int end;
+    int rc;                    /* the first error; later chunks are dropped */
+    struct s3_errinfo err;
+};
+
+static void *async_main(void *arg)
+{
+    struct idx_async *a = arg;
+    pthread_mutex_lock(&a->mu);
+    for (;;) {
+        while (!a->count && !a->end)
+            pthread_cond_wait(&a->cv, &a->mu);
+        if (!a->count)
+            break; /* ended and drained */
+        struct qchunk qc = a->q[a->head];
+        const int failed = a->rc < 0;
+        pthread_mutex_unlock(&a->mu);
+        struct s3_errinfo e = {0};
+        const int rc = failed ? 0 : idx_writer_add(a->w, &qc.c, &e);
+        free(qc.mem);
+        pthread_mutex_lock(&a->mu);
+        if (rc < 0 && a->rc == 0) {
+            a->rc = rc;
+            a->err = e;
+        }
+        a->head = (a->head + 1) % a->depth;
+        a->count--;
+        pthread_cond_broadcast(&a->cv);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return NULL;
+}
+
+int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
+                    struct s3_errinfo *err)
+{
+    *out = NULL;
+    if (!w || depth < 1)
+        return s3_errf(err, S3_EINVAL, "index: async writer needs a writer and a depth >= 1");
+    struct idx_async *a = calloc(1, sizeof *a);
+    if (!a || !(a->q = calloc((size_t)depth, sizeof *a->q))) {
+        free(a);
+        return s3_errf(err, S3_ENOMEM, "index: out of memory");
+    }
+    a->w = w;
+    a->depth = depth;
+    if (pthread_mutex_init(&a->mu, NULL) != 0)
+        goto fail;
+    if (pthread_cond_init(&a->cv, NULL) != 0) {
+        pthread_mutex_destroy(&a->mu);
+        goto fail;
+    }
+    if (pthread_create(&a->th, NULL, async_main, a) != 0) {
+        pthread_cond_destroy(&a->cv);
+        pthread_mutex_destroy(&a->mu);
+        goto fail;
+    }
+    *out = a;
+    return 0;
+fail:
+    free(a->q);
+    free(a);
+    return s3_errf(err, S3_EINTERNAL, "index: cannot start the writer thread");
+}
+
+/* A copy of c in one allocation. */
+static int copy_chunk(const struct idx_chunk *c, struct qchunk *qc)
+{
+    const size_t n_pairs = (size_t)c->n_slot * (size_t)c->n_tok * (size_t)c->k;
+    size_t n_sent = 0, n_text = 0;
+    for (size_t i = 0; i < c->n_passages; i++) {
+        n_sent += c->passages[i].n_sent;
+        n_text += (size_t)(c->passages[i].end_char - c->passages[i].start_char);
+    }
+    const size_t o_slots = 0, o_feat = o_slots + (size_t)c->n_slot * sizeof *c->slots,
+                 o_act = o_feat + n_pairs * sizeof(int32_t),
+                 o_pass = o_act + n_pairs * sizeof(float),
+                 o_sent = o_pass + c->n_passages * sizeof(struct idx_passage),
+                 o_text = o_sent + 2 * n_sent * sizeof(int64_t), total = o_text + n_text;
+    uint8_t *m = malloc(total ? total : 1);
+    if (!m)
+        return S3_ENOMEM;
+    qc->mem = m;
+    qc->c = *c;
+    struct idx_slot *slots = (struct idx_slot *)(void *)(m + o_slots);
+    int32_t *feat = (int32_t *)(void *)(m + o_feat);
+    float *act = (float *)(void *)(m + o_act);
+    struct idx_passage *ps = (struct idx_passage *)(void *)(m + o_pass);
+    int64_t *sent = (int64_t *)(void *)(m + o_sent);
+    char *text = (char *)(m + o_text);
+    if (c->n_slot)
+        memcpy(slots, c->slots, (size_t)c->n_slot * sizeof *slots);
+    if (n_pairs) {
+        memcpy(feat, c->feat, n_pairs * sizeof *feat);
+        memcpy(act, c->act, n_pairs * sizeof *act);
+    }
+    for (size_t i = 0; i < c->n_passages; i++) {
+        const struct idx_passage *p = &c->passages[i];
+        const size_t tl = (size_t)(p->end_char - p->start_char);
+        ps[i] = *p;
+        if (tl)
+            memcpy(text, p->text, tl);
+        ps[i].text = text;
+        text += tl;
+        if (p->n_sent) {
+            memcpy(sent, p->sent_tok, p->n_sent * sizeof *sent);
+            memcpy(sent + p->n_sent, p->sent_char, p->n_sent * sizeof *sent);
+        }
+        ps[i].sent_tok = sent;
+        ps[i].sent_char = sent + p->n_sent;
+        sent += 2 * p->n_sent;
+    }
+    qc->c.slots = slots;
+    qc->c.feat = feat;
+    qc->c.act = act;
+    qc->c.passages = ps;
+    return 0;
+}
+
+int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err)
+{
+    if (!a || !c)
+        return s3_errf(err, S3_EINVAL, "index: no async writer or chunk");
+    const size_t n_pairs = c->n_tok > 0 && c->n_slot > 0 && c->k > 0
+                               ? (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k
+                               : 0;
+    if (c->n_tok < 0 || c->n_slot < 0 || c->n_slot > IDX_MAX_SLOTS || c->k < 0 || c->k > 1024 ||
+        (n_pairs > 0 && (!c->feat || !c->act || !c->slots)) || (c->n_passages && !c->passages))
+        return s3_errf(err, S3_EINVAL, "index: bad chunk shape (n_tok %d, n_slot %d, k %d)",
+                       c->n_tok, c->n_slot, c->k);
+    for (size_t i = 0; i < c->n_passages; i++)
+        if (c->passages[i].end_char < c->passages[i].start_char ||
+            (c->passages[i].end_char > c->passages[i].start_char && !c->passages[i].text) ||
+            (c->passages[i].n_sent && (!c->passages[i].sent_tok || !c->passages[i].sent_char)))
+            return s3_errf(err, S3_EINVAL, "index: bad passage %zu in the chunk", i);
+    struct qchunk qc;
+    if (copy_chunk(c, &qc) < 0)
+        return s3_errf(err, S3_ENOMEM, "index: out of memory");
+    pthread_mutex_lock(&a->mu);
+    while (a->count == a->depth && a->rc == 0)
+        pthread_cond_wait(&a->cv, &a->mu);
+    int rc = a->rc;
+    if (rc < 0) {
+        if (err)
+            *err = a->err;
+        pthread_mutex_unlock(&a->mu);
+        free(qc.mem);
+        return rc;
+    }
+    a->q[(a->head + a->count) % a->depth] = qc;
+    a->count++;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+    return 0;
+}
+
+int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
+{
+    if (!a)
+        return 0;
+    pthread_mutex_lock(&a->mu);
+    a->end = 1;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+    pthread_join(a->th, NULL);
+    const int rc = a->rc;
+    if (rc < 0 && err)
+        *err = a->err;
+    pthread_cond_destroy(&a->cv);
+    pthread_mutex_destroy(&a->mu);
+    free(a->q);
+    free(a);
+    return rc;
+}
