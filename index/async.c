@@ -1,6 +1,7 @@
-/* index/async.c - a writer on a thread of its own: chunks are copied into a bounded queue and
- * written (encoded, committed) in order while the caller goes on, e.g. submitting the GPU's
- * next pass. The writer and its database connection move to that thread for the duration
+/* index/async.c - a writer on a thread of its own: chunks are encoded on the caller's thread
+ * (the CPU half of a write: sorting features, varints), copied into a bounded queue and
+ * committed in order on the writer's thread while the caller goes on, e.g. submitting the
+ * GPU's next pass. The writer and its database connection move to that thread for the duration
  * and come back at idx_async_end(): one thread uses them at a time. */
 #include <pthread.h>
 #include <stdlib.h>
@@ -8,14 +9,19 @@
 
 #include "index_int.h"
 
-/* One queued chunk: the chunk with every array it points to copied into mem. */
+/* One queued chunk: the chunk with its slots and passages copied into mem (feat and act
+ * not: its slots are encoded, blob s at blobs + off[s], off[n_slot + s] bytes). */
 struct qchunk {
     struct idx_chunk c;
     void *mem;
+    uint8_t *blobs;
+    size_t *off;
 };
 
 struct idx_async {
     struct idx_writer *w;      /* the writer thread's while it runs */
+    struct idx_enc enc;        /* the caller's: encoding in idx_async_add */
+    struct idx_buf all;        /* the caller's: one chunk's slot blobs */
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;         /* a chunk queued, a slot freed, the end asked */
@@ -40,8 +46,11 @@ static void *async_main(void *arg)
         const int failed = a->rc < 0;
         pthread_mutex_unlock(&a->mu);
         struct s3_errinfo e = {0};
-        const int rc = failed ? 0 : idx_writer_add(a->w, &qc.c, &e);
+        const int rc = failed ? 0 : idx__writer_add_encoded(a->w, &qc.c, qc.blobs, qc.off,
+                                                            qc.off + qc.c.n_slot, &e);
         free(qc.mem);
+        free(qc.blobs);
+        free(qc.off);
         pthread_mutex_lock(&a->mu);
         if (rc < 0 && a->rc == 0) {
             a->rc = rc;
@@ -90,15 +99,12 @@ fail:
 /* A copy of c in one allocation. */
 static int copy_chunk(const struct idx_chunk *c, struct qchunk *qc)
 {
-    const size_t n_pairs = (size_t)c->n_slot * (size_t)c->n_tok * (size_t)c->k;
     size_t n_sent = 0, n_text = 0;
     for (size_t i = 0; i < c->n_passages; i++) {
         n_sent += c->passages[i].n_sent;
         n_text += (size_t)(c->passages[i].end_char - c->passages[i].start_char);
     }
-    const size_t o_slots = 0, o_feat = o_slots + (size_t)c->n_slot * sizeof *c->slots,
-                 o_act = o_feat + n_pairs * sizeof(int32_t),
-                 o_pass = o_act + n_pairs * sizeof(float),
+    const size_t o_slots = 0, o_pass = o_slots + (size_t)c->n_slot * sizeof *c->slots,
                  o_sent = o_pass + c->n_passages * sizeof(struct idx_passage),
                  o_text = o_sent + 2 * n_sent * sizeof(int64_t), total = o_text + n_text;
     uint8_t *m = malloc(total ? total : 1);
@@ -107,17 +113,11 @@ static int copy_chunk(const struct idx_chunk *c, struct qchunk *qc)
     qc->mem = m;
     qc->c = *c;
     struct idx_slot *slots = (struct idx_slot *)(void *)(m + o_slots);
-    int32_t *feat = (int32_t *)(void *)(m + o_feat);
-    float *act = (float *)(void *)(m + o_act);
     struct idx_passage *ps = (struct idx_passage *)(void *)(m + o_pass);
     int64_t *sent = (int64_t *)(void *)(m + o_sent);
     char *text = (char *)(m + o_text);
     if (c->n_slot)
         memcpy(slots, c->slots, (size_t)c->n_slot * sizeof *slots);
-    if (n_pairs) {
-        memcpy(feat, c->feat, n_pairs * sizeof *feat);
-        memcpy(act, c->act, n_pairs * sizeof *act);
-    }
     for (size_t i = 0; i < c->n_passages; i++) {
         const struct idx_passage *p = &c->passages[i];
         const size_t tl = (size_t)(p->end_char - p->start_char);
@@ -135,8 +135,8 @@ static int copy_chunk(const struct idx_chunk *c, struct qchunk *qc)
         sent += 2 * p->n_sent;
     }
     qc->c.slots = slots;
-    qc->c.feat = feat;
-    qc->c.act = act;
+    qc->c.feat = NULL;
+    qc->c.act = NULL;
     qc->c.passages = ps;
     return 0;
 }
@@ -157,9 +157,36 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
             (c->passages[i].end_char > c->passages[i].start_char && !c->passages[i].text) ||
             (c->passages[i].n_sent && (!c->passages[i].sent_tok || !c->passages[i].sent_char)))
             return s3_errf(err, S3_EINVAL, "index: bad passage %zu in the chunk", i);
-    struct qchunk qc;
-    if (copy_chunk(c, &qc) < 0)
+    /* the slots encoded here, on the caller's thread */
+    struct qchunk qc = {0};
+    size_t *off = malloc(sizeof(size_t) * (2 * (size_t)c->n_slot + 1));
+    if (!off)
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
+    a->all.n = 0;
+    for (int s = 0; s < c->n_slot; s++) {
+        int rc = n_pairs ? idx__enc_slot(&a->enc, c, s, err) : 0;
+        const size_t bn = n_pairs ? a->enc.blob.n : 0;
+        if (rc == 0 && idx__buf_reserve(&a->all, bn) < 0)
+            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+        if (rc < 0) {
+            free(off);
+            return rc;
+        }
+        off[s] = a->all.n;
+        off[c->n_slot + s] = bn;
+        if (bn)
+            memcpy(a->all.p + a->all.n, a->enc.blob.p, bn);
+        a->all.n += bn;
+    }
+    qc.off = off;
+    qc.blobs = malloc(a->all.n ? a->all.n : 1);
+    if (!qc.blobs || copy_chunk(c, &qc) < 0) {
+        free(qc.blobs);
+        free(off);
+        return s3_errf(err, S3_ENOMEM, "index: out of memory");
+    }
+    if (a->all.n)
+        memcpy(qc.blobs, a->all.p, a->all.n);
     pthread_mutex_lock(&a->mu);
     while (a->count == a->depth && a->rc == 0)
         pthread_cond_wait(&a->cv, &a->mu);
@@ -169,6 +196,8 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
             *err = a->err;
         pthread_mutex_unlock(&a->mu);
         free(qc.mem);
+        free(qc.blobs);
+        free(qc.off);
         return rc;
     }
     a->q[(a->head + a->count) % a->depth] = qc;
@@ -192,6 +221,8 @@ int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
         *err = a->err;
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->mu);
+    idx__enc_free(&a->enc);
+    free(a->all.p);
     free(a->q);
     free(a);
     return rc;

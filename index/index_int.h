@@ -218,6 +218,34 @@ int idx__grp_put(struct idx_buf *b, int32_t prev_feat, int32_t feat, int64_t n, 
 /* Order of (layer, head, position) triples, as a qsort comparator's result. */
 int idx__cmp_slot_pos(int l1, int h1, int64_t p1, int l2, int h2, int64_t p2);
 
+/* ---- the chunk encoder (writer.c) ---- */
+struct idx_hit {
+    int32_t feat;
+    uint8_t q;
+    int64_t pos;
+};
+/* Scratch of idx__enc_slot, reused across calls; zero-initialise, free with idx__enc_free. */
+struct idx_enc {
+    struct idx_hit *hits, *sorted;
+    size_t hits_cap, sorted_cap;
+    int32_t *count;
+    size_t count_cap;
+    uint8_t *enc;
+    size_t enc_cap, n_enc;   /* n_enc: entries in enc */
+    struct idx_post *posts;
+    size_t posts_cap;
+    struct idx_buf blob;     /* the result: one slot's group blob (empty: no hits) */
+};
+/* Encode slot si of c (features, activations) as a group blob with base c->tok0 into
+ * e->blob. S3_EINVAL (a feature id out of range), S3_ENOMEM. Any thread (e its own). */
+int idx__enc_slot(struct idx_enc *e, const struct idx_chunk *c, int si, struct s3_errinfo *err);
+void idx__enc_free(struct idx_enc *e);
+/* idx_writer_add for a chunk whose slot s is already encoded (idx__enc_slot) as
+ * blobs[off[s], off[s] + len[s]); c->feat and c->act are not read. */
+int idx__writer_add_encoded(struct idx_writer *w, const struct idx_chunk *c,
+                            const uint8_t *blobs, const size_t *off, const size_t *len,
+                            struct s3_errinfo *err);
+
 /* ---- finishing (compact.c) ---- */
 /* Concatenate doc's segment blobs into its postings rows [0, n_tokens) and delete them. Call
  * inside a transaction. Memory: IDX_COMPACT_BUF per segment of one slot at a time. */

@@ -9,11 +9,6 @@
 
 #include "index_int.h"
 
-struct hit {
-    int32_t feat;
-    uint8_t q;
-    int64_t pos;
-};
 
 /* One pending blob of the current segment, in w->mem. */
 struct mpart {
@@ -40,16 +35,7 @@ struct idx_writer {
     int commit_ms;
     double last_commit_ms;
     sqlite3_stmt *ins_pend, *ins_pass, *ins_fts, *upd_doc;
-    /* scratch reused across chunks and merges */
-    struct hit *hits, *sorted;
-    size_t hits_cap, sorted_cap;
-    int32_t *count;
-    size_t count_cap;
-    uint8_t *enc;
-    size_t enc_cap, n_enc;   /* n_enc: entries in enc */
-    struct idx_post *posts;
-    size_t posts_cap;
-    struct idx_buf blob;     /* one slot's group blob being built */
+    struct idx_enc enc;      /* scratch of the chunk encoder */
     /* the pending blobs of the current segment, kept in memory for its merge */
     struct idx_buf mem;
     struct mpart *parts;
@@ -338,12 +324,7 @@ void idx_writer_free(struct idx_writer *w)
     sqlite3_finalize(w->ins_pass);
     sqlite3_finalize(w->ins_fts);
     sqlite3_finalize(w->upd_doc);
-    free(w->hits);
-    free(w->sorted);
-    free(w->count);
-    free(w->enc);
-    free(w->posts);
-    free(w->blob.p);
+    idx__enc_free(&w->enc);
     free(w->mem.p);
     free(w->parts);
     free(w->hp);
@@ -351,7 +332,7 @@ void idx_writer_free(struct idx_writer *w)
     free(w);
 }
 
-static int check_chunk(const struct idx_writer *w, const struct idx_chunk *c,
+static int check_chunk(const struct idx_writer *w, const struct idx_chunk *c, int encoded,
                        struct s3_errinfo *err)
 {
     if (w->done)
@@ -363,7 +344,7 @@ static int check_chunk(const struct idx_writer *w, const struct idx_chunk *c,
     if (c->n_tok < 0 || c->n_slot < 0 || c->n_slot > IDX_MAX_SLOTS || c->k < 0 || c->k > 1024)
         return s3_errf(err, S3_EINVAL, "index: bad chunk shape (n_tok %d, n_slot %d, k %d)",
                        c->n_tok, c->n_slot, c->k);
-    if ((size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k > 0 &&
+    if (!encoded && (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k > 0 &&
         (!c->feat || !c->act || !c->slots))
         return s3_errf(err, S3_EINVAL, "index: chunk without feature arrays");
     for (int s = 0; s < c->n_slot; s++) {
@@ -410,41 +391,99 @@ static int check_chunk(const struct idx_writer *w, const struct idx_chunk *c,
     return 0;
 }
 
-/* Sort w->hits[0..n) by feature (stable: positions keep their order) into w->sorted. */
-static int sort_hits(struct idx_writer *w, size_t n, int32_t max_feat)
+/* Sort e->hits[0..n) by feature (stable: positions keep their order) into e->sorted. */
+static int sort_hits(struct idx_enc *e, size_t n, int32_t max_feat)
 {
-    if (grow((void **)&w->sorted, &w->sorted_cap, n + 1, sizeof *w->sorted) < 0 ||
-        grow((void **)&w->count, &w->count_cap, (size_t)max_feat + 2, sizeof *w->count) < 0)
+    if (grow((void **)&e->sorted, &e->sorted_cap, n + 1, sizeof *e->sorted) < 0 ||
+        grow((void **)&e->count, &e->count_cap, (size_t)max_feat + 2, sizeof *e->count) < 0)
         return S3_ENOMEM;
-    memset(w->count, 0, ((size_t)max_feat + 2) * sizeof *w->count);
+    memset(e->count, 0, ((size_t)max_feat + 2) * sizeof *e->count);
     for (size_t i = 0; i < n; i++)
-        w->count[w->hits[i].feat + 1]++;
+        e->count[e->hits[i].feat + 1]++;
     for (int32_t f = 0; f <= max_feat; f++)
-        w->count[f + 1] += w->count[f];
+        e->count[f + 1] += e->count[f];
     for (size_t i = 0; i < n; i++)
-        w->sorted[w->count[w->hits[i].feat]++] = w->hits[i];
+        e->sorted[e->count[e->hits[i].feat]++] = e->hits[i];
     return 0;
 }
 
-/* Encode the run sorted[i..j) of one feature relative to base into w->enc; a feature listed
+/* Encode the run sorted[i..j) of one feature relative to base into e->enc; a feature listed
  * twice for one token keeps its larger activation. Returns the byte count. */
-static int encode_run(struct idx_writer *w, size_t i, size_t j, int64_t base)
+static int encode_run(struct idx_enc *e, size_t i, size_t j, int64_t base)
 {
     size_t m = 0;
-    if (grow((void **)&w->posts, &w->posts_cap, j - i, sizeof *w->posts) < 0 ||
-        grow((void **)&w->enc, &w->enc_cap, (j - i) * 11 + 20, 1) < 0)
+    if (grow((void **)&e->posts, &e->posts_cap, j - i, sizeof *e->posts) < 0 ||
+        grow((void **)&e->enc, &e->enc_cap, (j - i) * 11 + 20, 1) < 0)
         return S3_ENOMEM;
     for (size_t q = i; q < j; q++) {
-        if (m && w->posts[m - 1].pos == w->sorted[q].pos) {
-            if (w->sorted[q].q > w->posts[m - 1].q)
-                w->posts[m - 1].q = w->sorted[q].q;
+        if (m && e->posts[m - 1].pos == e->sorted[q].pos) {
+            if (e->sorted[q].q > e->posts[m - 1].q)
+                e->posts[m - 1].q = e->sorted[q].q;
             continue;
         }
-        w->posts[m].pos = w->sorted[q].pos;
-        w->posts[m++].q = w->sorted[q].q;
+        e->posts[m].pos = e->sorted[q].pos;
+        e->posts[m++].q = e->sorted[q].q;
     }
-    w->n_enc = m;
-    return idx__post_encode(base, -1, w->posts, m, w->enc);
+    e->n_enc = m;
+    return idx__post_encode(base, -1, e->posts, m, e->enc);
+}
+
+int idx__enc_slot(struct idx_enc *e, const struct idx_chunk *c, int si, struct s3_errinfo *err)
+{
+    size_t n_pairs = (size_t)c->n_tok * (size_t)c->k, n = 0;
+    const int32_t *feat = c->feat + (size_t)si * n_pairs;
+    const float *act = c->act + (size_t)si * n_pairs;
+    e->blob.n = 0;
+    if (grow((void **)&e->hits, &e->hits_cap, n_pairs + 1, sizeof *e->hits) < 0)
+        goto oom;
+    int32_t max_feat = -1;
+    for (int i = 0; i < c->n_tok; i++)
+        for (int j = 0; j < c->k; j++) {
+            size_t o = (size_t)i * (size_t)c->k + (size_t)j;
+            int32_t f = feat[o];
+            float a = act[o];
+            if (f < 0 || !(a > 0))
+                continue;
+            if (f >= IDX_MAX_FEATURE)
+                return s3_errf(err, S3_EINVAL, "index: feature id %d out of range", (int)f);
+            e->hits[n].feat = f;
+            e->hits[n].pos = c->tok0 + i;
+            e->hits[n].q = idx__act_encode(a);
+            n++;
+            if (f > max_feat)
+                max_feat = f;
+        }
+    if (!n)
+        return 0;
+    if (sort_hits(e, n, max_feat) < 0)
+        goto oom;
+    int32_t prev_f = -1;
+    for (size_t i = 0; i < n;) {
+        int32_t f = e->sorted[i].feat;
+        size_t j = i;
+        while (j < n && e->sorted[j].feat == f)
+            j++;
+        int m = encode_run(e, i, j, c->tok0);
+        if (m < 0 || idx__grp_put(&e->blob, prev_f, f, (int64_t)e->n_enc,
+                                  e->posts[e->n_enc - 1].pos - c->tok0, e->enc, (size_t)m) < 0)
+            goto oom;
+        prev_f = f;
+        i = j;
+    }
+    return 0;
+oom:
+    return s3_errf(err, S3_ENOMEM, "index: out of memory");
+}
+
+void idx__enc_free(struct idx_enc *e)
+{
+    free(e->hits);
+    free(e->sorted);
+    free(e->count);
+    free(e->enc);
+    free(e->posts);
+    free(e->blob.p);
+    memset(e, 0, sizeof *e);
 }
 
 /* Keep a copy of a pending blob for the segment merge. */
@@ -458,58 +497,6 @@ static int remember(struct idx_writer *w, int layer, int head, int64_t tok0, int
     memcpy(w->mem.p + w->mem.n, blob, len);
     w->mem.n += len;
     return 0;
-}
-
-/* Encode one slot's hits of the chunk as a group blob, kept in memory until committed. */
-static int encode_slot(struct idx_writer *w, const struct idx_chunk *c, int si,
-                       struct s3_errinfo *err)
-{
-    size_t n_pairs = (size_t)c->n_tok * (size_t)c->k, n = 0;
-    const int32_t *feat = c->feat + (size_t)si * n_pairs;
-    const float *act = c->act + (size_t)si * n_pairs;
-    if (grow((void **)&w->hits, &w->hits_cap, n_pairs + 1, sizeof *w->hits) < 0)
-        goto oom;
-    int32_t max_feat = -1;
-    for (int i = 0; i < c->n_tok; i++)
-        for (int j = 0; j < c->k; j++) {
-            size_t o = (size_t)i * (size_t)c->k + (size_t)j;
-            int32_t f = feat[o];
-            float a = act[o];
-            if (f < 0 || !(a > 0))
-                continue;
-            if (f >= IDX_MAX_FEATURE)
-                return s3_errf(err, S3_EINVAL, "index: feature id %d out of range", (int)f);
-            w->hits[n].feat = f;
-            w->hits[n].pos = c->tok0 + i;
-            w->hits[n].q = idx__act_encode(a);
-            n++;
-            if (f > max_feat)
-                max_feat = f;
-        }
-    if (!n)
-        return 0;
-    if (sort_hits(w, n, max_feat) < 0)
-        goto oom;
-    w->blob.n = 0;
-    int32_t prev_f = -1;
-    for (size_t i = 0; i < n;) {
-        int32_t f = w->sorted[i].feat;
-        size_t j = i;
-        while (j < n && w->sorted[j].feat == f)
-            j++;
-        int m = encode_run(w, i, j, c->tok0);
-        if (m < 0 || idx__grp_put(&w->blob, prev_f, f, (int64_t)w->n_enc,
-                                  w->posts[w->n_enc - 1].pos - c->tok0, w->enc, (size_t)m) < 0)
-            goto oom;
-        prev_f = f;
-        i = j;
-    }
-    if (remember(w, c->slots[si].layer, c->slots[si].kv_head, c->tok0, c->tok0 + c->n_tok,
-                 w->blob.p, w->blob.n) < 0)
-        goto oom;
-    return 0;
-oom:
-    return s3_errf(err, S3_ENOMEM, "index: out of memory");
 }
 
 /* A resumed writer: the pending blobs of the unmerged segment back into memory. */
@@ -830,15 +817,29 @@ void idx_writer_set_commit_ms(struct idx_writer *w, int ms)
     w->commit_ms = ms < 0 ? 0 : ms;
 }
 
-int idx_writer_add(struct idx_writer *w, const struct idx_chunk *c, struct s3_errinfo *err)
+/* Accept chunk c whose slot s is encoded as blobs[off[s], off[s] + len[s]) (blobs NULL:
+ * encode c's feature arrays here). */
+static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t *blobs,
+                  const size_t *off, const size_t *len, struct s3_errinfo *err)
 {
     if (!c)
         return s3_errf(err, S3_EINVAL, "index: no chunk");
-    int rc = check_chunk(w, c, err);
+    int rc = check_chunk(w, c, blobs != NULL, err);
     if (rc < 0)
         return rc;
-    for (int s = 0; s < c->n_slot && rc == 0; s++)
-        rc = encode_slot(w, c, s, err);
+    for (int s = 0; s < c->n_slot && rc == 0; s++) {
+        const uint8_t *b = blobs ? blobs + off[s] : NULL;
+        size_t n = blobs ? len[s] : 0;
+        if (!blobs) {
+            rc = idx__enc_slot(&w->enc, c, s, err);
+            b = w->enc.blob.p;
+            n = w->enc.blob.n;
+        }
+        if (rc == 0 && n &&
+            remember(w, c->slots[s].layer, c->slots[s].kv_head, c->tok0, c->tok0 + c->n_tok, b,
+                     n) < 0)
+            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+    }
     if (rc == 0 && hold_passages(w, c) < 0)
         rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
     if (rc < 0) {
@@ -857,6 +858,18 @@ int idx_writer_add(struct idx_writer *w, const struct idx_chunk *c, struct s3_er
     if (w->commit_ms == 0 || s3_now_ms() - w->last_commit_ms >= w->commit_ms)
         return commit_held(w, 0, err);
     return 0;
+}
+
+int idx_writer_add(struct idx_writer *w, const struct idx_chunk *c, struct s3_errinfo *err)
+{
+    return accept(w, c, NULL, NULL, NULL, err);
+}
+
+int idx__writer_add_encoded(struct idx_writer *w, const struct idx_chunk *c,
+                            const uint8_t *blobs, const size_t *off, const size_t *len,
+                            struct s3_errinfo *err)
+{
+    return accept(w, c, blobs ? blobs : (const uint8_t *)"", off, len, err);
 }
 
 int idx_writer_flush(struct idx_writer *w, struct s3_errinfo *err)

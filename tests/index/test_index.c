@@ -909,6 +909,13 @@ START_TEST(test_async_writer)
     ck_assert_int_eq(idx_async_start(w, 1, &aw, &err), 0);
     struct idx_chunk shape = {.tok0 = 4096, .n_tok = 4, .n_slot = 1, .k = 2};
     ck_assert_int_eq(idx_async_add(aw, &shape, &err), S3_EINVAL);
+    const struct idx_slot sl = {SYN_LAYER, SYN_HEAD};
+    const int32_t big[2] = {1 << 24, 5};
+    const float one[2] = {1, 1};
+    struct idx_chunk feat = {.tok0 = 4096, .n_tok = 1, .n_slot = 1, .slots = &sl, .k = 2,
+                             .feat = big, .act = one};
+    ck_assert_int_eq(idx_async_add(aw, &feat, &err), S3_EINVAL); /* encoded here: refused */
+    ck_assert_ptr_nonnull(strstr(err.msg, "out of range"));
     ck_assert_int_eq(idx_async_end(aw, &err), 0);
     ck_assert_int_eq(idx_async_start(w, 0, &aw, &err), S3_EINVAL);
     ck_assert_int_eq(idx_async_end(NULL, &err), 0);
