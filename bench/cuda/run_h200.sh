@@ -8,7 +8,8 @@
 # compares the devices with it (S3_CUDA_SAE), and BENCH_SCAN=1 runs the CPU scan's
 # bench-scan (peak RSS per size) on the slice with it, on all cores.
 # Writes logs under $OUT (default ./out-h200). Usage: bash bench/cuda/run_h200.sh [quick]
-# Switches (environment): MEMCHECK=0, ATTN=0, SCAN_135M=0, SCAN_8B=0 skip those parts; TOKENS_8B,
+# Switches (environment): TESTS=0, MEMCHECK=0, ATTN=0, SCAN_135M=0, SCAN_8B=0, INGEST_8B=0 skip
+# those parts; INGEST_REPEAT runs the 135M ingest that many times; TOKENS_8B,
 # TOKENS_135M, INGEST_TOKENS, BENCH_SCAN_SIZES set the sizes.
 set -u
 OUT=${OUT:-$PWD/out-h200}; mkdir -p "$OUT"
@@ -35,6 +36,7 @@ log build
 cmake --build $B -j16 --target cuda_test_kernels cuda_test_forward cuda_test_scan s3cuda_bench s3serve \
   > $OUT/build.log 2>&1 || { grep -E "error|Error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
 ldd $B/cuda_test_kernels | grep "not found"
+if [ "${TESTS:-1}" = 1 ]; then
 log tests
 S3_ROOT=$ROOT $B/cuda_test_kernels > $OUT/test_kernels.log 2>&1; KRC=$?
 grep -E "attn|Checks|Failure|Error" $OUT/test_kernels.log | tail -30
@@ -43,6 +45,7 @@ grep -E "attn|Checks|Failure|Error" $OUT/test_kernels.log | tail -30
 S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf $B/cuda_test_forward 2>&1 | tee $OUT/test_forward.log | tail -8
 SAE3=$ROOT/vendor-deb/slice3.s3sae; [ -f $SAE3 ] || SAE3=
 S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf S3_CUDA_SAE=$SAE3 $B/cuda_test_scan 2>&1 | tee $OUT/test_scan.log | tail -30
+fi
 if [ "${MEMCHECK:-1}" = 1 ]; then
 log memcheck
 timeout 150 compute-sanitizer --tool memcheck --leak-check full --report-api-errors no $B/cuda_test_kernels > $OUT/memcheck.log 2>&1
@@ -57,19 +60,25 @@ fi
 # question (time to first token, decode tok/s)
 log bench-135m
 $B/bench_cuda/s3cuda_bench synth --shape smollm2-135m --type q4_1 --out $M/smol.gguf
+for rep in $(seq ${INGEST_REPEAT:-1}); do
 timeout ${INGEST_TIMEOUT:-240} $B/bench_cuda/s3cuda_bench ingest --model $M/smol.gguf --label smollm2-135m --tokens ${INGEST_TOKENS:-1048576} \
-  --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee $OUT/ingest_135m.jsonl
+  --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee -a $OUT/ingest_135m.jsonl
 irc=${PIPESTATUS[0]}; [ $irc = 0 ] || echo "ingest 135m FAILED (exit $irc)"
+done
 [ "${SCAN_135M:-1}" = 1 ] && $B/bench_cuda/s3cuda_bench scan --model $M/smol.gguf --label smollm2-135m --tokens ${TOKENS_135M:-32768,131072,1048576} \
   --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --compare 1 2>&1 | tee $OUT/bench_135m.jsonl
+if [ "${INGEST_8B:-1}" = 1 ] || [ "${SCAN_8B:-1}" = 1 ]; then
 log bench-8b
 $B/bench_cuda/s3cuda_bench synth --shape llama3-8b --type q4_1 --out $M/l8b.gguf
+if [ "${INGEST_8B:-1}" = 1 ]; then
 timeout ${INGEST_TIMEOUT:-240} $B/bench_cuda/s3cuda_bench ingest --model $M/l8b.gguf --label llama3-8b --tokens ${INGEST_TOKENS:-1048576} \
   --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee $OUT/ingest_8b.jsonl
 irc=${PIPESTATUS[0]}; [ $irc = 0 ] || echo "ingest 8b FAILED (exit $irc)"
+fi
 [ "${SCAN_8B:-1}" = 1 ] && $B/bench_cuda/s3cuda_bench scan --model $M/l8b.gguf --label llama3-8b --tokens ${TOKENS_8B:-32768,131072,1048576} \
   --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --compare 1 2>&1 | tee $OUT/bench_8b.jsonl
 rm -f $M/l8b.gguf
+fi
 if [ "${BENCH_SCAN:-0}" = 1 ] && [ -n "$SAE3" ]; then
 log bench-scan-cpu
 timeout ${BENCH_SCAN_TIMEOUT:-200} $B/s3serve bench-scan --model $ROOT/vendor-deb/slice3.gguf --sae $SAE3 \
