@@ -776,6 +776,17 @@ static void same_spans(const struct idx_result *a, const struct idx_result *b)
     }
 }
 
+/* The same retrieval answers from documents a and b. */
+static void same_spans_of_docs(struct idx_db *db, int64_t a, int64_t b)
+{
+    struct idx_result ra, rb;
+    spans_of(db, a, &ra);
+    spans_of(db, b, &rb);
+    same_spans(&ra, &rb);
+    idx_result_deinit(&ra);
+    idx_result_deinit(&rb);
+}
+
 /* Every postings row of doc a equals doc b's (same slot, feature, count and bytes). */
 static void same_postings(struct idx_db *db, int64_t a, int64_t b)
 {
@@ -853,12 +864,7 @@ START_TEST(test_commit_resume)
     ck_assert_int_eq(info.status, IDX_DOC_READY);
     ck_assert_int_eq(info.n_chunks, (70000 + 2047) / 2048);
     same_postings(db, first, doc);
-    struct idx_result a, b;
-    spans_of(db, first, &a);
-    spans_of(db, doc, &b);
-    same_spans(&a, &b);
-    idx_result_deinit(&a);
-    idx_result_deinit(&b);
+    same_spans_of_docs(db, first, doc);
     free(txt);
     idx_close(db);
 }
@@ -885,6 +891,7 @@ START_TEST(test_async_writer)
     ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
     idx_writer_free(w);
     same_postings(db, first, doc);
+    same_spans_of_docs(db, first, doc);
     /* errors: a chunk that does not continue the document fails on the thread */
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     idx_writer_set_commit_ms(w, 0);
