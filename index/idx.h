@@ -158,9 +158,11 @@ int idx_writer_resume(struct idx_db *db, int64_t doc, struct idx_writer **out,
  * one transaction: when the segment they belong to is full, when the last commit is
  * commit_ms old (idx_writer_set_commit_ms; default IDX_COMMIT_MS), at idx_writer_flush() and
  * at idx_writer_finish(); so a crash loses at most about commit_ms of scanning (resume
- * continues after the last commit), while a fast scan commits once per segment. On error the
- * transaction is rolled back and everything accepted since the last commit is dropped: the
- * writer's state (idx_writer_state) is the committed one again. */
+ * continues after the last commit), while a fast scan commits once per segment. A chunk
+ * refused before a commit (it does not continue the document, a bad shape or feature id, out
+ * of memory) changes nothing. When a commit fails its transaction is rolled back and
+ * everything accepted since the last commit is dropped: the writer's state (idx_writer_state)
+ * is the committed one again. */
 int idx_writer_add(struct idx_writer *w, const struct idx_chunk *c, struct s3_errinfo *err);
 /* Commit what was accepted since the last commit (nothing to do: 0). */
 int idx_writer_flush(struct idx_writer *w, struct s3_errinfo *err);

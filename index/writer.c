@@ -827,6 +827,8 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t
     int rc = check_chunk(w, c, blobs != NULL, err);
     if (rc < 0)
         return rc;
+    /* what this chunk appends (undone if it is refused before any commit) */
+    const size_t n_parts0 = w->n_parts, mem0 = w->mem.n, n_hp0 = w->n_hp, held0 = w->held.n;
     for (int s = 0; s < c->n_slot && rc == 0; s++) {
         const uint8_t *b = blobs ? blobs + off[s] : NULL;
         size_t n = blobs ? len[s] : 0;
@@ -843,7 +845,10 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t
     if (rc == 0 && hold_passages(w, c) < 0)
         rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
     if (rc < 0) {
-        drop_held(w, w->n_segblobs);
+        w->n_parts = n_parts0;
+        w->mem.n = mem0;
+        w->n_hp = n_hp0;
+        w->held.n = held0;
         return rc;
     }
     w->st.next_tok = c->tok0 + c->n_tok;

@@ -850,6 +850,15 @@ START_TEST(test_commit_resume)
     idx_writer_set_commit_ms(w, 1000000000);
     syn_write(w, &s, txt, 2, NULL, NULL);
     ck_assert_int_eq(committed_tokens(db, doc), 8 * 2048);
+    /* a refused chunk leaves the held ones alone */
+    const struct idx_slot sl[2] = {{SYN_LAYER, SYN_HEAD}, {SYN_LAYER, SYN_HEAD + 1}};
+    const int32_t big[4] = {5, 6, 1 << 24, 7}; /* slot 0 encodes, slot 1 is refused */
+    const float one[4] = {1, 1, 1, 1};
+    struct idx_chunk bad = {.tok0 = 10 * 2048, .n_tok = 1, .n_slot = 2, .slots = sl, .k = 2,
+                            .feat = big, .act = one};
+    ck_assert_int_eq(idx_writer_add(w, &bad, &err), S3_EINVAL);
+    idx_writer_state(w, &st);
+    ck_assert_int_eq(st.next_tok, 10 * 2048);
     ck_assert_int_eq(idx_writer_flush(w, &err), 0);        /* as pending rows */
     ck_assert_int_eq(committed_tokens(db, doc), 10 * 2048);
     ck_assert_int_eq(idx_writer_flush(w, &err), 0);        /* nothing held: no-op */
