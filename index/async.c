@@ -21,7 +21,6 @@ struct qchunk {
 struct idx_async {
     struct idx_writer *w;      /* the writer thread's while it runs */
     struct idx_enc enc;        /* the caller's: encoding in idx_async_add */
-    struct idx_buf all;        /* the caller's: one chunk's slot blobs */
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;         /* a chunk queued, a slot freed, the end asked */
@@ -145,52 +144,42 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
 {
     if (!a || !c)
         return s3_errf(err, S3_EINVAL, "index: no async writer or chunk");
-    const size_t n_pairs = c->n_tok > 0 && c->n_slot > 0 && c->k > 0
-                               ? (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k
-                               : 0;
-    if (c->n_tok < 0 || c->n_slot < 0 || c->n_slot > IDX_MAX_SLOTS || c->k < 0 || c->k > 1024 ||
-        (n_pairs > 0 && (!c->feat || !c->act || !c->slots)) || (c->n_passages && !c->passages))
-        return s3_errf(err, S3_EINVAL, "index: bad chunk shape (n_tok %d, n_slot %d, k %d)",
-                       c->n_tok, c->n_slot, c->k);
-    for (size_t i = 0; i < c->n_passages; i++)
-        if (c->passages[i].end_char < c->passages[i].start_char ||
-            (c->passages[i].end_char > c->passages[i].start_char && !c->passages[i].text) ||
-            (c->passages[i].n_sent && (!c->passages[i].sent_tok || !c->passages[i].sent_char)))
-            return s3_errf(err, S3_EINVAL, "index: bad passage %zu in the chunk", i);
+    int rc = idx__chunk_shape(c, 0, err);
+    if (rc < 0)
+        return rc;
+    const size_t n_pairs = (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k;
     /* the slots encoded here, on the caller's thread */
     struct qchunk qc = {0};
     size_t *off = malloc(sizeof(size_t) * (2 * (size_t)c->n_slot + 1));
     if (!off)
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
-    a->all.n = 0;
-    for (int s = 0; s < c->n_slot; s++) {
-        int rc = n_pairs ? idx__enc_slot(&a->enc, c, s, err) : 0;
+    struct idx_buf all = {0}; /* the chunk's slot blobs, handed to the queue */
+    for (int s = 0; s < c->n_slot && rc == 0; s++) {
+        rc = n_pairs ? idx__enc_slot(&a->enc, c, s, err) : 0;
         const size_t bn = n_pairs ? a->enc.blob.n : 0;
-        if (rc == 0 && idx__buf_reserve(&a->all, bn) < 0)
+        if (rc == 0 && idx__buf_reserve(&all, bn) < 0)
             rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-        if (rc < 0) {
-            free(off);
-            return rc;
-        }
-        off[s] = a->all.n;
+        if (rc < 0)
+            break;
+        off[s] = all.n;
         off[c->n_slot + s] = bn;
         if (bn)
-            memcpy(a->all.p + a->all.n, a->enc.blob.p, bn);
-        a->all.n += bn;
+            memcpy(all.p + all.n, a->enc.blob.p, bn);
+        all.n += bn;
     }
     qc.off = off;
-    qc.blobs = malloc(a->all.n ? a->all.n : 1);
-    if (!qc.blobs || copy_chunk(c, &qc) < 0) {
-        free(qc.blobs);
+    qc.blobs = all.p;
+    if (rc == 0 && copy_chunk(c, &qc) < 0)
+        rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+    if (rc < 0) {
+        free(all.p);
         free(off);
-        return s3_errf(err, S3_ENOMEM, "index: out of memory");
+        return rc;
     }
-    if (a->all.n)
-        memcpy(qc.blobs, a->all.p, a->all.n);
     pthread_mutex_lock(&a->mu);
     while (a->count == a->depth && a->rc == 0)
         pthread_cond_wait(&a->cv, &a->mu);
-    int rc = a->rc;
+    rc = a->rc;
     if (rc < 0) {
         if (err)
             *err = a->err;
@@ -222,7 +211,6 @@ int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->mu);
     idx__enc_free(&a->enc);
-    free(a->all.p);
     free(a->q);
     free(a);
     return rc;

@@ -219,6 +219,9 @@ int idx__grp_put(struct idx_buf *b, int32_t prev_feat, int32_t feat, int64_t n, 
 int idx__cmp_slot_pos(int l1, int h1, int64_t p1, int l2, int h2, int64_t p2);
 
 /* ---- the chunk encoder (writer.c) ---- */
+/* What can be checked of a chunk without the document: shape, slots, arrays (feat and act
+ * not when encoded), passage arrays. S3_EINVAL with what is wrong. */
+int idx__chunk_shape(const struct idx_chunk *c, int encoded, struct s3_errinfo *err);
 struct idx_hit {
     int32_t feat;
     uint8_t q;

@@ -9,7 +9,6 @@
 
 #include "index_int.h"
 
-
 /* One pending blob of the current segment, in w->mem. */
 struct mpart {
     int layer, head;
@@ -332,20 +331,15 @@ void idx_writer_free(struct idx_writer *w)
     free(w);
 }
 
-static int check_chunk(const struct idx_writer *w, const struct idx_chunk *c, int encoded,
-                       struct s3_errinfo *err)
+int idx__chunk_shape(const struct idx_chunk *c, int encoded, struct s3_errinfo *err)
 {
-    if (w->done)
-        return s3_errf(err, S3_EINVAL, "index: document %lld is already finished",
-                       (long long)w->doc);
-    if (c->tok0 != w->st.next_tok)
-        return s3_errf(err, S3_EINVAL, "index: chunk starts at token %lld, expected %lld",
-                       (long long)c->tok0, (long long)w->st.next_tok);
     if (c->n_tok < 0 || c->n_slot < 0 || c->n_slot > IDX_MAX_SLOTS || c->k < 0 || c->k > 1024)
         return s3_errf(err, S3_EINVAL, "index: bad chunk shape (n_tok %d, n_slot %d, k %d)",
                        c->n_tok, c->n_slot, c->k);
+    if (c->n_slot && !c->slots)
+        return s3_errf(err, S3_EINVAL, "index: chunk without its slot array");
     if (!encoded && (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k > 0 &&
-        (!c->feat || !c->act || !c->slots))
+        (!c->feat || !c->act))
         return s3_errf(err, S3_EINVAL, "index: chunk without feature arrays");
     for (int s = 0; s < c->n_slot; s++) {
         for (int t = 0; t < s; t++)
@@ -358,15 +352,36 @@ static int check_chunk(const struct idx_writer *w, const struct idx_chunk *c, in
             return s3_errf(err, S3_EINVAL, "index: bad slot (%d, %d)", c->slots[s].layer,
                            c->slots[s].kv_head);
     }
-    int64_t end = c->tok0 + c->n_tok, pt = w->st.pass_tok, pc = w->st.pass_char;
     if (c->n_passages && !c->passages)
         return s3_errf(err, S3_EINVAL, "index: chunk without passage array");
     for (size_t i = 0; i < c->n_passages; i++) {
         const struct idx_passage *p = &c->passages[i];
+        if (p->end_char < p->start_char || (p->end_char > p->start_char && !p->text) ||
+            (p->n_sent && (!p->sent_tok || !p->sent_char)))
+            return s3_errf(err, S3_EINVAL, "index: passage %zu of the chunk ends before it"
+                           " starts or lacks its text or sentence arrays", i);
+    }
+    return 0;
+}
+
+/* idx__chunk_shape, then that c continues the document as accepted so far. */
+static int check_chunk(const struct idx_writer *w, const struct idx_chunk *c, int encoded,
+                       struct s3_errinfo *err)
+{
+    if (w->done)
+        return s3_errf(err, S3_EINVAL, "index: document %lld is already finished",
+                       (long long)w->doc);
+    if (c->tok0 != w->st.next_tok)
+        return s3_errf(err, S3_EINVAL, "index: chunk starts at token %lld, expected %lld",
+                       (long long)c->tok0, (long long)w->st.next_tok);
+    int rc = idx__chunk_shape(c, encoded, err);
+    if (rc < 0)
+        return rc;
+    int64_t end = c->tok0 + c->n_tok, pt = w->st.pass_tok, pc = w->st.pass_char;
+    for (size_t i = 0; i < c->n_passages; i++) {
+        const struct idx_passage *p = &c->passages[i];
         if (p->start_tok != pt || p->start_char != pc || p->end_tok <= p->start_tok ||
-            p->end_tok > end || p->end_char < p->start_char ||
-            (p->end_char > p->start_char && !p->text) || (p->n_sent && (!p->sent_tok ||
-            !p->sent_char)))
+            p->end_tok > end)
             return s3_errf(err, S3_EINVAL,
                            "index: passage %lld does not continue the text (tokens %lld..%lld,"
                            " bytes %lld..%lld; expected a start at token %lld, byte %lld)",

@@ -925,6 +925,9 @@ START_TEST(test_async_writer)
     ck_assert_int_eq(idx_async_start(w, 1, &aw, &err), 0);
     struct idx_chunk shape = {.tok0 = 4096, .n_tok = 4, .n_slot = 1, .k = 2};
     ck_assert_int_eq(idx_async_add(aw, &shape, &err), S3_EINVAL);
+    struct idx_chunk noslots = {.tok0 = 4096, .n_slot = 2};
+    ck_assert_int_eq(idx_async_add(aw, &noslots, &err), S3_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "slot array"));
     const struct idx_slot sl = {SYN_LAYER, SYN_HEAD};
     const int32_t big[2] = {1 << 24, 5};
     const float one[2] = {1, 1};
@@ -1101,6 +1104,9 @@ START_TEST(test_bad_queries)
     c.feat = feat;
     c.act = act;
     ck_assert_int_eq(idx_writer_add(w, &c, &err), S3_EINVAL);   /* feature id out of range */
+    struct idx_chunk noslots = {.tok0 = 0, .n_slot = 1};
+    ck_assert_int_eq(idx_writer_add(w, &noslots, &err), S3_EINVAL); /* slots without array */
+    ck_assert_ptr_nonnull(strstr(err.msg, "slot array"));
     feat[0] = 3;
     ck_assert_int_eq(idx_writer_add(w, &c, &err), 0);
     ck_assert_int_eq(idx_writer_finish(w, &err), S3_EINVAL);    /* passages cover 4 of 10 */
