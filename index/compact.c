@@ -202,7 +202,6 @@ static int cmp_seg_row(const void *a, const void *b)
 }
 
 struct emit_row {
-    struct idx_db *db;
     sqlite3_stmt *ins;
     int64_t doc;
     int layer, head;
@@ -267,7 +266,7 @@ int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_err
                       &ins, err);
     if (rc < 0)
         goto out;
-    struct emit_row em = {.db = db, .ins = ins, .doc = doc};
+    struct emit_row em = {.ins = ins, .doc = doc};
     const int64_t stop_n = n_tokens / IDX_STOP_FRAC + 1;
     for (size_t i = 0; i < n_rows;) {
         size_t j = i;
