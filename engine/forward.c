@@ -75,15 +75,8 @@ static void matmul_f32(const struct krn_qmat *w, const float *x, int n, float *y
             krn_qmat_row(w, r0 + i, rows + (size_t)i * nc);
         for (int t = 0; t < n; t++) {
             const float *xt = x + (size_t)t * nc;
-            for (int i = 0; i < nr; i++) {
-                const float *wr = rows + (size_t)i * nc;
-                float s[8] = {0};
-                for (int k = 0; k < nc; k += 8) /* n_cols is a multiple of 32 */
-                    for (int l = 0; l < 8; l++)
-                        s[l] += wr[k + l] * xt[k + l];
-                y[(size_t)t * ldy + r0 + i] = ((s[0] + s[1]) + (s[2] + s[3])) +
-                                              ((s[4] + s[5]) + (s[6] + s[7]));
-            }
+            for (int i = 0; i < nr; i++)
+                y[(size_t)t * ldy + r0 + i] = krn_dot_f32(rows + (size_t)i * nc, xt, nc);
         }
     }
 }

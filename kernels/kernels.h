@@ -117,6 +117,10 @@ void krn_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
 void krn_swiglu(float *out, const float *g, const float *u, int n);
 /* In place softmax of n values (max subtracted, sum in double). */
 void krn_softmax(float *x, int n);
+/* x . y in f32 with 8 independent partial sums (lane i takes elements i mod 8, the rest of n
+ * after the last multiple of 8 added at the end) combined pairwise: vectorisable without
+ * reassociation, so every build and machine gives the same bits. */
+float krn_dot_f32(const float *x, const float *y, int n);
 
 enum krn_rope_mode { KRN_ROPE_NORM = 0 /* adjacent pairs */, KRN_ROPE_NEOX = 2 /* halves */ };
 /* cos/sin table for one position: cs[2*i] = cos, cs[2*i+1] = sin of theta_i =

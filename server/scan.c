@@ -2,6 +2,7 @@
 #include "scan.h"
 
 #include "cuda_forward.h"
+#include "kernels.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -244,21 +245,6 @@ static int sink_query(struct srv_scan *sc, int slot, int kv, int r, int nb)
     return 0;
 }
 
-/* x . w in the order the decoder alignment has always used (8 independent partial sums):
- * the reference the GEMM path reproduces exactly. */
-static float dot_row(const float *w, const float *x, int d)
-{
-    float acc[8] = {0}; /* independent partial sums: vectorisable without reassociation */
-    int i = 0;
-    for (; i + 8 <= d; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] += w[i + j] * x[i + j];
-    float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < d; i++)
-        sum += w[i] * x[i];
-    return sum;
-}
-
 /* Decoder alignment of one query row x (d): the attention logit of a key with code a is
  * x.b_dec + sum_f a_f (x . W_dec[f]), so x . W_dec[f] is what feature f of a key adds to
  * the score; the K largest positive ones are added to the query's weights (ties: the lower
@@ -269,7 +255,7 @@ static void query_dec_row(struct srv_scan *sc, size_t si, const float *x)
     float *dots = sc->dots, *qs = sc->qsum + si * (size_t)sc->n_dict;
     int d = sc->d, nd = sc->n_dict, K = sc->K;
     for (int f = 0; f < nd; f++)
-        dots[f] = dot_row(wd + (size_t)f * (size_t)d, x, d);
+        dots[f] = krn_dot_f32(wd + (size_t)f * (size_t)d, x, d);
     /* K largest by partial selection (K is small) */
     for (int j = 0; j < K; j++) {
         int best = -1;
@@ -288,9 +274,9 @@ static void query_dec_row(struct srv_scan *sc, size_t si, const float *x)
 
 /* The same for nb rows x (nb, d) at once, with the same result bit for bit: one GEMM gives
  * every q . W_dec[f] up to rounding, e = 2 d u |x| max|W_dec[f]| (u = 2^-24) between it and
- * dot_row's value (both are within d u |x||w| of the exact sum). A feature whose GEMM value
+ * krn_dot_f32's value (both are within d u |x||w| of the exact sum). A feature whose GEMM value
  * is below t - 2e, t the K-th largest GEMM value of the row, has K features exactly above it,
- * so only the features at or above max(t - 2e, -e) are recomputed with dot_row and ranked
+ * so only the features at or above max(t - 2e, -e) are recomputed with krn_dot_f32 and ranked
  * (value descending, then feature), as query_dec_row ranks them. */
 static void query_dec_block(struct srv_scan *sc, size_t si, const float *x, int nb)
 {
@@ -325,7 +311,7 @@ static void query_dec_block(struct srv_scan *sc, size_t si, const float *x, int 
         int nc = 0;
         for (int f = 0; f < nd; f++)
             if ((double)g[f] >= thr) {
-                const float v = dot_row(wd + (size_t)f * (size_t)d, xr, d);
+                const float v = krn_dot_f32(wd + (size_t)f * (size_t)d, xr, d);
                 if (v > 0) {
                     sc->cand[nc] = f;
                     sc->cval[nc++] = v;

@@ -77,6 +77,19 @@ void krn_f32_to_f16_row(uint16_t *dst, const float *src, int n)
         dst[i] = krn_f32_to_fp16(src[i]);
 }
 
+float krn_dot_f32(const float *x, const float *y, int n)
+{
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += x[i + j] * y[i + j];
+    float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++)
+        sum += x[i] * y[i];
+    return sum;
+}
+
 void krn_softmax(float *x, int n)
 {
     float max = -INFINITY;

@@ -352,6 +352,38 @@ START_TEST(rmsnorm_softmax_swiglu)
 }
 END_TEST
 
+/* krn_dot_f32: exact where the sum is exact, and the documented order where rounding
+ * depends on it: lane 0 holds 2^24 and lane 1 holds 1 + 1 (elements 1 and 9), lanes 2..7
+ * hold 1 each, the tail (element 16) -2^24 at the very end. In that order
+ * ((2^24 + 2) + 2) + 4 = 2^24 + 8, then - 2^24 = 8; a sequential sum would lose every 1
+ * against 2^24 (1 ulp = 2) and give something else. */
+START_TEST(dot_f32_order)
+{
+    float x[37], y[37];
+    double want = 0;
+    for (int i = 0; i < 37; i++) {
+        x[i] = (float)(i % 7) - 3.0f;
+        y[i] = (float)(i % 5) + 1.0f;
+        want += (double)x[i] * y[i];
+    }
+    ck_assert_float_eq(krn_dot_f32(x, y, 37), (float)want);
+    ck_assert_float_eq(krn_dot_f32(x, y, 0), 0.0f);
+    float a[17] = {0}, one[17];
+    for (int i = 0; i < 17; i++)
+        one[i] = 1.0f;
+    a[0] = 16777216.0f; /* 2^24 */
+    for (int i = 1; i < 8; i++)
+        a[i] = 1.0f;
+    a[9] = 1.0f;
+    a[16] = -16777216.0f;
+    ck_assert_float_eq(krn_dot_f32(a, one, 17), 8.0f);
+    float seq = 0;
+    for (int i = 0; i < 17; i++)
+        seq += a[i];
+    ck_assert(seq != 8.0f);
+}
+END_TEST
+
 START_TEST(rope_conventions)
 {
     enum { HD = 8, NH = 2 };
@@ -486,6 +518,7 @@ static Suite *ops_suite(void)
     tcase_add_test(tc, f16_row_equals_scalar);
     tcase_add_test(tc, quantize_fast_equals_ref);
     tcase_add_test(tc, rmsnorm_softmax_swiglu);
+    tcase_add_test(tc, dot_f32_order);
     tcase_add_test(tc, rope_conventions);
     tcase_add_test(tc, attention_f16_vs_f32);
     tcase_add_test(tc, pool_runs_every_thread);
