@@ -226,7 +226,8 @@ static int count_segblobs(struct idx_writer *w, struct s3_errinfo *err)
     return rc;
 }
 
-static int writer_new(struct idx_db *db, int64_t doc, struct idx_writer **out,
+/* resume: the document may have a segment's pending rows and segment blobs to load. */
+static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_writer **out,
                       struct s3_errinfo *err)
 {
     struct idx_writer *w = calloc(1, sizeof *w);
@@ -250,9 +251,9 @@ static int writer_new(struct idx_db *db, int64_t doc, struct idx_writer **out,
         rc = prepare_all(w, err);
     if (rc == 0)
         rc = load_state(w, err);
-    if (rc == 0)
+    if (rc == 0 && resume)
         rc = load_pending(w, err);
-    if (rc == 0)
+    if (rc == 0 && resume)
         rc = count_segblobs(w, err);
     if (rc < 0) {
         idx_writer_free(w);
@@ -288,7 +289,7 @@ int idx_writer_begin(struct idx_db *db, const struct idx_doc_meta *meta, struct 
     sqlite3_finalize(st);
     if (src != SQLITE_DONE)
         return idx__sqlerr(db, src, "index: new document", err);
-    return writer_new(db, sqlite3_last_insert_rowid(db->db), out, err);
+    return writer_new(db, sqlite3_last_insert_rowid(db->db), 0, out, err);
 }
 
 int idx_writer_resume(struct idx_db *db, int64_t doc, struct idx_writer **out,
@@ -297,7 +298,7 @@ int idx_writer_resume(struct idx_db *db, int64_t doc, struct idx_writer **out,
     *out = NULL;
     if (db->readonly)
         return s3_errf(err, S3_EINVAL, "index: database is open read-only");
-    return writer_new(db, doc, out, err);
+    return writer_new(db, doc, 1, out, err);
 }
 
 int64_t idx_writer_doc(const struct idx_writer *w)
