@@ -46,10 +46,10 @@ struct eng_hparams {
 
 struct eng_model_opts {
     int n_threads;       /* 0 = all online cores */
-    const char *device;  /* "cpu" (default), "cpu-f32" (cpu with f32_act) or "cuda" */
-    int f32_act;         /* CPU: multiply the dequantised weights by f32 activations instead of
-                          * 8-bit ones (the reference path: about as exact as the GPU's fp16
-                          * GEMMs with fp32 sums; several times slower) */
+    const char *device;  /* "cpu" (default), "cuda", or "cpu-f32": the CPU multiplying the
+                          * dequantised weights by f32 activations instead of 8-bit ones (the
+                          * reference path: about as exact as the GPU's fp16 GEMMs with fp32
+                          * sums; about 18 times slower than "cpu") */
 };
 
 struct eng_model;

@@ -34,7 +34,7 @@ struct eng_model {
     float *rope_ff;              /* (n_rot/2) frequency divisors or NULL, owned */
     int n_rot;                   /* rotated dims per head */
     int n_threads;
-    int f32_act;                 /* eng_model_opts.f32_act (CPU) */
+    int f32_act;                 /* device "cpu-f32" */
     size_t weight_bytes;         /* repacked weights */
     struct eng_cuda_model *cuda; /* device copy of the weights when device = "cuda", owned */
 };

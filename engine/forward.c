@@ -18,7 +18,7 @@
  * n = 1. Every step is one task of the context's thread pool: matrices split by rows,
  * per-token work by tokens, attention by (head, 4 queries); for a few tokens (decode) the
  * per-token steps run on the calling thread, which saves four pool hand-offs per layer.
- * No allocation per token. With eng_model_opts.f32_act (device "cpu-f32") the matrices are
+ * No allocation per token. With device "cpu-f32" (m->f32_act) the matrices are
  * multiplied by the f32 activations instead of their int8 copies (matmul_f32): the reference
  * math, within float rounding of a double computation, for comparing devices. */
 #include <math.h>
@@ -64,7 +64,7 @@ static void split(int n, int ith, int nth, int *a, int *b)
 }
 
 /* y[t*ldy + r] = W_r . x_t for rows lo <= r < hi, in f32 from the dequantised rows (16 at a
- * time into rows: 16 * n_cols floats): the reference path (eng_model_opts.f32_act). */
+ * time into rows: 16 * n_cols floats): the reference path (device "cpu-f32"). */
 static void matmul_f32(const struct krn_qmat *w, const float *x, int n, float *y, int ldy,
                        int lo, int hi, float *rows)
 {

@@ -275,7 +275,7 @@ int eng_model_load(const char *path, const struct eng_model_opts *opts, struct e
     if (!m)
         return s3_errf(err, S3_ENOMEM, "model: out of memory");
     m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : krn_n_cpus();
-    m->f32_act = (opts && opts->f32_act) || cpu_f32;
+    m->f32_act = cpu_f32;
     if ((rc = eng_gguf_open(path, &m->g, err)) < 0)
         goto out;
     L.g = m->g;

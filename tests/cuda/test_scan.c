@@ -191,7 +191,7 @@ static int fixture_open(struct fixture *f, size_t n_bytes)
     if (!path)
         return 0;
     struct s3_errinfo err = {0};
-    struct eng_model_opts go = {.device = "cuda"}, fo = {.f32_act = 1};
+    struct eng_model_opts go = {.device = "cuda"}, fo = {.device = "cpu-f32"};
     ck_assert_msg(eng_model_load(path, NULL, &f->mc, &err) == 0, "%s", err.msg);
     ck_assert_msg(eng_model_load(path, &go, &f->mg, &err) == 0, "%s", err.msg);
     ck_assert_msg(eng_model_load(path, &fo, &f->mf, &err) == 0, "%s", err.msg);

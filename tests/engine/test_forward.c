@@ -403,7 +403,7 @@ START_TEST(qk_hook_sees_pre_rope_projections)
 }
 END_TEST
 
-/* The f32 reference path (eng_model_opts.f32_act): layer-0 K and Q within float rounding of
+/* The f32 reference path (device cpu-f32): layer-0 K and Q within float rounding of
  * the double reference (the int8 path is ~100x further away), and the same greedy choices as
  * the int8 path wherever those are not near ties. */
 START_TEST(f32_activations_are_exact)
@@ -413,7 +413,7 @@ START_TEST(f32_activations_are_exact)
     struct s3_errinfo err = {0};
     struct eng_model *mf = NULL;
     char *path = s3t_root_path(S3T_MODEL_REL);
-    struct eng_model_opts mo = {.n_threads = 2, .f32_act = 1};
+    struct eng_model_opts mo = {.n_threads = 2, .device = "cpu-f32"};
     ck_assert_msg(eng_model_load(path, &mo, &mf, &err) == 0, "%s", err.msg);
     free(path);
     enum { N = 5 };
