@@ -242,6 +242,19 @@ static void fixture_close(struct fixture *f)
 
 /* ---- the device encoder ------------------------------------------------------------------- */
 
+/* |a - b| / |b| over every captured layer's keys (n rows each). */
+static double keys_rel_l2(const struct kcap *a, const struct kcap *b, int n)
+{
+    double d2 = 0, n2 = 0;
+    for (int sl = 0; sl < b->n_layer_cap; sl++)
+        for (size_t i = 0; i < (size_t)n * (size_t)b->dkv; i++) {
+            const double dv = (double)a->k[sl][i] - (double)b->k[sl][i];
+            d2 += dv * dv;
+            n2 += (double)b->k[sl][i] * b->k[sl][i];
+        }
+    return sqrt(d2 / (n2 > 0 ? n2 : 1));
+}
+
 START_TEST(test_device_encoder)
 {
     struct fixture f;
@@ -286,13 +299,7 @@ START_TEST(test_device_encoder)
     float *ract = malloc(sizeof(float) * (size_t)n * K);
     long same_top = 0, total = 0, order_ok = 0, same_dec = 0, n_dec = 0, same_own = 0;
     long miss_near = 0; /* CPU-key misses whose CPU winner leads by < 2% */
-    double sum_rel = 0, kd2 = 0, kn2 = 0;
-    for (int sl = 0; sl < n_cap; sl++)
-        for (size_t i = 0; i < (size_t)n * (size_t)f.kc.dkv; i++) {
-            const double dv = (double)f.kg.k[sl][i] - (double)f.kc.k[sl][i];
-            kd2 += dv * dv;
-            kn2 += (double)f.kc.k[sl][i] * f.kc.k[sl][i];
-        }
+    double sum_rel = 0;
     for (int sl = 0; sl < n_cap; sl++)
         for (int h = 0; h < n_kv; h++) {
             const int u = sl * n_kv + h;
@@ -339,17 +346,11 @@ START_TEST(test_device_encoder)
             sum_rel / total);
     fprintf(stderr, "device encoder vs reference encoder on the GPU's own keys: top feature "
                     "equal for %ld of %ld (%.2f%%); GPU vs CPU keys rel L2 %.2e\n",
-            same_own, total, 100.0 * same_own / total, sqrt(kd2 / (kn2 > 0 ? kn2 : 1)));
+            same_own, total, 100.0 * same_own / total, keys_rel_l2(&f.kg, &f.kc, n));
     /* the CPU reference path's keys (f32 activations, as exact as the GPU's fp16 GEMMs):
        encoder and fp16 rounding differences only */
     long same_f = 0;
-    double fd2 = 0, fn2 = 0;
     for (int sl = 0; sl < n_cap; sl++) {
-        for (size_t i = 0; i < (size_t)n * (size_t)f.kf.dkv; i++) {
-            const double dv = (double)f.kg.k[sl][i] - (double)f.kf.k[sl][i];
-            fd2 += dv * dv;
-            fn2 += (double)f.kf.k[sl][i] * f.kf.k[sl][i];
-        }
         for (int h = 0; h < n_kv; h++) {
             ck_assert_int_eq(eng_sae_encode_ref(f.sae, sl, h, f.kf.k[sl] + (size_t)h * hd,
                                                 (size_t)f.kf.dkv, n, rid, ract),
@@ -360,7 +361,7 @@ START_TEST(test_device_encoder)
     }
     fprintf(stderr, "device encoder vs the CPU reference path (f32 activations): top feature "
                     "equal for %ld of %ld (%.2f%%); keys rel L2 %.2e\n",
-            same_f, total, 100.0 * same_f / total, sqrt(fd2 / (fn2 > 0 ? fn2 : 1)));
+            same_f, total, 100.0 * same_f / total, keys_rel_l2(&f.kg, &f.kf, n));
     ck_assert_int_ge(1000 * same_f, 990 * total);
     ck_assert_int_eq(order_ok, total);
     /* same keys: the encoders differ only by float rounding in the GEMM (100.00% measured
