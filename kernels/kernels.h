@@ -39,7 +39,7 @@ void krn_pool_run(struct krn_pool *p, krn_task_fn fn, void *ud);
  * q = round-half-even(x*127/amax), s = f16(d*sum q)).
  *
  * Rows are stored in groups of 16; the record of (group, block) holds the 16 rows' values of
- * that block interleaved 4 bytes at a time (the operand layout of VNNI and AMX: byte
+ * that block interleaved 4 bytes at a time (the operand layout of vpdpbusd: byte
  * kk*64 + i*4 + e is element 4*kk+e of row i), then the 16 rows' scales:
  *
  *   Q4 record, 320 bytes:  [0,256)   byte c*64+i*4+e: low nibble = element 4c+e, high
@@ -49,11 +49,14 @@ void krn_pool_run(struct krn_pool *p, krn_task_fn fn, void *ud);
  *                                    (unsigned, 0..255)
  *                          [512,576) d, f32
  *
- * Each (row r, token t) is computed as: isum_b = exact integer dot product of block b;
- *   acc = 0; for each block b in order: acc = fma(isum_b, d_w*d_x, acc); (Q4) acc = fma(m, s, acc)
- * with single-precision rounding at each step. Every path (scalar reference, AVX512-VNNI, AMX)
- * follows exactly these steps, so all give bit-identical results and a token's result never
- * depends on how tokens are batched. Rows past n_rows in the last group are zero. */
+ * Each (row r, token t) is computed exactly as ggml's Q4_1 x Q8_1 and Q8_0 x Q8_0 dot products
+ * (AVX2/AVX512 builds): lane l < 8 of block b is the exact integer sum p_bl of elements
+ * 4l..4l+3;  lane_l = fma((float)p_bl, d_w*d_x, lane_l) over the blocks in order;
+ * (Q4 only) ms = fma(m, s, ms) over the blocks;  result = sum8(lanes) + ms, sum8 being
+ * ((l4+l0)+(l6+l2)) + ((l5+l1)+(l7+l3)) — all in single precision. Every path (scalar
+ * reference, AVX512-VNNI) follows exactly these steps, so all give llama.cpp's bits and a
+ * token's result never depends on how tokens are batched. Rows past n_rows in the last group
+ * are zero. */
 enum krn_qtype { KRN_Q4 = 1, KRN_Q8 = 2 };
 
 #define KRN_QGROUP 16 /* rows per group */
@@ -81,10 +84,7 @@ struct krn_qact {
     int8_t *qs;      /* (n_tok_alloc, nb*32), 64-byte aligned, owned */
     float *d;        /* (n_tok_alloc, nb): block scale, rounded to f16, owned */
     float *s;        /* (n_tok_alloc, nb): f16(d * sum q) per block, owned */
-    int32_t *qsum;   /* (n_tok_alloc, nb): sum q per block, owned */
-    /* the same three, block-major (contiguous over tokens, for GEMM kernels): owned */
-    float *dT, *sT;  /* (nb, n_tok_alloc) */
-    int32_t *qsumT;  /* (nb, n_tok_alloc) */
+    int32_t *lsum;   /* (n_tok_alloc, nb, 8): sum of each 4 consecutive q, owned */
 };
 /* Returns 0, S3_EINVAL (n_cols not a multiple of 32, n_tok_max <= 0) or S3_ENOMEM. */
 int krn_qact_init(struct krn_qact *a, int n_tok_max, int n_cols);
@@ -95,9 +95,9 @@ void krn_qact_move_row(struct krn_qact *a, int dst, int src);
 void krn_qact_quantize(struct krn_qact *a, const float *x, int t0, int t1);
 
 /* y[t*ldy + r] = (W a_t)[r] for t < n_tok <= a->n_tok_max and rows r0 <= r < r1 (threads
- * split rows; a split at multiples of 16 keeps each row group on one thread). Runs the AMX
- * path for 8+ tokens where available (S3_NO_AMX=1 turns it off), else AVX512-VNNI, else the
- * reference; all give the same bits. Any thread; concurrent calls may share w and a. */
+ * split rows; a split at multiples of 16 keeps each row group on one thread). Runs the
+ * AVX512-VNNI path where available, else the reference; both give the same bits. Any thread;
+ * concurrent calls may share w and a. */
 void krn_qmatmul(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
                  int ldy, int r0, int r1);
 /* Scalar reference of the same computation (the oracle in tests). */

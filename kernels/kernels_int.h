@@ -12,16 +12,9 @@ int krn__have_avx512vnni(void);
 
 void krn__qact_quantize_ref(struct krn_qact *a, const float *x, int t0, int t1);
 void krn__qact_quantize_avx512(struct krn_qact *a, const float *x, int t0, int t1);
-/* 1 when the AMX-INT8 path can run: the CPU has AMX-TILE and AMX-INT8, the kernel granted
- * this process the tile data state (asked once, arch_prctl) and S3_NO_AMX is not 1. Any thread. */
-int krn__have_amx(void);
 /* The VNNI path of krn_qmatmul (any n_tok), bit-identical to krn_qmatmul_ref. */
 void krn__qmatmul_vnni(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
                        int ldy, int r0, int r1);
-/* The AMX path of krn_qmatmul, bit-identical to krn_qmatmul_ref. Returns 0, or S3_EINVAL
- * (nothing written) when AMX cannot run or the matrix is too wide for its scratch. */
-int krn__qmatmul_amx(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
-                     int ldy, int r0, int r1);
 void krn__attn_f16_ref(float *out, const float *q, const uint16_t *kc, const uint16_t *vc,
                        int n_q, int pos0, int n_head, int n_kv_head, int head_dim, int n_ctx,
                        float scale, float *scratch, int it0, int it1);
@@ -29,5 +22,14 @@ void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, const 
                           int n_q, int pos0, int n_head, int n_kv_head, int head_dim, int n_ctx,
                           float scale, float *scratch, int it0, int it1);
 void krn__f32_to_f16_avx512(uint16_t *dst, const float *src, int n);
+/* One lane of ggml's AVX512 expf approximation (ggml_v_expf), bit for bit. */
+float krn__expf_ggml(float x);
+/* Sums in the fixed orders of ggml's horizontal adds: sum8 as hsum_float_8 (8 lanes of a
+ * 256-bit vector), sum16 as GCC's _mm512_reduce_add_ps (16 lanes). */
+float krn__sum8(const float *v);
+float krn__sum16(const float *v);
+/* The KV length llama.cpp attends over when the batch ends at n_kv keys: a multiple of 32
+ * (its cache padding without flash attention), at least 32. */
+int krn__kv_pad(int n_kv);
 void krn__swiglu_ref(float *out, const float *g, const float *u, int n);
 void krn__swiglu_avx512(float *out, const float *g, const float *u, int n);

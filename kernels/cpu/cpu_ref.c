@@ -53,9 +53,47 @@ void krn_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
         y[i] = (x[i] * scale) * w[i];
 }
 
+/* One lane of ggml's AVX512 exp (ggml_v_expf): n = round(x / ln 2) by the 1.5*2^23 trick,
+ * b = x - n ln 2 in two parts, exp(b) by a degree-5 polynomial, scaled by 2^n; |n| > 192
+ * gives 0 or infinity. fmaf and ldexpf round exactly as vfmadd and vscalefps do. */
+float krn__expf_ggml(float x)
+{
+    const float shift = 0x1.8p23f;
+    const float n = fmaf(x, 0x1.715476p+0f, shift) - shift;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const float u = b * b;
+    const float p = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                              fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                         u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    if (isnan(n))
+        return n;
+    if (fabsf(n) > 192.0f)
+        return n <= 0.0f ? 0.0f : INFINITY;
+    return ldexpf(p, (int)n);
+}
+
+float krn__sum8(const float *v)
+{
+    return ((v[4] + v[0]) + (v[6] + v[2])) + ((v[5] + v[1]) + (v[7] + v[3]));
+}
+
+float krn__sum16(const float *v)
+{
+    float a[8], b[4];
+    for (int i = 0; i < 8; i++)
+        a[i] = v[8 + i] + v[i];
+    for (int i = 0; i < 4; i++)
+        b[i] = a[4 + i] + a[i];
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
 void krn__swiglu_ref(float *out, const float *g, const float *u, int n)
 {
-    for (int i = 0; i < n; i++)
+    const int nv = n & ~15; /* whole vectors in ggml; the rest goes through libm's expf */
+    int i = 0;
+    for (; i < nv; i++)
+        out[i] = g[i] / (1.0f + krn__expf_ggml(0.0f - g[i])) * u[i];
+    for (; i < n; i++)
         out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
@@ -97,9 +135,13 @@ void krn_softmax(float *x, int n)
         if (x[i] > max)
             max = x[i];
     double sum = 0.0;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += (double)x[i];
+    for (int i = 0; i < n; i += 16) {
+        float e[16];
+        for (int c = 0; c < 16; c++)
+            e[c] = i + c < n ? krn__expf_ggml(x[i + c] - max) : 0.0f;
+        for (int c = 0; c < 16 && i + c < n; c++)
+            x[i + c] = e[c];
+        sum += (double)krn__sum16(e);
     }
     const float inv = (float)(1.0 / sum);
     for (int i = 0; i < n; i++)
@@ -128,8 +170,9 @@ void krn_rope_apply(float *x, int n_heads, int head_dim, int n_dims, const float
             const int i1 = mode == KRN_ROPE_NEOX ? i + half : 2 * i + 1;
             const float c = cs[2 * i], s = cs[2 * i + 1];
             const float x0 = xh[i0], x1 = xh[i1];
-            xh[i0] = x0 * c - x1 * s;
-            xh[i1] = x0 * s + x1 * c;
+            /* as GCC contracts ggml's x0*c - x1*s (GNU C mode) */
+            xh[i0] = fmaf(x0, c, -(x1 * s));
+            xh[i1] = fmaf(x0, s, x1 * c);
         }
     }
 }
@@ -307,10 +350,7 @@ void krn_qact_deinit(struct krn_qact *a)
     free(a->qs);
     free(a->d);
     free(a->s);
-    free(a->qsum);
-    free(a->dT);
-    free(a->sT);
-    free(a->qsumT);
+    free(a->lsum);
     memset(a, 0, sizeof(*a));
 }
 
@@ -338,11 +378,8 @@ int krn_qact_init(struct krn_qact *a, int n_tok_max, int n_cols)
     a->qs = zalloc64(n * 32);
     a->d = zalloc64(n * sizeof(float));
     a->s = zalloc64(n * sizeof(float));
-    a->qsum = zalloc64(n * sizeof(int32_t));
-    a->dT = zalloc64(n * sizeof(float));
-    a->sT = zalloc64(n * sizeof(float));
-    a->qsumT = zalloc64(n * sizeof(int32_t));
-    if (!a->qs || !a->d || !a->s || !a->qsum || !a->dT || !a->sT || !a->qsumT) {
+    a->lsum = zalloc64(n * 8 * sizeof(int32_t));
+    if (!a->qs || !a->d || !a->s || !a->lsum) {
         krn_qact_deinit(a);
         return S3_ENOMEM;
     }
@@ -357,12 +394,7 @@ void krn_qact_move_row(struct krn_qact *a, int dst, int src)
     memcpy(a->qs + (size_t)dst * nb * 32, a->qs + (size_t)src * nb * 32, nb * 32);
     memcpy(a->d + (size_t)dst * nb, a->d + (size_t)src * nb, nb * sizeof(float));
     memcpy(a->s + (size_t)dst * nb, a->s + (size_t)src * nb, nb * sizeof(float));
-    memcpy(a->qsum + (size_t)dst * nb, a->qsum + (size_t)src * nb, nb * sizeof(int32_t));
-    for (size_t b = 0; b < nb; b++) {
-        const size_t od = b * (size_t)a->n_tok_alloc + (size_t)dst;
-        const size_t os = b * (size_t)a->n_tok_alloc + (size_t)src;
-        a->dT[od] = a->dT[os], a->sT[od] = a->sT[os], a->qsumT[od] = a->qsumT[os];
-    }
+    memcpy(a->lsum + (size_t)dst * nb * 8, a->lsum + (size_t)src * nb * 8, nb * 8 * sizeof(int32_t));
 }
 
 void krn__qact_quantize_ref(struct krn_qact *a, const float *x, int t0, int t1)
@@ -376,13 +408,15 @@ void krn__qact_quantize_ref(struct krn_qact *a, const float *x, int t0, int t1)
         for (int b = 0; b < nb; b++) {
             const float d = quant_block_q8(xt + (size_t)b * QK, qs + (size_t)b * QK);
             int sum = 0;
-            for (int j = 0; j < QK; j++)
-                sum += qs[b * QK + j];
+            int32_t *ls = a->lsum + ((size_t)t * nb + b) * 8;
+            for (int l = 0; l < 8; l++) {
+                ls[l] = 0;
+                for (int j = 4 * l; j < 4 * l + 4; j++)
+                    ls[l] += qs[b * QK + j];
+                sum += ls[l];
+            }
             dt[b] = round_half(d);
             st[b] = round_half(d * (float)sum);
-            a->qsum[(size_t)t * nb + b] = sum;
-            const size_t o = (size_t)b * a->n_tok_alloc + (size_t)t;
-            a->dT[o] = dt[b], a->sT[o] = st[b], a->qsumT[o] = sum;
         }
     }
 }
@@ -406,31 +440,28 @@ void krn_qmatmul_ref(const struct krn_qmat *w, const struct krn_qact *a, int n_t
         const float *da = a->d + (size_t)t * nb;
         const float *sa = a->s + (size_t)t * nb;
         for (int r = r0; r < r1; r++) {
-            float acc = 0.0f;
+            float lane[8] = {0}, ms = 0.0f;
             for (int b = 0; b < nb; b++) {
-                int isum = 0;
-                for (int j = 0; j < QK; j++)
-                    isum += qmat_q(w, r, b, j) * qa[b * QK + j];
                 const float dd = qmat_d(w, r, b) * da[b];
-                acc = fmaf((float)isum, dd, acc);
+                for (int l = 0; l < 8; l++) {
+                    int isum = 0;
+                    for (int e = 4 * l; e < 4 * l + 4; e++)
+                        isum += qmat_q(w, r, b, e) * qa[b * QK + e];
+                    lane[l] = fmaf((float)isum, dd, lane[l]);
+                }
                 if (w->qtype == KRN_Q4)
-                    acc = fmaf(qmat_m(w, r, b), sa[b], acc);
+                    ms = fmaf(qmat_m(w, r, b), sa[b], ms);
             }
+            const float acc = krn__sum8(lane) + ms;
             y[(size_t)t * ldy + r] = acc;
         }
     }
 }
 
-/* Token count from which the AMX path beats VNNI (it widens Q4 weights once per call). */
-#define AMX_MIN_TOK 8
-
 void krn_qmatmul(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
                  int ldy, int r0, int r1)
 {
     if (r0 >= r1 || n_tok <= 0)
-        return;
-    if (n_tok >= AMX_MIN_TOK && krn__have_amx() &&
-        krn__qmatmul_amx(w, a, n_tok, y, ldy, r0, r1) == 0)
         return;
     if (krn__have_avx512vnni())
         krn__qmatmul_vnni(w, a, n_tok, y, ldy, r0, r1);
@@ -445,6 +476,39 @@ int krn_attn_n_items(int n_q, int n_head)
     return n_head * ((n_q + 3) / 4);
 }
 
+int krn__kv_pad(int n_kv)
+{
+    const int n = (n_kv + 31) & ~31;
+    return n < 32 ? 32 : n;
+}
+
+/* x . y as ggml's f16 vec_dot (one token) over n_pad elements of which the first n are
+ * nonzero: 4 x 16 lane chains over steps of 64, reduced (0+2)+(1+3) and then as sum16; the
+ * elements past the last multiple of 64 are added in double. Element i of x is x[i*xs], of y
+ * y[i]; both already f16 values. */
+static float dot_gemv_f16(const float *x, int xs, const float *y, int n, int n_pad)
+{
+    const int np = n_pad & ~63;
+    float acc[64] = {0}, r[16];
+    for (int i = 0; i < np && i < n; i++)
+        acc[i & 63] = fmaf(x[(size_t)i * xs], y[i], acc[i & 63]);
+    for (int c = 0; c < 16; c++)
+        r[c] = (acc[c] + acc[32 + c]) + (acc[16 + c] + acc[48 + c]);
+    double sum = (double)krn__sum16(r);
+    for (int i = np; i < n; i++)
+        sum += (double)(x[(size_t)i * xs] * y[i]);
+    return (float)sum;
+}
+
+/* x . y as llamafile's f16 GEMM (two or more tokens): 16 lane chains, then sum16. */
+static float dot_gemm_f16(const float *x, int xs, const float *y, int n)
+{
+    float lane[16] = {0};
+    for (int i = 0; i < n; i++)
+        lane[i & 15] = fmaf(x[(size_t)i * xs], y[i], lane[i & 15]);
+    return krn__sum16(lane);
+}
+
 void krn__attn_f16_ref(float *out, const float *q, const uint16_t *kc, const uint16_t *vc,
                        int n_q, int pos0, int n_head, int n_kv_head, int head_dim, int n_ctx,
                        float scale, float *scratch, int it0, int it1)
@@ -452,39 +516,51 @@ void krn__attn_f16_ref(float *out, const float *q, const uint16_t *kc, const uin
     const int nqg = (n_q + 3) / 4;
     const int group = n_head / n_kv_head;
     const int ld = n_head * head_dim;
+    const int gemm_kq = n_q > 1 && head_dim % 16 == 0, gemm_pv = n_q > 1;
+    const int n_all = pos0 + n_q;
+    float *kf = malloc(((size_t)n_all * 2 + 1) * (size_t)head_dim * sizeof(float));
+    if (!kf)
+        return;
+    float *vf = kf + (size_t)n_all * head_dim, *qh = vf + (size_t)n_all * head_dim;
+    float *sc = scratch;
     for (int it = it0; it < it1; it++) {
         const int h = it / nqg, g = it % nqg;
         const int hk = h / group;
         const uint16_t *kh = kc + (size_t)hk * head_dim * n_ctx;
         const uint16_t *vh = vc + (size_t)hk * n_ctx * head_dim;
+        for (int j = 0; j < n_all; j++)
+            for (int d = 0; d < head_dim; d++) {
+                kf[(size_t)j * head_dim + d] = krn_fp16_to_f32(kh[(size_t)d * n_ctx + j]);
+                vf[(size_t)j * head_dim + d] = krn_fp16_to_f32(vh[(size_t)j * head_dim + d]);
+            }
         for (int i = g * 4; i < g * 4 + 4 && i < n_q; i++) {
             const float *qi = q + (size_t)i * ld + (size_t)h * head_dim;
             float *oi = out + (size_t)i * ld + (size_t)h * head_dim;
             const int n_kv = pos0 + i + 1;
-            float *sc = scratch;
+            for (int d = 0; d < head_dim; d++)
+                qh[d] = round_half(qi[d]);
             for (int j = 0; j < n_kv; j++) {
-                float s = 0.0f;
-                for (int d = 0; d < head_dim; d++)
-                    s += round_half(qi[d]) * krn_fp16_to_f32(kh[(size_t)d * n_ctx + j]);
-                sc[j] = s * scale;
+                const float *kj = kf + (size_t)j * head_dim;
+                sc[j] = (gemm_kq ? dot_gemm_f16(kj, 1, qh, head_dim)
+                                 : dot_gemv_f16(kj, 1, qh, head_dim, head_dim)) *
+                        scale;
             }
             krn_softmax(sc, n_kv);
+            for (int j = 0; j < n_kv; j++)
+                sc[j] = round_half(sc[j]);
             for (int d = 0; d < head_dim; d++)
-                oi[d] = 0.0f;
-            for (int j = 0; j < n_kv; j++) {
-                const float p = round_half(sc[j]);
-                for (int d = 0; d < head_dim; d++)
-                    oi[d] += p * krn_fp16_to_f32(vh[(size_t)j * head_dim + d]);
-            }
+                oi[d] = gemm_pv ? dot_gemm_f16(vf + d, head_dim, sc, n_kv)
+                                : dot_gemv_f16(vf + d, head_dim, sc, n_kv, krn__kv_pad(n_all));
         }
     }
+    free(kf);
 }
 
 void krn_attn_f16(float *out, const float *q, const uint16_t *kc, const uint16_t *vc, int n_q,
                   int pos0, int n_head, int n_kv_head, int head_dim, int n_ctx, float scale,
                   float *scratch, int it0, int it1)
 {
-    if (krn__have_avx512vnni() && head_dim % 16 == 0 && head_dim <= 256)
+    if (krn__have_avx512vnni() && head_dim % 64 == 0 && head_dim <= 256)
         krn__attn_f16_avx512(out, q, kc, vc, n_q, pos0, n_head, n_kv_head, head_dim, n_ctx,
                              scale, scratch, it0, it1);
     else

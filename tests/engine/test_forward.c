@@ -17,18 +17,11 @@
 #include "s3.h"
 #include "testutil.h"
 
-/* Tolerances against llama.cpp. Both quantise activations to int8 at every matrix input, so
- * a last-bit difference in float summation order can move a value across an int8 rounding
- * boundary; over 30 layers such flips change logits by ~0.1-0.3, while either side is ~0.5-1
- * away from an f64 reference of the dequantised model. Our kernels sum each 32-block exactly
- * in integers and scale-accumulate blocks in one order on every path (scalar, VNNI, AMX).
- * Measured on the fixtures: mean |diff| <= 0.22, max 1.33; 31 of 832 teacher-forced greedy
- * steps pick another id, each where the two ids are within 0.30 of each other. So: */
-#define LOGIT_MEAN_TOL 0.28f  /* mean |logit - llama.cpp| over all stored logits of a sequence */
-#define LOGIT_MAX_TOL 2.0f    /* any single stored logit */
-#define TOP1_MARGIN 1.0f      /* top-1 must agree wherever llama.cpp's top-2 margin exceeds this */
-#define TIE_TOL 0.4f          /* greedy: a different argmax only within this of llama.cpp's id */
-#define GREEDY_MISS_MAX 0.045 /* and at most this fraction of the greedy steps */
+/* The CPU backend reproduces llama.cpp's plain CPU path (no extra buffer types; the
+ * fixtures say how they were made) bit for bit: the same activation quantisation, the same
+ * lane order in every dot product, ggml's expf, the fused multiply-adds GCC forms in its
+ * RoPE. Fixture logits are stored rounded to 5 decimals, hence: */
+#define LOGIT_TOL 2e-5f /* any stored logit */
 
 static struct eng_model *g_model;
 static int g_nv;
@@ -96,7 +89,7 @@ START_TEST(greedy_matches_llama_cpp)
     struct eng_ctx *c = new_ctx(2048, 0);
     float *lg = malloc((size_t)g_nv * sizeof(float));
     ck_assert_ptr_nonnull(lg);
-    size_t n_cases = json_array_size(cases), checked = 0, ties = 0, steps = 0;
+    size_t n_cases = json_array_size(cases), checked = 0, steps = 0;
     for (size_t ci = 0; ci < n_cases; ci++) {
         if (s3t_quick() && ci % 9 != 0)
             continue;
@@ -107,21 +100,16 @@ START_TEST(greedy_matches_llama_cpp)
         int32_t *want = ids_of(json_object_get(cs, "completion_ids"), &nc);
         eng_ctx_reset(c);
         ck_assert_int_eq(eng_ctx_prefill(c, prompt, np, lg, NULL), 0);
-        if (nc > 32)
-            nc = s3t_quick() ? 16 : 32; /* runtime: 26 cases x 32 steps */
+        if (s3t_quick() && nc > 16)
+            nc = 16;
+        /* free-running greedy decoding: each of our own ids is fed back */
         for (size_t i = 0; i < nc; i++) {
             const int32_t got = argmax(lg, g_nv);
-            if (got != want[i]) {
-                /* accepted only as a near-tie (llama.cpp's own rounding could flip it) */
-                ck_assert_msg(lg[got] - lg[want[i]] < TIE_TOL,
-                              "case %s step %zu: got %d (%.5f), llama.cpp %d (%.5f)", name, i,
-                              got, lg[got], want[i], lg[want[i]]);
-                ties++;
-            }
+            ck_assert_msg(got == want[i], "case %s step %zu: got %d (%.5f), llama.cpp %d (%.5f)",
+                          name, i, got, lg[got], want[i], lg[want[i]]);
             steps++;
-            /* feed the reference id so that one near-tie cannot derail the rest */
             if (i + 1 < nc)
-                ck_assert_int_eq(eng_ctx_decode(c, want[i], lg), 0);
+                ck_assert_int_eq(eng_ctx_decode(c, got, lg), 0);
         }
         ck_assert_int_eq(eng_ctx_pos(c), (int)(np + nc - 1));
         checked++;
@@ -129,10 +117,7 @@ START_TEST(greedy_matches_llama_cpp)
         free(want);
     }
     ck_assert(checked > 0);
-    fprintf(stderr, "forward: greedy %zu cases, %zu of %zu steps differ (near-ties)\n", checked,
-            ties, steps);
-    ck_assert_msg(ties <= 2 || (double)ties <= GREEDY_MISS_MAX * (double)steps, "%zu of %zu steps differ",
-                  ties, steps);
+    fprintf(stderr, "forward: greedy %zu cases, all %zu steps identical\n", checked, steps);
     free(lg);
     eng_ctx_free(c);
     json_decref(fx);
@@ -153,7 +138,6 @@ START_TEST(logits_match_llama_cpp)
     int32_t *fixed = ids_of(json_object_get(fx, "fixed_ids"), &n_fixed);
     struct eng_ctx *c = new_ctx(512, 0);
     float maxdiff = 0.0f;
-    double worst_mean = 0.0;
     for (size_t si = 0; si < json_array_size(seqs); si++) {
         if (s3t_quick() && json_array_size(json_object_get(json_array_get(seqs, si), "ids")) > 64)
             continue; /* the short sequences only */
@@ -170,25 +154,17 @@ START_TEST(logits_match_llama_cpp)
         json_t *top1 = json_object_get(sq, "top1"), *top_ids = json_object_get(sq, "top_ids"),
                *top_lg = json_object_get(sq, "top_logits"),
                *fixed_lg = json_object_get(sq, "fixed_logits");
-        double sum_diff = 0.0;
-        size_t n_diff = 0;
         for (size_t i = 0; i < n; i++) {
             const float *row = all + i * (size_t)g_nv;
             const int32_t want = (int32_t)json_integer_value(json_array_get(top1, i));
             const int32_t got = argmax(row, g_nv);
-            json_t *tl0 = json_array_get(top_lg, i);
-            const float margin = (float)(json_real_value(json_array_get(tl0, 0)) -
-                                         json_real_value(json_array_get(tl0, 1)));
-            ck_assert_msg(got == want || margin < TOP1_MARGIN,
-                          "%s pos %zu: top1 %d, llama.cpp %d (margin %.3f)", name, i, got, want,
-                          margin);
+            ck_assert_msg(got == want, "%s pos %zu: top1 %d, llama.cpp %d", name, i, got, want);
             for (size_t k = 0; k < n_fixed; k++) {
                 const float ref =
                     (float)json_real_value(json_array_get(json_array_get(fixed_lg, i), k));
                 const float d = fabsf(row[fixed[k]] - ref);
                 maxdiff = d > maxdiff ? d : maxdiff;
-                sum_diff += d, n_diff++;
-                ck_assert_msg(d < LOGIT_MAX_TOL, "%s pos %zu id %d: %.5f vs %.5f", name, i,
+                ck_assert_msg(d < LOGIT_TOL, "%s pos %zu id %d: %.5f vs %.5f", name, i,
                               fixed[k], row[fixed[k]], ref);
             }
             json_t *ti = json_array_get(top_ids, i), *tl = json_array_get(top_lg, i);
@@ -197,20 +173,15 @@ START_TEST(logits_match_llama_cpp)
                 const float ref = (float)json_real_value(json_array_get(tl, k));
                 const float d = fabsf(row[id] - ref);
                 maxdiff = d > maxdiff ? d : maxdiff;
-                sum_diff += d, n_diff++;
-                ck_assert_msg(d < LOGIT_MAX_TOL, "%s pos %zu top id %d: %.5f vs %.5f", name, i, id,
+                ck_assert_msg(d < LOGIT_TOL, "%s pos %zu top id %d: %.5f vs %.5f", name, i, id,
                               row[id], ref);
             }
         }
-        const double mean = sum_diff / (double)(n_diff ? n_diff : 1);
-        worst_mean = mean > worst_mean ? mean : worst_mean;
-        ck_assert_msg(mean < LOGIT_MEAN_TOL, "%s: mean |diff| %.4f", name, mean);
         free(all);
         free(last);
         free(ids);
     }
-    fprintf(stderr, "forward: |logit - llama.cpp| max %.4f, worst sequence mean %.4f\n", maxdiff,
-            worst_mean);
+    fprintf(stderr, "forward: |logit - llama.cpp| max %.2g (fixtures keep 5 decimals)\n", maxdiff);
     free(fixed);
     eng_ctx_free(c);
     json_decref(fx);

@@ -192,11 +192,20 @@ def main():
         "model": os.path.basename(model_path),
         "model_sha256": sha256_file(model_path),
     }
-    # n_ubatch=16: on CPUs with AMX, llama.cpp 0.3.16 routes Q4_1 matrices of 32 or more
-    # tokens through its AMX kernels, whose logits are far off (max |diff| 4-26 against a
-    # float64 reference, top-1 agreement 21/48) while batches of up to 17 tokens agree with
-    # token-at-a-time evaluation. Small ubatches keep the reference on the correct path.
-    llm = llama_cpp.Llama(model_path=model_path, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=16,
+    # llama.cpp's plain CPU path: no extra buffer types (on CPUs with AMX, llama.cpp 0.3.16
+    # would route Q4_1 matrices of 32 or more tokens through its AMX kernels, whose logits are
+    # far off: max |diff| 4-26 against a float64 reference). The plain path gives the same
+    # logits for a token whatever the batch, and is the one s3serve's CPU backend reproduces
+    # bit for bit. A prompt is one ubatch; each generated token is a ubatch of its own.
+    default_params = llama_cpp.llama_cpp.llama_model_default_params
+
+    def plain_params():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_cpp.llama_model_default_params = plain_params
+    llm = llama_cpp.Llama(model_path=model_path, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX,
                           n_threads=N_THREADS, n_threads_batch=N_THREADS, logits_all=True,
                           verbose=False)
     vocab = llm._model.vocab
