@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "quant.h"
+#include "s3.h"
 
 /* Online cores (>= 1). */
 int krn_n_cpus(void);
@@ -113,9 +114,12 @@ void krn_f32_to_f16_row(uint16_t *dst, const float *src, int n);
 
 /* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, as ggml). y may alias x. */
 void krn_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
-/* out = silu(g) * u, silu(x) = x / (1 + e^-x). out may alias g or u. */
+/* out = silu(g) * u, silu(x) = x / (1 + e^-x) as ggml's SwiGLU on a row of n: the first
+ * n - n%16 values with ggml's AVX512 expf, the rest with libm's. out may alias g or u. */
 void krn_swiglu(float *out, const float *g, const float *u, int n);
-/* In place softmax of n values (max subtracted, sum in double). */
+/* In place softmax of n values as ggml's soft_max over a row padded with -inf to a multiple
+ * of 16: exp(x - max) by ggml's AVX512 expf, each 16 summed as GCC's _mm512_reduce_add_ps and
+ * added up in double, then every value times (float)(1 / sum). */
 void krn_softmax(float *x, int n);
 /* x . y in f32 with 8 independent partial sums (lane i takes elements i mod 8, the rest of n
  * after the last multiple of 8 added at the end) combined pairwise: vectorisable without
@@ -137,9 +141,13 @@ void krn_rope_apply(float *x, int n_heads, int head_dim, int n_dims, const float
  *   q : (n_q, n_head*head_dim) f32 (already rotated); query i sits at position pos0+i and
  *       sees keys 0..pos0+i.
  *   out: (n_q, n_head*head_dim) f32.
- * As llama.cpp (no flash attention): q and the probabilities are rounded to f16 before their
- * dot products; scores are scaled, softmaxed in f32 with a double sum. Work items are
- * (head, group of 4 queries); this call does items it0..it1-1 of krn_attn_n_items().
+ * Bit for bit as llama.cpp without flash attention: q and the probabilities are rounded to
+ * f16 before their dot products; scores are scaled and softmaxed (krn_softmax). A call of 2+
+ * queries (a llama.cpp ubatch of 2+ tokens) sums the dot products in llamafile's f16 GEMM
+ * order (16 lane chains, then 16 lanes as _mm512_reduce_add_ps); a call of one query in
+ * ggml's vec_dot_f16 order (4 x 16 lane chains over steps of 64, reduced, and the elements
+ * past the last multiple of 64 of the KV length padded to 32 added in double). Work items
+ * are (head, group of 4 queries); this call does items it0..it1-1 of krn_attn_n_items().
  * scratch: 4*n_ctx floats. */
 int krn_attn_n_items(int n_q, int n_head);
 void krn_attn_f16(float *out, const float *q, const uint16_t *kc, const uint16_t *vc, int n_q,
@@ -148,3 +156,54 @@ void krn_attn_f16(float *out, const float *q, const uint16_t *kc, const uint16_t
 /* Plain f32 reference: k, v (n_kv, n_kv_head*head_dim) f32 rows, queries at pos0+i. */
 void krn_attn_ref(float *out, const float *q, const float *k, const float *v, int n_q, int pos0,
                   int n_head, int n_kv_head, int head_dim, float scale);
+
+/* ---- backends -----------------------------------------------------------------------------------
+ * The ops above on different hardware behind one interface (the vtable, struct krn_backend,
+ * is in kernels_int.h): "cpu" (kernels/cpu/: host memory; exactly the ops above) and, in
+ * builds with CUDA, "cuda" (kernels/cuda/: memory of GPU 0; fp16 operands and activations
+ * with fp32 sums, like the device forward pass). Buffers belong to the backend that allocated
+ * them; data enters and leaves by krn_upload/krn_download. Ops read and write f32 buffers and
+ * may run asynchronously: krn_download and krn_synchronize wait for them. A backend belongs
+ * to one thread at a time. Every int function returns 0 or a negative S3_E* code (S3_EINVAL
+ * for bad shapes, S3_ENOMEM, S3_EDEVICE); krn_backend_errmsg says what failed. */
+struct krn_backend;
+struct krn_weight; /* a weight matrix in the backend's own format */
+
+/* name "cpu" (n_threads <= 0: all cores) or "cuda" (S3_EDEVICE when the build has no CUDA or
+ * the machine no GPU). Unknown names: S3_EINVAL. On failure *out is NULL and err (may be
+ * NULL) says why. */
+int krn_backend_new(const char *name, int n_threads, struct krn_backend **out,
+                    struct s3_errinfo *err);
+void krn_backend_free(struct krn_backend *be);
+const char *krn_backend_name(const struct krn_backend *be);
+const char *krn_backend_errmsg(const struct krn_backend *be);
+
+/* bytes of zeroed backend memory (free with krn_buf_free; NULL allowed). */
+int krn_buf_alloc(struct krn_backend *be, size_t bytes, void **buf);
+void krn_buf_free(struct krn_backend *be, void *buf);
+int krn_upload(struct krn_backend *be, void *buf, const void *src, size_t bytes);
+int krn_download(struct krn_backend *be, void *dst, const void *buf, size_t bytes);
+int krn_synchronize(struct krn_backend *be);
+
+/* A weight matrix from host data of a ggml type (n_rows x n_cols, as stored in GGUF). */
+int krn_weight_new(struct krn_backend *be, uint32_t ggml_type, const void *data, int n_rows,
+                   int n_cols, struct krn_weight **out);
+void krn_weight_free(struct krn_backend *be, struct krn_weight *w);
+
+/* y (n_tok, n_rows) = x (n_tok, n_cols) W^T. CPU: krn_qmatmul on 8-bit activations. */
+int krn_be_matmul(struct krn_backend *be, const struct krn_weight *w, const float *x, int n_tok,
+                  float *y);
+/* y = krn_rmsnorm of each of n_rows rows of n (y may be x). */
+int krn_be_rmsnorm(struct krn_backend *be, float *y, const float *x, const float *w, int n_rows,
+                   int n, float eps);
+/* Rotate in place n_tok rows of n_heads heads at positions pos0.. (krn_rope_table with no
+ * frequency factors, then krn_rope_apply). */
+int krn_be_rope(struct krn_backend *be, float *x, int n_tok, int pos0, int n_heads,
+                int head_dim, int n_rot, float base, int mode);
+/* Causal GQA attention of n_q rotated queries at positions pos0.. over k, v (pos0 + n_q rows
+ * of n_kv_head*head_dim), as krn_attn_ref (CPU: through the f16 cache and krn_attn_f16). */
+int krn_be_attention(struct krn_backend *be, float *out, const float *q, const float *k,
+                     const float *v, int n_q, int pos0, int n_head, int n_kv_head,
+                     int head_dim, float scale);
+/* krn_softmax of each of n_rows rows of n, in place. */
+int krn_be_softmax(struct krn_backend *be, float *x, int n_rows, int n);

@@ -2,7 +2,7 @@
  *
  * The fast paths live in kernels/cpu/cpu_avx512.c, compiled with per-function target
  * attributes and chosen at run time; the scalar reference in kernels/cpu/cpu_ref.c works on
- * any CPU. (The CUDA backend will join through a vtable here.) */
+ * any CPU. Both backends, CPU and CUDA, implement the vtable struct krn_backend below. */
 #pragma once
 
 #include "kernels.h"
@@ -33,3 +33,46 @@ float krn__sum16(const float *v);
 int krn__kv_pad(int n_kv);
 void krn__swiglu_ref(float *out, const float *g, const float *u, int n);
 void krn__swiglu_avx512(float *out, const float *g, const float *u, int n);
+
+/* ---- backend vtable ------------------------------------------------------------------------
+ * One instance per backend object. The public functions of kernels.h check the arguments
+ * common to every backend, then call the slot; a slot may assume them valid. A NULL slot
+ * marked (optional) answers S3_EINVAL with a message. Slots record what failed in err. */
+struct krn_weight {
+    int n_rows, n_cols;
+    void *impl; /* the backend's own */
+};
+
+struct krn_backend {
+    const char *name;
+    void *ctx; /* the backend's own */
+    char err[256];
+    int (*buf_alloc)(struct krn_backend *be, size_t bytes, void **buf);
+    void (*buf_free)(struct krn_backend *be, void *buf);
+    int (*upload)(struct krn_backend *be, void *buf, const void *src, size_t bytes);
+    int (*download)(struct krn_backend *be, void *dst, const void *buf, size_t bytes);
+    int (*weight_new)(struct krn_backend *be, uint32_t ggml_type, const void *data,
+                      struct krn_weight *w);
+    void (*weight_free)(struct krn_backend *be, struct krn_weight *w);
+    int (*matmul)(struct krn_backend *be, const struct krn_weight *w, const float *x, int n_tok,
+                  float *y);
+    int (*rmsnorm)(struct krn_backend *be, float *y, const float *x, const float *w,
+                   int n_rows, int n, float eps);
+    int (*rope)(struct krn_backend *be, float *x, int n_tok, int pos0, int n_heads,
+                int head_dim, int n_rot, float base, int mode);
+    int (*attention)(struct krn_backend *be, float *out, const float *q, const float *k,
+                     const float *v, int n_q, int pos0, int n_head, int n_kv_head,
+                     int head_dim, float scale);
+    int (*softmax)(struct krn_backend *be, float *x, int n_rows, int n); /* (optional) */
+    int (*synchronize)(struct krn_backend *be);
+    void (*destroy)(struct krn_backend *be); /* frees ctx, not be */
+};
+
+/* Fill be (zeroed) with the CPU backend. Returns 0 or S3_ENOMEM. */
+int krn__backend_cpu_init(struct krn_backend *be, int n_threads);
+/* Fill be (zeroed) with the CUDA backend on GPU 0. Returns 0 or S3_EDEVICE (message in
+ * be->err). Only in builds with CUDA (S3_HAVE_CUDA). */
+int krn__backend_cuda_init(struct krn_backend *be);
+/* Record a message in be->err and return code. */
+int krn__be_err(struct krn_backend *be, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));

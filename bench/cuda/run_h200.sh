@@ -33,7 +33,7 @@ log configure
 cmake -S . -B $B -DS3_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_BUILD_TYPE=Release \
   > $OUT/configure.log 2>&1 || { tail -30 $OUT/configure.log; exit 1; }
 log build
-cmake --build $B -j16 --target cuda_test_kernels cuda_test_forward cuda_test_scan s3cuda_bench s3serve \
+cmake --build $B -j16 --target cuda_test_kernels cuda_test_backend cuda_test_forward cuda_test_scan s3cuda_bench s3serve \
   > $OUT/build.log 2>&1 || { grep -E "error|Error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
 ldd $B/cuda_test_kernels | grep "not found"
 if [ "${TESTS:-1}" = 1 ]; then
@@ -42,6 +42,7 @@ S3_ROOT=$ROOT $B/cuda_test_kernels > $OUT/test_kernels.log 2>&1; KRC=$?
 grep -E "attn|Checks|Failure|Error" $OUT/test_kernels.log | tail -30
 # a failing kernel test leaves the benchmarks on the single-stage attention kernel
 [ $KRC -ne 0 ] && { echo "kernel tests FAILED: benchmarks with S3_CUDA_ATTN=1"; export S3_CUDA_ATTN=1; }
+S3_ROOT=$ROOT $B/cuda_test_backend 2>&1 | tee $OUT/test_backend.log | grep -E "backend|Checks|Failure|Error"
 S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf $B/cuda_test_forward 2>&1 | tee $OUT/test_forward.log | tail -8
 SAE3=$ROOT/vendor-deb/slice3.s3sae; [ -f $SAE3 ] || SAE3=
 S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf S3_CUDA_SAE=$SAE3 $B/cuda_test_scan 2>&1 | tee $OUT/test_scan.log | tail -30
@@ -50,6 +51,8 @@ if [ "${MEMCHECK:-1}" = 1 ]; then
 log memcheck
 timeout 150 compute-sanitizer --tool memcheck --leak-check full --report-api-errors no $B/cuda_test_kernels > $OUT/memcheck.log 2>&1
 grep -E "ERROR SUMMARY|Checks" $OUT/memcheck.log
+timeout 120 compute-sanitizer --tool memcheck --leak-check full --report-api-errors no $B/cuda_test_backend > $OUT/memcheck_backend.log 2>&1
+grep -E "ERROR SUMMARY|Checks" $OUT/memcheck_backend.log
 fi
 [ "${1:-}" = quick ] && exit 0
 if [ "${ATTN:-1}" = 1 ]; then

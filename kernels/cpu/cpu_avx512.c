@@ -309,8 +309,10 @@ TGT static INL void scores16_gemm4(const uint16_t *kh, int n_ctx, int j, __mmask
 TGT static void softmax_f16(float *s, int nk)
 {
     __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (int j = 0; j < nk; j += 16)
-        vmax = _mm512_mask_max_ps(vmax, tail_mask(nk - j), vmax, _mm512_loadu_ps(s + j));
+    for (int j = 0; j < nk; j += 16) {
+        const __mmask16 m = tail_mask(nk - j);
+        vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + j));
+    }
     const __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
     double sum = 0.0;
     for (int j = 0; j < nk; j += 16) {

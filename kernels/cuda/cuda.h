@@ -152,6 +152,14 @@ int krn_cuda_swiglu(struct krn_cuda_dev *dev, const uint16_t *d_gu, int n_rows, 
 int krn_cuda_swiglu_ld(struct krn_cuda_dev *dev, const uint16_t *d_gu, int n_rows, int n_ff,
                        uint16_t *d_out, int ldo);
 
+/* Softmax of each of n_rows rows of n f32 values in place (max subtracted, f32 sums). */
+int krn_cuda_softmax_rows(struct krn_cuda_dev *dev, float *d_x, int n_rows, int n);
+
+/* Store n rows (n_kv_head*hd f32 each) at positions pos0.. of a cache (n_kv_head, n_ctx, hd)
+ * fp16, the layout krn_cuda_attn reads. */
+int krn_cuda_kv_rows(struct krn_cuda_dev *dev, const float *d_rows, int n, int pos0,
+                     int n_kv_head, int hd, uint16_t *d_cache, int n_ctx);
+
 /* out[r] = index of the largest of row r of x (n_rows, n) f32 (lowest index on ties). */
 int krn_cuda_argmax(struct krn_cuda_dev *dev, const float *d_x, int n_rows, int n,
                     int32_t *d_out);

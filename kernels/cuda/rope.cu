@@ -53,8 +53,8 @@ __global__ void k_rope_qkv_pairs(const float *qkv, int ldqkv, int pos0, int n_he
                 i0 = neox ? p : 2 * p;
                 i1 = neox ? p + half : 2 * p + 1;
                 const float c = cs[2 * p], s = cs[2 * p + 1], x0 = x[i0], x1 = x[i1];
-                r0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-                r1 = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+                r0 = __fmaf_rn(x0, c, -__fmul_rn(x1, s));
+                r1 = __fmaf_rn(x0, s, __fmul_rn(x1, c));
             } else {
                 i0 = n_rot + 2 * (p - half);
                 i1 = i0 + 1;

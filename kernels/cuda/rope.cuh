@@ -1,5 +1,6 @@
 /* kernels/cuda/rope.cuh - rotary embedding of one element, both conventions, rounded exactly as
- * the CPU reference (no fused multiply-add). */
+ * the CPU reference: x0*c - x1*s as fma(x0, c, -(x1*s)), x0*s + x1*c as fma(x0, s, x1*c) (the
+ * contraction GCC applies to ggml's RoPE). */
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,6 +22,6 @@ __device__ __forceinline__ float krn_rope_elem(const float *x, int i, int n_rot,
     }
     const float c = cs[2 * p], s = cs[2 * p + 1];
     if (first)
-        return __fsub_rn(__fmul_rn(x[i], c), __fmul_rn(x[partner], s));
-    return __fadd_rn(__fmul_rn(x[partner], s), __fmul_rn(x[i], c));
+        return __fmaf_rn(x[i], c, -__fmul_rn(x[partner], s));
+    return __fmaf_rn(x[partner], s, __fmul_rn(x[i], c));
 }
