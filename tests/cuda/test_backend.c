@@ -67,26 +67,43 @@ static float *down(struct krn_backend *be, const float *buf, size_t n)
 
 enum { ROWS = 72, COLS = 576, NTOK = 9, NH = 4, NKV = 2, HD = 64, POS0 = 13 };
 
-/* The outputs of every op on one backend, for fixed inputs (regenerated from one seed). */
+/* The inputs, the same every time (regenerated from one seed). */
+struct ins {
+    uint8_t *wq;
+    float *x, *nw, *q, *k, *v, *s;
+};
+
+static void ins_make(struct ins *in)
+{
+    g_rng = 0x9E3779B97F4A7C15ull;
+    in->wq = make_q4_1(ROWS, COLS);
+    in->x = randv((size_t)NTOK * COLS, 1.0f), in->nw = randv(COLS, 1.0f);
+    in->q = randv((size_t)NTOK * NH * HD, 1.0f);
+    in->k = randv((size_t)(POS0 + NTOK) * NKV * HD, 1.0f);
+    in->v = randv((size_t)(POS0 + NTOK) * NKV * HD, 1.0f);
+    in->s = randv((size_t)NTOK * 100, 6.0f);
+}
+
+static void ins_free(struct ins *in)
+{
+    free(in->wq), free(in->x), free(in->nw), free(in->q), free(in->k), free(in->v), free(in->s);
+}
+
+/* The outputs of every op on one backend. */
 struct outs {
     float *mm, *norm, *rope, *att, *sm;
 };
 
 static void run_ops(struct krn_backend *be, struct outs *o)
 {
-    g_rng = 0x9E3779B97F4A7C15ull;
-    uint8_t *wq = make_q4_1(ROWS, COLS);
-    float *x = randv((size_t)NTOK * COLS, 1.0f), *nw = randv(COLS, 1.0f);
-    float *q = randv((size_t)NTOK * NH * HD, 1.0f);
-    float *k = randv((size_t)(POS0 + NTOK) * NKV * HD, 1.0f);
-    float *v = randv((size_t)(POS0 + NTOK) * NKV * HD, 1.0f);
-    float *s = randv((size_t)NTOK * 100, 6.0f);
+    struct ins in;
+    ins_make(&in);
     struct krn_weight *w;
-    ck_assert_int_eq(krn_weight_new(be, 3, wq, ROWS, COLS, &w), 0);
-    float *dx = up(be, x, (size_t)NTOK * COLS), *dnw = up(be, nw, COLS);
-    float *dq = up(be, q, (size_t)NTOK * NH * HD), *ds = up(be, s, (size_t)NTOK * 100);
-    float *dk = up(be, k, (size_t)(POS0 + NTOK) * NKV * HD);
-    float *dv = up(be, v, (size_t)(POS0 + NTOK) * NKV * HD);
+    ck_assert_int_eq(krn_weight_new(be, 3, in.wq, ROWS, COLS, &w), 0);
+    float *dx = up(be, in.x, (size_t)NTOK * COLS), *dnw = up(be, in.nw, COLS);
+    float *dq = up(be, in.q, (size_t)NTOK * NH * HD), *ds = up(be, in.s, (size_t)NTOK * 100);
+    float *dk = up(be, in.k, (size_t)(POS0 + NTOK) * NKV * HD);
+    float *dv = up(be, in.v, (size_t)(POS0 + NTOK) * NKV * HD);
     void *dy, *dn, *da;
     ck_assert_int_eq(krn_buf_alloc(be, (size_t)NTOK * ROWS * sizeof(float), &dy), 0);
     ck_assert_int_eq(krn_buf_alloc(be, (size_t)NTOK * COLS * sizeof(float), &dn), 0);
@@ -106,7 +123,7 @@ static void run_ops(struct krn_backend *be, struct outs *o)
     krn_buf_free(be, dx), krn_buf_free(be, dnw), krn_buf_free(be, dq), krn_buf_free(be, ds);
     krn_buf_free(be, dk), krn_buf_free(be, dv), krn_buf_free(be, dy), krn_buf_free(be, dn);
     krn_buf_free(be, da);
-    free(wq), free(x), free(nw), free(q), free(k), free(v), free(s);
+    ins_free(&in);
 }
 
 static void outs_free(struct outs *o)
@@ -124,16 +141,12 @@ START_TEST(cpu_backend_is_the_cpu_ops)
     struct outs o;
     run_ops(be, &o);
     /* the same inputs through the plain ops */
-    g_rng = 0x9E3779B97F4A7C15ull;
-    uint8_t *wq = make_q4_1(ROWS, COLS);
-    float *x = randv((size_t)NTOK * COLS, 1.0f), *nw = randv(COLS, 1.0f);
-    float *q = randv((size_t)NTOK * NH * HD, 1.0f);
-    float *k = randv((size_t)(POS0 + NTOK) * NKV * HD, 1.0f);
-    float *v = randv((size_t)(POS0 + NTOK) * NKV * HD, 1.0f);
-    float *s = randv((size_t)NTOK * 100, 6.0f);
+    struct ins in;
+    ins_make(&in);
+    float *x = in.x, *nw = in.nw, *q = in.q, *k = in.k, *v = in.v, *s = in.s;
     struct krn_qmat w;
     struct krn_qact a;
-    ck_assert_int_eq(krn_qmat_init(&w, 3, wq, ROWS, COLS), 0);
+    ck_assert_int_eq(krn_qmat_init(&w, 3, in.wq, ROWS, COLS), 0);
     ck_assert_int_eq(krn_qact_init(&a, NTOK, COLS), 0);
     krn_qact_quantize(&a, x, 0, NTOK);
     float y[NTOK * ROWS], n1[COLS], cs[HD], att[NTOK * NH * HD];
@@ -156,7 +169,7 @@ START_TEST(cpu_backend_is_the_cpu_ops)
     ck_assert_mem_eq(o.rope, q, (size_t)NTOK * NH * HD * sizeof(float));
     outs_free(&o);
     krn_qmat_deinit(&w), krn_qact_deinit(&a);
-    free(wq), free(x), free(nw), free(q), free(k), free(v), free(s);
+    ins_free(&in);
     krn_backend_free(be);
 }
 END_TEST
