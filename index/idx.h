@@ -20,7 +20,10 @@
  *     struct idx_result r;  idx_retrieve(db, &q, &r, &err);  ...  idx_result_deinit(&r);
  *
  * Threads: an idx_db is one SQLite connection and belongs to one thread at a time. Open one
- * per thread; any number of readers may run while one writer writes (WAL). A document is
+ * per thread; any number of readers may run while one writer writes (WAL). The first writer
+ * on a file database starts the handle's checkpointer, a thread with a second connection
+ * that copies the WAL into the database file after each commit; it outlives the writer (a
+ * freed writer does not wait for the last copy) and idx_close stops it. A document is
  * visible to readers only once finished; a crash mid-scan leaves it in status 'scanning',
  * from where idx_writer_resume() continues after the last commit, or
  * idx_doc_delete() removes it.

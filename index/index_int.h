@@ -94,6 +94,7 @@
  * df of that document alone. */
 #pragma once
 
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -120,11 +121,32 @@ extern size_t idx__compact_buf;         /* IDX_COMPACT_BUF; tests lower it */
 #endif
 #define IDX_PASSAGE_ID(doc, i) (((int64_t)(doc) << 32) | (int64_t)(i))
 
+/* The checkpointer of a file database (ckpt.c): db and th are its thread's; stop and kick
+ * under mu; on is the owning thread's. */
+struct idx_ckpt {
+    int on;
+    sqlite3 *db;
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stop, kick;
+};
+
 struct idx_db {
     sqlite3 *db;
     int readonly;
     int fts_api_ok;        /* s3_tf registered */
+    struct idx_ckpt ck;
 };
+
+/* ---- the checkpointer (ckpt.c) ---- */
+/* Start db's checkpointer unless it runs: 0, or -1 where it cannot (an in-memory database,
+ * no second connection). */
+int idx__ckpt_start(struct idx_db *db);
+/* Ask for a checkpoint (after a commit); returns at once. */
+void idx__ckpt_kick(struct idx_db *db);
+/* Serve a pending kick, then stop the thread (idx_close). */
+void idx__ckpt_stop(struct idx_db *db);
 
 /* ---- errors (store.c) ---- */
 /* Map a SQLite rc to S3_E*, record "what: sqlite message" in err, log it. */

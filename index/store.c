@@ -264,6 +264,7 @@ void idx_close(struct idx_db *db)
 {
     if (!db)
         return;
+    idx__ckpt_stop(db);
     if (db->db)
         sqlite3_close_v2(db->db);
     free(db);

@@ -2,7 +2,6 @@
  * committed together: when a segment is full (its postings go straight into segment blobs,
  * never into pending rows), when IDX_COMMIT_MS have passed since the last commit (as pending
  * rows), at idx_writer_flush() and at finish. The document is visible only once finished. */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -44,14 +43,6 @@ struct idx_writer {
     struct held_pass *hp;
     size_t n_hp, hp_cap;
     struct idx_buf held;
-    /* the checkpointer (ck_on): ck_db and ck_th are its thread's; ck_stop, ck_kick under
-     * ck_mu; everything else above is the writer's thread's */
-    int ck_on;
-    sqlite3 *ck_db;
-    pthread_t ck_th;
-    pthread_mutex_t ck_mu;
-    pthread_cond_t ck_cv;
-    int ck_stop, ck_kick;
 };
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -126,88 +117,6 @@ static int load_state(struct idx_writer *w, struct s3_errinfo *err)
 
 static int load_pending(struct idx_writer *w, struct s3_errinfo *err);
 
-/* ---- the checkpointer: a thread with its own connection copying the WAL into the database
- * file while the writer goes on (passive checkpoints; woken after each commit) ---- */
-
-static void *ckpt_main(void *arg)
-{
-    struct idx_writer *w = arg;
-    pthread_mutex_lock(&w->ck_mu);
-    for (;;) {
-        while (!w->ck_kick && !w->ck_stop)
-            pthread_cond_wait(&w->ck_cv, &w->ck_mu);
-        if (!w->ck_kick)
-            break; /* stopped with nothing left to copy (a last kick is served first) */
-        w->ck_kick = 0;
-        pthread_mutex_unlock(&w->ck_mu);
-        /* SQLITE_BUSY (another checkpoint, a lock) only means: next time */
-        sqlite3_wal_checkpoint_v2(w->ck_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        pthread_mutex_lock(&w->ck_mu);
-    }
-    pthread_mutex_unlock(&w->ck_mu);
-    return NULL;
-}
-
-/* 0 if the checkpointer runs; < 0 where it cannot (no file, no second connection). */
-static int ckpt_start(struct idx_writer *w)
-{
-    const char *path = sqlite3_db_filename(w->db->db, "main");
-    if (!path || !*path)
-        return -1;
-    if (sqlite3_open_v2(path, &w->ck_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        sqlite3_close(w->ck_db);
-        w->ck_db = NULL;
-        return -1;
-    }
-    sqlite3_busy_timeout(w->ck_db, 0);
-    /* a connection opens the WAL with its first read; until then it checkpoints nothing */
-    if (sqlite3_exec(w->ck_db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL) !=
-        SQLITE_OK)
-        goto fail_db;
-    if (pthread_mutex_init(&w->ck_mu, NULL) != 0)
-        goto fail_db;
-    if (pthread_cond_init(&w->ck_cv, NULL) != 0)
-        goto fail_mu;
-    if (pthread_create(&w->ck_th, NULL, ckpt_main, w) != 0)
-        goto fail_cv;
-    w->ck_on = 1;
-    return 0;
-fail_cv:
-    pthread_cond_destroy(&w->ck_cv);
-fail_mu:
-    pthread_mutex_destroy(&w->ck_mu);
-fail_db:
-    sqlite3_close(w->ck_db);
-    w->ck_db = NULL;
-    return -1;
-}
-
-static void ckpt_kick(struct idx_writer *w)
-{
-    if (!w->ck_on)
-        return;
-    pthread_mutex_lock(&w->ck_mu);
-    w->ck_kick = 1;
-    pthread_cond_signal(&w->ck_cv);
-    pthread_mutex_unlock(&w->ck_mu);
-}
-
-static void ckpt_stop(struct idx_writer *w)
-{
-    if (!w->ck_on)
-        return;
-    pthread_mutex_lock(&w->ck_mu);
-    w->ck_stop = 1;
-    pthread_cond_signal(&w->ck_cv);
-    pthread_mutex_unlock(&w->ck_mu);
-    pthread_join(w->ck_th, NULL);
-    pthread_cond_destroy(&w->ck_cv);
-    pthread_mutex_destroy(&w->ck_mu);
-    sqlite3_close(w->ck_db);
-    w->ck_on = 0;
-}
-
 static int count_segblobs(struct idx_writer *w, struct s3_errinfo *err)
 {
     sqlite3_stmt *st = NULL;
@@ -239,13 +148,13 @@ static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_wri
     w->last_commit_ms = s3_now_ms();
     /* a scan reads back what it wrote (the finishing merge): through the bounded page cache,
      * not the map, so that the process's memory does not grow with the document. The WAL is
-     * checkpointed by a thread of its own (ckpt_start) so that copying pages into the
-     * database file overlaps the writing;
+     * checkpointed by the database's checkpointer thread (ckpt.c) so that copying pages into
+     * the database file overlaps the writing and outlasts the writer;
      * where there is none (an in-memory database) every 64 MiB instead of 4: pages written
      * and freed within that window reach the database file once or never. */
     int rc = idx__exec(db, "PRAGMA mmap_size=0; PRAGMA cache_size=" IDX_SCAN_CACHE, err);
     if (rc == 0)
-        rc = idx__exec(db, ckpt_start(w) == 0 ? "PRAGMA wal_autocheckpoint=0"
+        rc = idx__exec(db, idx__ckpt_start(db) == 0 ? "PRAGMA wal_autocheckpoint=0"
                                               : "PRAGMA wal_autocheckpoint=" IDX_WAL_PAGES, err);
     if (rc == 0)
         rc = prepare_all(w, err);
@@ -315,7 +224,6 @@ void idx_writer_free(struct idx_writer *w)
 {
     if (!w)
         return;
-    ckpt_stop(w);
     sqlite3_exec(w->db->db,
                  "PRAGMA mmap_size=" IDX_MMAP_SIZE_STR "; PRAGMA wal_autocheckpoint=1000;"
                  " PRAGMA cache_size=" IDX_QUERY_CACHE,
@@ -791,7 +699,7 @@ static void committed(struct idx_writer *w, int64_t seg)
     w->cst = w->st;
     w->seg_start = seg;
     w->last_commit_ms = s3_now_ms();
-    ckpt_kick(w);
+    idx__ckpt_kick(w->db);
 }
 
 /* After a failed transaction (rolled back): drop what was accepted since the last commit. */

@@ -1219,6 +1219,48 @@ START_TEST(test_locked_db)
 }
 END_TEST
 
+/* A file database's checkpointer belongs to the handle: a freed writer leaves it copying, a
+ * second writer on the same handle uses it, and idx_close serves the last copy (the WAL is
+ * gone after the close). Both documents read back the same from a new handle, and equal a
+ * scan into an in-memory database (no checkpointer). */
+START_TEST(test_checkpointer_outlives_writer)
+{
+    char path[256], wal[300];
+    struct s3_errinfo err = {0};
+    struct idx_db *db;
+    tmp_path(path, sizeof path, "ckpt");
+    idx_remove_files(path);
+    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    struct syn s = syn70k();
+    const int64_t a = syn_new(db, &s);
+    ck_assert(db->ck.on);
+    const int64_t b = syn_new(db, &s);
+    ck_assert(db->ck.on);
+    same_postings(db, a, b);
+    struct idx_result ra;
+    spans_of(db, a, &ra);
+    idx_close(db);
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    ck_assert_int_ne(access(wal, F_OK), 0);
+    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    ck_assert(!db->ck.on); /* only writers start it */
+    same_postings(db, a, b);
+    struct idx_result rb;
+    spans_of(db, b, &rb);
+    same_spans(&ra, &rb);
+    idx_close(db);
+    struct idx_db *mem = open_mem();
+    const int64_t m = syn_new(mem, &s);
+    ck_assert(!mem->ck.on);
+    struct idx_result rm;
+    spans_of(mem, m, &rm);
+    same_spans(&ra, &rm);
+    idx_result_deinit(&ra), idx_result_deinit(&rb), idx_result_deinit(&rm);
+    idx_close(mem);
+    idx_remove_files(path);
+}
+END_TEST
+
 START_TEST(test_corrupt_db)
 {
     char path[256], wal[300];
@@ -1276,6 +1318,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_locked_db);
     tcase_add_test(tc, test_migrate_v2);
     tcase_add_test(tc, test_corrupt_db);
+    tcase_add_test(tc, test_checkpointer_outlives_writer);
     suite_add_tcase(s, tc);
     return s;
 }
