@@ -1,14 +1,24 @@
 /* kernels/kernels_int.h - private to kernels/: CPU feature dispatch and fast-path entry points.
  *
- * The fast paths live in kernels/cpu/cpu_avx512.c, compiled with per-function target
- * attributes and chosen at run time; the scalar reference in kernels/cpu/cpu_ref.c works on
+ * The fast paths live in kernels/cpu/cpu_avx512.c and cpu_avx2.c, compiled with per-function
+ * target attributes and chosen at run time; the scalar reference in kernels/cpu/cpu_ref.c works on
  * any CPU. Both backends, CPU and CUDA, implement the vtable struct krn_backend below. */
 #pragma once
 
 #include "kernels.h"
 
-/* 1 when the AVX512-VNNI paths can run (AVX512F/BW/VL/VNNI, F16C, FMA). Any thread. */
+/* 1 when the AVX512-VNNI paths can run (AVX512F/BW/VL/DQ/VNNI, F16C, FMA). Any thread. */
 int krn__have_avx512vnni(void);
+/* 1 when the AVX2 paths can run (AVX2, FMA, F16C; S3_SIMD=avx2 chooses them over AVX512,
+ * S3_SIMD=none or S3_NO_SIMD=1 neither). Any thread. */
+int krn__have_avx2(void);
+/* The AVX2 paths (kernels/cpu/cpu_avx2.c), bit-identical to their references. */
+void krn__qmatmul_avx2(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
+                       int ldy, int r0, int r1);
+void krn__attn_f16_avx2(float *out, const float *q, const uint16_t *kc, const uint16_t *vc,
+                        int n_q, int pos0, int n_head, int n_kv_head, int head_dim, int n_ctx,
+                        float scale, float *scratch, int it0, int it1);
+void krn__swiglu_avx2(float *out, const float *g, const float *u, int n);
 
 void krn__qact_quantize_ref(struct krn_qact *a, const float *x, int t0, int t1);
 void krn__qact_quantize_avx512(struct krn_qact *a, const float *x, int t0, int t1);

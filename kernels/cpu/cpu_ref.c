@@ -18,26 +18,43 @@
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
 
-int krn__have_avx512vnni(void)
+/* 2: AVX512-VNNI (with BW, VL, DQ, FMA, F16C); 1: AVX2 with FMA and F16C; 0: neither, or
+ * S3_NO_SIMD=1. S3_SIMD=avx2 caps the level at 1 (tests and benchmarks of that path). */
+static int simd_level(void)
 {
-    static int have = -1; /* cache of a CPU property; benign race (same value written) */
-    if (have < 0) {
-        const char *env = getenv("S3_NO_SIMD");
-        int h = 0;
+    static int level = -1; /* cache of a CPU property; benign race (same value written) */
+    if (level < 0) {
+        int l = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
         __builtin_cpu_init();
         unsigned a, b, c, d;
         /* F16C from cpuid leaf 1 (ECX bit 29): clang 14 has no "f16c" in cpu_supports */
-        int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
-        h = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-            __builtin_cpu_supports("fma") && f16c;
+        const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+        if (f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            l = 1;
+        if (l == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512vnni"))
+            l = 2;
 #endif
-        if (env && env[0] == '1')
-            h = 0;
-        have = h;
+        const char *no = getenv("S3_NO_SIMD"), *cap = getenv("S3_SIMD");
+        if (cap && strcmp(cap, "avx2") == 0 && l > 1)
+            l = 1;
+        if ((no && no[0] == '1') || (cap && strcmp(cap, "none") == 0))
+            l = 0;
+        level = l;
     }
-    return have;
+    return level;
+}
+
+int krn__have_avx512vnni(void)
+{
+    return simd_level() >= 2;
+}
+
+int krn__have_avx2(void)
+{
+    return simd_level() >= 1;
 }
 
 /* ---- small ops ---------------------------------------------------------------------------- */
@@ -101,6 +118,8 @@ void krn_swiglu(float *out, const float *g, const float *u, int n)
 {
     if (krn__have_avx512vnni())
         krn__swiglu_avx512(out, g, u, n);
+    else if (krn__have_avx2())
+        krn__swiglu_avx2(out, g, u, n);
     else
         krn__swiglu_ref(out, g, u, n);
 }
@@ -465,6 +484,8 @@ void krn_qmatmul(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, 
         return;
     if (krn__have_avx512vnni())
         krn__qmatmul_vnni(w, a, n_tok, y, ldy, r0, r1);
+    else if (krn__have_avx2())
+        krn__qmatmul_avx2(w, a, n_tok, y, ldy, r0, r1);
     else
         krn_qmatmul_ref(w, a, n_tok, y, ldy, r0, r1);
 }
@@ -563,6 +584,9 @@ void krn_attn_f16(float *out, const float *q, const uint16_t *kc, const uint16_t
     if (krn__have_avx512vnni() && head_dim % 64 == 0 && head_dim <= 256)
         krn__attn_f16_avx512(out, q, kc, vc, n_q, pos0, n_head, n_kv_head, head_dim, n_ctx,
                              scale, scratch, it0, it1);
+    else if (krn__have_avx2() && head_dim % 64 == 0 && head_dim <= 256)
+        krn__attn_f16_avx2(out, q, kc, vc, n_q, pos0, n_head, n_kv_head, head_dim, n_ctx,
+                           scale, scratch, it0, it1);
     else
         krn__attn_f16_ref(out, q, kc, vc, n_q, pos0, n_head, n_kv_head, head_dim, n_ctx, scale,
                           scratch, it0, it1);

@@ -64,7 +64,8 @@ static uint8_t *make_q8_0(int rows, int cols, float *deq)
     return buf;
 }
 
-/* GEMM of a quantised matrix: every fast path (dispatch, VNNI where the CPU has it) == the
+/* GEMM of a quantised matrix: every fast path (dispatch, VNNI and AVX2 where the CPU has
+ * them) == the
  * reference bit for bit (same integer lane sums, same float steps), and the reference
  * close to f64 math on the dequantised weights and the unquantised activations (int8
  * activation error: |err| <= sum_j |w_j| * d_x/2 per block; we check a bound of 1% of
@@ -98,6 +99,11 @@ static void check_qmatmul(uint32_t type, int rows, int cols, int n_tok)
         krn__qmatmul_vnni(&w, &a, n_tok, y, rows, 0, rows);
         ck_assert_mem_eq(y, yr, (size_t)n_tok * rows * sizeof(float));
     }
+    if (krn__have_avx2()) {
+        memset(y, 0, (size_t)n_tok * rows * sizeof(float));
+        krn__qmatmul_avx2(&w, &a, n_tok, y, rows, 0, rows);
+        ck_assert_mem_eq(y, yr, (size_t)n_tok * rows * sizeof(float));
+    }
     for (int t = 0; t < n_tok; t++)
         for (int r = 0; r < rows; r++) {
             double s = 0, sa = 0;
@@ -110,13 +116,15 @@ static void check_qmatmul(uint32_t type, int rows, int cols, int n_tok)
                           sa);
         }
     /* a row range writes only its rows, the same values */
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 3; pass++) {
         for (int i = 0; i < n_tok * rows; i++)
             y[i] = -12345.0f;
         if (pass == 0)
             krn_qmatmul(&w, &a, n_tok, y, rows, 4, rows - 1);
         else if (pass == 1 && krn__have_avx512vnni())
             krn__qmatmul_vnni(&w, &a, n_tok, y, rows, 4, rows - 1);
+        else if (pass == 2 && krn__have_avx2())
+            krn__qmatmul_avx2(&w, &a, n_tok, y, rows, 4, rows - 1);
         else
             continue;
         for (int t = 0; t < n_tok; t++) {
@@ -201,7 +209,7 @@ static void check_qmatmul_exact_ints(uint32_t type, int rows, int cols, int n_to
     ck_assert_int_eq(krn_qmat_init(&w, type, raw, rows, cols), 0);
     ck_assert_int_eq(krn_qact_init(&a, n_tok, cols), 0);
     krn_qact_quantize(&a, x, 0, n_tok);
-    for (int path = 0; path < 3; path++) {
+    for (int path = 0; path < 4; path++) {
         for (int i = 0; i < n_tok * rows; i++)
             y[i] = -1.0f;
         if (path == 0)
@@ -210,6 +218,8 @@ static void check_qmatmul_exact_ints(uint32_t type, int rows, int cols, int n_to
             krn_qmatmul(&w, &a, n_tok, y, rows, 0, rows);
         else if (path == 2 && krn__have_avx512vnni())
             krn__qmatmul_vnni(&w, &a, n_tok, y, rows, 0, rows);
+        else if (path == 3 && krn__have_avx2())
+            krn__qmatmul_avx2(&w, &a, n_tok, y, rows, 0, rows);
         else
             continue;
         for (int t = 0; t < n_tok; t++)
@@ -451,6 +461,10 @@ static void check_attention(int n_q, int pos0, int hd)
     krn_attn_f16(o2, q, kc, vc, n_q, pos0, NH, NKV, hd, n_ctx, scale, scratch, items / 2, items);
     krn__attn_f16_ref(o3, q, kc, vc, n_q, pos0, NH, NKV, hd, n_ctx, scale, scratch, 0, items);
     ck_assert_mem_eq(o2, o3, nq * sizeof(float));
+    if (krn__have_avx2()) {
+        krn__attn_f16_avx2(o3, q, kc, vc, n_q, pos0, NH, NKV, hd, n_ctx, scale, scratch, 0, items);
+        ck_assert_mem_eq(o2, o3, nq * sizeof(float));
+    }
     for (size_t i = 0; i < nq; i++) /* f16 rounding of q and of the probabilities */
         ck_assert_msg(fabsf(o2[i] - o1[i]) < 3e-3f, "n_q %d: fast %g f32 %g at %zu", n_q, o2[i],
                       o1[i], i);
@@ -496,14 +510,18 @@ START_TEST(expf_and_sum_orders)
     v[0] = 16777216.0f;
     ck_assert_float_eq(krn__sum8(v), 16777222.0f);  /* ((2^24 + 2) + 4): 2^24+1 ties to 2^24 */
     ck_assert_float_eq(krn__sum16(v), 16777230.0f); /* (2^24 + 2 + 4) + 8 */
-    /* SwiGLU: the fast path equals the reference (vectors of 16 with ggml's expf, the rest of
+    /* SwiGLU: the fast paths equal the reference (vectors of 16 with ggml's expf, the rest of
      * a row with libm's) */
     float g[1541], u[1541], o[1541], r[1541];
-    for (int i = 0; i < 1541; i++)
-        g[i] = frand() * 12.0f, u[i] = frand();
+    for (int i = 0; i < 1541; i++) /* every 7th far out: exp's subnormal and overflow range */
+        g[i] = frand() * (i % 7 ? 12.0f : 110.0f), u[i] = frand();
     krn_swiglu(o, g, u, 1541);
     krn__swiglu_ref(r, g, u, 1541);
     ck_assert_mem_eq(o, r, sizeof(o));
+    if (krn__have_avx2()) {
+        krn__swiglu_avx2(o, g, u, 1541);
+        ck_assert_mem_eq(o, r, sizeof(o));
+    }
 }
 END_TEST
 
