@@ -3,6 +3,8 @@
 # model file, the same threads, in the same run.
 #
 #   bench/engine_vs_llamacpp.sh [MODEL] [THREADS]
+#   AVX2=1 bench/engine_vs_llamacpp.sh   # both sides on AVX2/FMA code only (llama.cpp built
+#                                        # without AVX512/AMX, s3serve with S3_SIMD=avx2)
 #
 # llama.cpp is built from the source that the PyPI sdist of llama-cpp-python (pinned below)
 # vendors; it is built once into .cache/llama.cpp/ (native CPU flags) and reused.
@@ -14,7 +16,15 @@ PEER_PKG="llama-cpp-python==0.3.16"
 PEER_DIR=.cache/llama.cpp
 REPS=${REPS:-3}
 
-bench_bin="$PEER_DIR/build/bin/llama-bench"
+BUILD=build
+SIMD_FLAGS="-DGGML_NATIVE=ON"
+if [ "${AVX2:-0}" = 1 ]; then
+    BUILD=build-avx2
+    SIMD_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+        -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF"
+    export S3_SIMD=avx2
+fi
+bench_bin="$PEER_DIR/$BUILD/bin/llama-bench"
 if [ ! -x "$bench_bin" ]; then
     mkdir -p "$PEER_DIR"
     if [ ! -d "$PEER_DIR/src" ]; then
@@ -23,9 +33,10 @@ if [ ! -x "$bench_bin" ]; then
         tar xzf "$PEER_DIR"/llama_cpp_python-*.tar.gz -C "$PEER_DIR/src" --strip-components=3 \
             --wildcards '*/vendor/llama.cpp/*'
     fi
-    cmake -S "$PEER_DIR/src" -B "$PEER_DIR/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-        -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
-    cmake --build "$PEER_DIR/build" --target llama-bench -j"$(nproc)" >/dev/null
+    # shellcheck disable=SC2086
+    cmake -S "$PEER_DIR/src" -B "$PEER_DIR/$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+        $SIMD_FLAGS -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
+    cmake --build "$PEER_DIR/$BUILD" --target llama-bench -j"$(nproc)" >/dev/null
 fi
 
 peak() { # run a command, print its output, then its peak RSS in MiB on stderr
@@ -36,9 +47,9 @@ peak() { # run a command, print its output, then its peak RSS in MiB on stderr
     rm -f "$f"
 }
 
-echo "## llama.cpp llama-bench ($PEER_PKG sources), $THREADS threads"
+echo "## llama.cpp llama-bench ($PEER_PKG sources, $BUILD), $THREADS threads"
 peak "$bench_bin" -m "$MODEL" -t "$THREADS" -p 512,2048 -n 128 -r "$REPS" -o md
 echo
-echo "## s3serve bench-engine, $THREADS threads"
+echo "## s3serve bench-engine, $THREADS threads${S3_SIMD:+, S3_SIMD=$S3_SIMD}"
 peak build/s3serve bench-engine --model "$MODEL" --threads "$THREADS" --prompt-tokens 512,2048 \
     --gen-tokens 128 --reps "$REPS"
