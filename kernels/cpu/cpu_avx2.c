@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "kernels_int.h"
+#include "simd_ggml.h"
 
 #define TGT __attribute__((target("avx2,fma,f16c")))
 #define INL __attribute__((always_inline)) inline
@@ -101,18 +102,8 @@ TGT void krn__qmatmul_avx2(const struct krn_qmat *w, const struct krn_qact *a, i
  * exact-then-rounded steps, which rounds once as vscalefps does. */
 TGT static INL __m256 expf_ggml8(__m256 x)
 {
-    const __m256 shift = _mm256_set1_ps(0x1.8p23f);
-    const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift), shift);
-    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
-                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
-    const __m256 u = _mm256_mul_ps(b, b);
-    const __m256 p = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b,
-                                        _mm256_set1_ps(0x1.573e2ep-5f)),
-                        u,
-                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b,
-                                        _mm256_set1_ps(0x1.fffdb6p-2f))),
-        u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+    KRN_EXPF_GGML_CORE(__m256, x, n, p, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps,
+                       _mm256_mul_ps, _mm256_sub_ps);
     const __m256 absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
     const __m256 big = _mm256_cmp_ps(absn, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
     const __m256 nc = _mm256_blendv_ps(n, _mm256_setzero_ps(), big); /* keep the shifts valid */
@@ -130,12 +121,9 @@ TGT static INL __m256 expf_ggml8(__m256 x)
 /* Lane-wise sum of 16 vectors in the order of krn__sum16. */
 TGT static INL __m256 vsum16(const __m256 *l)
 {
-    __m256 a[8], b[4];
-    for (int i = 0; i < 8; i++)
-        a[i] = _mm256_add_ps(l[8 + i], l[i]);
-    for (int i = 0; i < 4; i++)
-        b[i] = _mm256_add_ps(a[4 + i], a[i]);
-    return _mm256_add_ps(_mm256_add_ps(b[0], b[2]), _mm256_add_ps(b[1], b[3]));
+    __m256 r;
+    KRN_VSUM16(__m256, _mm256_add_ps, l, r);
+    return r;
 }
 
 TGT static INL __m256 round_f16(__m256 x)

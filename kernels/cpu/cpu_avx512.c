@@ -18,6 +18,7 @@
 
 #include "kernels_int.h"
 #include "s3.h"
+#include "simd_ggml.h"
 
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")))
 #define INL __attribute__((always_inline)) inline
@@ -208,18 +209,8 @@ TGT void krn__qmatmul_vnni(const struct krn_qmat *w, const struct krn_qact *a, i
 /* ggml's AVX512 expf, lane for lane as krn__expf_ggml. */
 TGT static INL __m512 expf_ggml(__m512 x)
 {
-    const __m512 shift = _mm512_set1_ps(0x1.8p23f);
-    const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), shift), shift);
-    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
-                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
-    const __m512 u = _mm512_mul_ps(b, b);
-    const __m512 p = _mm512_fmadd_ps(
-        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b,
-                                        _mm512_set1_ps(0x1.573e2ep-5f)),
-                        u,
-                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b,
-                                        _mm512_set1_ps(0x1.fffdb6p-2f))),
-        u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
+    KRN_EXPF_GGML_CORE(__m512, x, n, p, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_fnmadd_ps,
+                       _mm512_mul_ps, _mm512_sub_ps);
     const __m512 r = _mm512_scalef_ps(p, n);
     const __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192.0f), _CMP_GT_OQ);
     if (!big)
@@ -241,12 +232,9 @@ TGT static INL float sum16_ps(__m512 v)
 /* Lane-wise sum of 16 vectors in the order of krn__sum16. */
 TGT static INL __m512 vsum16(const __m512 *l)
 {
-    __m512 a[8], b[4];
-    for (int i = 0; i < 8; i++)
-        a[i] = _mm512_add_ps(l[8 + i], l[i]);
-    for (int i = 0; i < 4; i++)
-        b[i] = _mm512_add_ps(a[4 + i], a[i]);
-    return _mm512_add_ps(_mm512_add_ps(b[0], b[2]), _mm512_add_ps(b[1], b[3]));
+    __m512 r;
+    KRN_VSUM16(__m512, _mm512_add_ps, l, r);
+    return r;
 }
 
 TGT static INL __m512 round_f16(__m512 x)

@@ -13,6 +13,7 @@
 
 #include "kernels_int.h"
 #include "s3.h"
+#include "simd_ggml.h"
 
 #define QK 32
 
@@ -73,15 +74,15 @@ void krn_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
 /* One lane of ggml's AVX512 exp (ggml_v_expf): n = round(x / ln 2) by the 1.5*2^23 trick,
  * b = x - n ln 2 in two parts, exp(b) by a degree-5 polynomial, scaled by 2^n; |n| > 192
  * gives 0 or infinity. fmaf and ldexpf round exactly as vfmadd and vscalefps do. */
+#define S_ID(v) (v)
+#define S_FNMA(a, b, c) fmaf(-(a), b, c)
+#define S_MUL(a, b) ((a) * (b))
+#define S_SUB(a, b) ((a) - (b))
+#define S_ADD(a, b) ((a) + (b))
+
 float krn__expf_ggml(float x)
 {
-    const float shift = 0x1.8p23f;
-    const float n = fmaf(x, 0x1.715476p+0f, shift) - shift;
-    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
-    const float u = b * b;
-    const float p = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
-                              fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
-                         u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    KRN_EXPF_GGML_CORE(float, x, n, p, S_ID, fmaf, S_FNMA, S_MUL, S_SUB);
     if (isnan(n))
         return n;
     if (fabsf(n) > 192.0f)
@@ -96,12 +97,9 @@ float krn__sum8(const float *v)
 
 float krn__sum16(const float *v)
 {
-    float a[8], b[4];
-    for (int i = 0; i < 8; i++)
-        a[i] = v[8 + i] + v[i];
-    for (int i = 0; i < 4; i++)
-        b[i] = a[4 + i] + a[i];
-    return (b[0] + b[2]) + (b[1] + b[3]);
+    float r;
+    KRN_VSUM16(float, S_ADD, v, r);
+    return r;
 }
 
 void krn__swiglu_ref(float *out, const float *g, const float *u, int n)
