@@ -478,39 +478,4 @@ TGT void krn__swiglu_avx512(float *out, const float *g, const float *u, int n)
         krn__swiglu_ref(out + nv, g + nv, u + nv, n - nv);
 }
 
-#else /* not x86-64 GCC/Clang: the dispatcher never calls these */
-
-#include "kernels_int.h"
-#include "s3.h"
-
-void krn__qact_quantize_avx512(struct krn_qact *a, const float *x, int t0, int t1)
-{
-    krn__qact_quantize_ref(a, x, t0, t1);
-}
-
-void krn__qmatmul_vnni(const struct krn_qmat *w, const struct krn_qact *a, int n_tok, float *y,
-                       int ldy, int r0, int r1)
-{
-    krn_qmatmul_ref(w, a, n_tok, y, ldy, r0, r1);
-}
-
-void krn__attn_f16_avx512(float *out, const float *q, const uint16_t *kc, const uint16_t *vc,
-                          int n_q, int pos0, int n_head, int n_kv_head, int head_dim, int n_ctx,
-                          float scale, float *scratch, int it0, int it1)
-{
-    krn__attn_f16_ref(out, q, kc, vc, n_q, pos0, n_head, n_kv_head, head_dim, n_ctx, scale,
-                      scratch, it0, it1);
-}
-
-void krn__swiglu_avx512(float *out, const float *g, const float *u, int n)
-{
-    krn__swiglu_ref(out, g, u, n);
-}
-
-void krn__f32_to_f16_avx512(uint16_t *dst, const float *src, int n)
-{
-    for (int i = 0; i < n; i++)
-        dst[i] = krn_f32_to_fp16(src[i]);
-}
-
 #endif
