@@ -1,8 +1,11 @@
 """The official openai client against a running s3serve (started by tests/http/run.sh).
 
 Environment: S3_TEST_BASE_URL (http://127.0.0.1:PORT), S3_TEST_API_KEY, S3_TEST_MODEL.
-Generations are short (max_tokens <= 8) so that the suite stays fast on a small CPU.
+Generations are short (max_tokens <= 8; 24 where greedy text is compared with llama.cpp's
+fixtures) so that the suite stays fast on a small CPU.
 """
+import base64
+import json
 import os
 
 import openai
@@ -72,6 +75,44 @@ def test_chat_stream_without_usage(client):
     chunks = list(chat(client, "Hi", stream=True, max_tokens=2))
     assert all(c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def llama_cpp_cases(kind, n):
+    """The first n greedy cases of a kind from llama.cpp's fixtures (tests/ref/README.md)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "fixtures", "greedy.json")
+    with open(path, encoding="utf-8") as f:
+        cases = [c for c in json.load(f)["cases"] if c["kind"] == kind]
+    return cases[:n]
+
+
+def check_greedy(case, text, finish, n_tokens, max_tokens):
+    """Greedy text through the API: llama.cpp's continuation, to the end of generation or the
+    token limit (a prefix of it then, short of a character still incomplete)."""
+    want = base64.b64decode(case["completion_text_b64"]).decode("utf-8", "replace")
+    eog = case["first_eog"]
+    if 0 <= eog < max_tokens:
+        assert (text, finish, n_tokens) == (want, "stop", eog)
+    else:
+        assert finish == "length" and n_tokens == max_tokens
+        assert len(text) >= 8 and want.startswith(text), (text, want)
+
+
+@pytest.mark.parametrize("case", llama_cpp_cases("raw", 3), ids=lambda c: c["name"])
+def test_completion_greedy_equals_llama_cpp(client, case):
+    r = client.completions.create(model=MODEL, prompt=case["text"], max_tokens=24,
+                                  temperature=0)
+    assert r.usage.prompt_tokens == len(case["prompt_ids"])
+    check_greedy(case, r.choices[0].text, r.choices[0].finish_reason,
+                 r.usage.completion_tokens, 24)
+
+
+@pytest.mark.parametrize("case", llama_cpp_cases("chat", 3), ids=lambda c: c["name"])
+def test_chat_greedy_equals_llama_cpp(client, case):
+    r = client.chat.completions.create(model=MODEL, messages=case["messages"], max_tokens=24,
+                                       temperature=0)
+    assert r.usage.prompt_tokens == len(case["prompt_ids"])
+    check_greedy(case, r.choices[0].message.content, r.choices[0].finish_reason,
+                 r.usage.completion_tokens, 24)
 
 
 def test_completion(client):
