@@ -17,6 +17,7 @@ MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 DEBS=(build-essential cmake pkg-config git curl ca-certificates python3 python3-pip python3-venv
       libpcre2-dev libopenblas-dev libjansson-dev libmicrohttpd-dev libuv1-dev libsqlite3-dev
+      nettle-dev
       sqlite3 check python3.11-doc time bc clang)
 
 log() { printf 'setup: %s\n' "$*" >&2; }

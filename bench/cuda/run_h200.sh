@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/cuda/run_h200.sh - build, test and benchmark the CUDA path on a GPU machine in one go.
 # Expects, in the repository root: vendor-deb/vendor.tar.xz (the Debian -dev packages and
-# runtime libraries the build needs, as `usr/...`) and vendor-deb/slice3.gguf (the first 3
+# runtime libraries the build needs, as `usr/...`: bench/cuda/make_vendor.sh builds it) and vendor-deb/slice3.gguf (the first 3
 # layers of the default model: `s3serve gguf-synth --slice 3 --out vendor-deb/slice3.gguf`).
 # Optional: vendor-deb/slice3.s3sae (an SAE trained on that slice: `s3serve train-sae --model
 # vendor-deb/slice3.gguf --layers 0,1,2 --out vendor-deb/slice3.s3sae`): cuda_test_scan then
@@ -19,6 +19,12 @@ log info
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 nvcc --version | tail -1; cmake --version | head -1; gcc --version | head -1; nproc
 mkdir -p $V && tar -C $V -xJf vendor-deb/vendor.tar.xz
+# nettle at run time is the machine's own (its gnutls may need a newer one than Debian 12's;
+# same soname): the vendored headers and libnettle.so link against it
+if [ -e /lib/x86_64-linux-gnu/libnettle.so.8 ]; then
+  rm -f $V/usr/lib/x86_64-linux-gnu/libnettle.so.8*
+  ln -sf /lib/x86_64-linux-gnu/libnettle.so.8 $V/usr/lib/x86_64-linux-gnu/libnettle.so
+fi
 PC=$V/usr/lib/x86_64-linux-gnu/pkgconfig
 cat > $PC/gnutls.pc <<PCEOF
 Name: gnutls

@@ -677,6 +677,28 @@ START_TEST(tenants)
 }
 END_TEST
 
+/* s3_sha256_hex against FIPS 180-4's published vectors (the fingerprints of models, SAEs and
+ * documents; the tenant ids above): the empty string, "abc", the 448-bit message, and a
+ * million 'a's (many blocks, across Nettle's buffer). */
+START_TEST(sha256_known_answers)
+{
+    char hex[65];
+    s3_sha256_hex("", 0, hex);
+    ck_assert_str_eq(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    s3_sha256_hex("abc", 3, hex);
+    ck_assert_str_eq(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    s3_sha256_hex(m, strlen(m), hex);
+    ck_assert_str_eq(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    char *a = malloc(1000000);
+    ck_assert_ptr_nonnull(a);
+    memset(a, 'a', 1000000);
+    s3_sha256_hex(a, 1000000, hex);
+    ck_assert_str_eq(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    free(a);
+}
+END_TEST
+
 START_TEST(long_prompt_split)
 {
     /* 10 tokens of 4 bytes: "aaa\n" "bbb " ... */
@@ -780,6 +802,7 @@ static Suite *srv_suite(void)
 {
     Suite *s = suite_create("server");
     TCase *tc = tcase_create("core");
+    tcase_add_test(tc, sha256_known_answers);
     tcase_add_test(tc, chat_minimal);
     tcase_add_test(tc, chat_full);
     tcase_add_test(tc, chat_errors);
