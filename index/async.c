@@ -1,11 +1,13 @@
 /* index/async.c - a writer on a thread of its own: chunks are encoded on the caller's thread
- * (the CPU half of a write: sorting features, varints), copied into a bounded queue and
+ * (the CPU half of a write: sorting features, varints), with the slots shared out among
+ * encoder threads where the machine has cores to spare, copied into a bounded queue and
  * committed in order on the writer's thread while the caller goes on, e.g. submitting the
  * GPU's next pass. The writer and its database connection move to that thread for the duration
  * and come back at idx_async_end(): one thread uses them at a time. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "index_int.h"
 
@@ -18,9 +20,29 @@ struct qchunk {
     size_t *off;
 };
 
+/* Encoder threads: for each chunk the caller posts a job (generation gen) and takes slots
+ * itself; every thread takes the next slot (next, under emu) until none is left, encodes it
+ * with its own scratch and keeps the blob in out[slot]; the last one to finish signals. */
+struct enc_pool {
+    int n_th;                  /* threads besides the caller */
+    pthread_t *th;
+    struct idx_enc *enc;       /* n_th + 1: [0] the caller's */
+    pthread_mutex_t emu;
+    pthread_cond_t ecv;
+    /* under emu */
+    const struct idx_chunk *c;
+    unsigned gen;
+    int next, busy, stop;
+    int ids;                   /* encoder scratch handed out to threads so far */
+    int rc;
+    struct s3_errinfo err;
+    struct idx_buf *out;       /* one blob per slot of the current chunk */
+    int out_cap;
+};
+
 struct idx_async {
     struct idx_writer *w;      /* the writer thread's while it runs */
-    struct idx_enc enc;        /* the caller's: encoding in idx_async_add */
+    struct enc_pool ep;        /* the caller's: encoding in idx_async_add */
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;         /* a chunk queued, a slot freed, the end asked */
@@ -63,6 +85,136 @@ static void *async_main(void *arg)
     return NULL;
 }
 
+int idx__async_encoders = -1;
+
+/* Take and encode slots of the posted chunk until none is left. Called with emu held;
+ * returns with it held. */
+static void enc_take(struct enc_pool *p, int me)
+{
+    while (p->next < p->c->n_slot) {
+        const int s = p->next++;
+        const struct idx_chunk *c = p->c;
+        p->busy++;
+        pthread_mutex_unlock(&p->emu);
+        struct s3_errinfo e = {0};
+        struct idx_enc *en = &p->enc[me];
+        int rc = idx__enc_slot(en, c, s, &e);
+        if (rc == 0) { /* the blob moves to out[s]; out[s]'s old buffer becomes scratch */
+            struct idx_buf t = p->out[s];
+            p->out[s] = en->blob;
+            en->blob = t;
+        }
+        pthread_mutex_lock(&p->emu);
+        if (rc < 0 && p->rc == 0) {
+            p->rc = rc;
+            p->err = e;
+        }
+        if (--p->busy == 0 && p->next >= p->c->n_slot)
+            pthread_cond_broadcast(&p->ecv);
+    }
+}
+
+static void *enc_main(void *arg)
+{
+    struct enc_pool *p = arg;
+    pthread_mutex_lock(&p->emu);
+    const int me = ++p->ids; /* enc[0] is the caller's */
+    unsigned seen = 0;
+    for (;;) {
+        while (p->gen == seen && !p->stop)
+            pthread_cond_wait(&p->ecv, &p->emu);
+        if (p->stop)
+            break;
+        seen = p->gen;
+        if (p->c)
+            enc_take(p, me);
+    }
+    pthread_mutex_unlock(&p->emu);
+    return NULL;
+}
+
+/* Threads besides the caller: idx__async_encoders if set, else half the cores less one
+ * (none on a small machine), at most 7. */
+static int enc_threads(void)
+{
+    if (idx__async_encoders >= 0)
+        return idx__async_encoders;
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    const long t = n / 2 - 1;
+    return t < 0 ? 0 : t > 7 ? 7 : (int)t;
+}
+
+static void enc_pool_free(struct enc_pool *p)
+{
+    if (p->th) {
+        pthread_mutex_lock(&p->emu);
+        p->stop = 1;
+        pthread_cond_broadcast(&p->ecv);
+        pthread_mutex_unlock(&p->emu);
+        for (int i = 0; i < p->n_th; i++)
+            pthread_join(p->th[i], NULL);
+        free(p->th);
+    }
+    if (p->enc)
+        for (int i = 0; i <= p->n_th; i++)
+            idx__enc_free(&p->enc[i]);
+    free(p->enc);
+    for (int i = 0; i < p->out_cap; i++)
+        free(p->out[i].p);
+    free(p->out);
+    pthread_cond_destroy(&p->ecv);
+    pthread_mutex_destroy(&p->emu);
+}
+
+static int enc_pool_init(struct enc_pool *p)
+{
+    memset(p, 0, sizeof *p);
+    if (pthread_mutex_init(&p->emu, NULL) != 0)
+        return S3_EINTERNAL;
+    if (pthread_cond_init(&p->ecv, NULL) != 0) {
+        pthread_mutex_destroy(&p->emu);
+        return S3_EINTERNAL;
+    }
+    const int want = enc_threads();
+    if (!(p->enc = calloc((size_t)want + 1, sizeof *p->enc)) ||
+        (want && !(p->th = calloc((size_t)want, sizeof *p->th)))) {
+        enc_pool_free(p);
+        return S3_ENOMEM;
+    }
+    for (; p->n_th < want; p->n_th++)
+        if (pthread_create(&p->th[p->n_th], NULL, enc_main, p) != 0)
+            break; /* fewer threads: still correct */
+    return 0;
+}
+
+/* Encode every slot of c into p->out[0..n_slot); the first error, or 0. */
+static int enc_chunk(struct enc_pool *p, const struct idx_chunk *c, struct s3_errinfo *err)
+{
+    if (c->n_slot > p->out_cap) {
+        struct idx_buf *o = realloc(p->out, sizeof *o * (size_t)c->n_slot);
+        if (!o)
+            return s3_errf(err, S3_ENOMEM, "index: out of memory");
+        memset(o + p->out_cap, 0, sizeof *o * (size_t)(c->n_slot - p->out_cap));
+        p->out = o;
+        p->out_cap = c->n_slot;
+    }
+    pthread_mutex_lock(&p->emu);
+    p->c = c;
+    p->next = 0;
+    p->rc = 0;
+    p->gen++;
+    pthread_cond_broadcast(&p->ecv);
+    enc_take(p, 0);
+    while (p->busy > 0)
+        pthread_cond_wait(&p->ecv, &p->emu);
+    p->c = NULL;
+    const int rc = p->rc;
+    if (rc < 0 && err)
+        *err = p->err;
+    pthread_mutex_unlock(&p->emu);
+    return rc;
+}
+
 int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
                     struct s3_errinfo *err)
 {
@@ -76,6 +228,12 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
     }
     a->w = w;
     a->depth = depth;
+    const int prc = enc_pool_init(&a->ep);
+    if (prc < 0) {
+        free(a->q);
+        free(a);
+        return s3_errf(err, prc, "index: cannot start the encoder threads");
+    }
     if (pthread_mutex_init(&a->mu, NULL) != 0)
         goto fail;
     if (pthread_cond_init(&a->cv, NULL) != 0) {
@@ -90,6 +248,7 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
     *out = a;
     return 0;
 fail:
+    enc_pool_free(&a->ep);
     free(a->q);
     free(a);
     return s3_errf(err, S3_EINTERNAL, "index: cannot start the writer thread");
@@ -154,17 +313,18 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
     if (!off)
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
     struct idx_buf all = {0}; /* the chunk's slot blobs, handed to the queue */
+    if (n_pairs)
+        rc = enc_chunk(&a->ep, c, err);
     for (int s = 0; s < c->n_slot && rc == 0; s++) {
-        rc = n_pairs ? idx__enc_slot(&a->enc, c, s, err) : 0;
-        const size_t bn = n_pairs ? a->enc.blob.n : 0;
-        if (rc == 0 && idx__buf_reserve(&all, bn) < 0)
+        const size_t bn = n_pairs ? a->ep.out[s].n : 0;
+        if (idx__buf_reserve(&all, bn) < 0) {
             rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-        if (rc < 0)
             break;
+        }
         off[s] = all.n;
         off[c->n_slot + s] = bn;
         if (bn)
-            memcpy(all.p + all.n, a->enc.blob.p, bn);
+            memcpy(all.p + all.n, a->ep.out[s].p, bn);
         all.n += bn;
     }
     qc.off = off;
@@ -210,7 +370,7 @@ int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
         *err = a->err;
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->mu);
-    idx__enc_free(&a->enc);
+    enc_pool_free(&a->ep);
     free(a->q);
     free(a);
     return rc;

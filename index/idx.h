@@ -177,14 +177,25 @@ int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err);
 int idx_writer_fail(struct idx_writer *w, const char *why, struct s3_errinfo *err);
 int64_t idx_writer_doc(const struct idx_writer *w);
 void idx_writer_state(const struct idx_writer *w, struct idx_scan_state *st);
-/* A writer on its own thread: idx_async_add() copies a chunk into a queue of depth chunks
- * (waiting while it is full) and returns; the thread writes them in order with
+/* Wall time a writer spent in each phase so far, in ms (on the thread that drove it; for
+ * benchmarks): accepting chunks (copying their postings, encoding them when not encoded
+ * already), writing passages with their full-text index, merging segments into blobs and
+ * storing them, committing (the WAL writes), and the finishing merge. */
+struct idx_writer_times {
+    double accept, passages, segments, commit, finish;
+};
+void idx_writer_times(const struct idx_writer *w, struct idx_writer_times *t);
+/* A writer on its own thread: idx_async_add() encodes a chunk's slots (spread over encoder
+ * threads where the machine has cores to spare), copies it into a queue of depth chunks
+ * (waiting while it is full; IDX_ASYNC_DEPTH absorbs the writer's bursts at segment merges,
+ * a few hundred KB per chunk) and returns; the thread writes them in order with
  * idx_writer_add(). From idx_async_start() to idx_async_end() the writer and its database
  * belong to that thread: the caller must not use either. The first error of a queued chunk
  * is returned by the next idx_async_add() and by idx_async_end() (later chunks are dropped);
  * after idx_async_end() (which writes what is queued and stops the thread) the writer is the
  * caller's again: finish, flush or free it as usual. */
 struct idx_async;
+#define IDX_ASYNC_DEPTH 8
 int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
                     struct s3_errinfo *err);
 int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err);

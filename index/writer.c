@@ -43,6 +43,7 @@ struct idx_writer {
     struct held_pass *hp;
     size_t n_hp, hp_cap;
     struct idx_buf held;
+    struct idx_writer_times tm;
 };
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -218,6 +219,11 @@ int64_t idx_writer_doc(const struct idx_writer *w)
 void idx_writer_state(const struct idx_writer *w, struct idx_scan_state *st)
 {
     *st = w->st;
+}
+
+void idx_writer_times(const struct idx_writer *w, struct idx_writer_times *t)
+{
+    *t = w->tm;
 }
 
 void idx_writer_free(struct idx_writer *w)
@@ -672,7 +678,10 @@ static int update_doc(struct idx_writer *w, int64_t words, int64_t seg, struct s
 static int write_held(struct idx_writer *w, int merge, int64_t *seg, struct s3_errinfo *err)
 {
     int64_t words = 0;
+    double t = s3_now_ms();
     int rc = write_passages(w, &words, err);
+    w->tm.passages += s3_now_ms() - t;
+    t = s3_now_ms();
     *seg = w->seg_start;
     if (rc == 0 && merge && w->st.next_tok > w->seg_start) {
         rc = merge_segment(w, w->st.next_tok, err);
@@ -680,6 +689,7 @@ static int write_held(struct idx_writer *w, int merge, int64_t *seg, struct s3_e
     } else if (rc == 0) {
         rc = write_pending(w, err);
     }
+    w->tm.segments += s3_now_ms() - t;
     if (rc == 0)
         rc = update_doc(w, words, *seg, err);
     return rc;
@@ -725,8 +735,10 @@ static int commit_held(struct idx_writer *w, int merge, struct s3_errinfo *err)
     int rc = idx__exec(w->db, "BEGIN IMMEDIATE", err);
     if (rc == 0)
         rc = write_held(w, merge, &seg, err);
+    const double t = s3_now_ms();
     if (rc == 0)
         rc = idx__exec(w->db, "COMMIT", err);
+    w->tm.commit += s3_now_ms() - t;
     if (rc < 0) {
         sqlite3_exec(w->db->db, "ROLLBACK", NULL, NULL, NULL);
         drop_held(w, n_segblobs);
@@ -748,6 +760,7 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t
 {
     if (!c)
         return s3_errf(err, S3_EINVAL, "index: no chunk");
+    const double t0 = s3_now_ms();
     int rc = check_chunk(w, c, blobs != NULL, err);
     if (rc < 0)
         return rc;
@@ -782,6 +795,7 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t
         w->st.pass_tok = c->passages[c->n_passages - 1].end_tok;
         w->st.pass_char = c->passages[c->n_passages - 1].end_char;
     }
+    w->tm.accept += s3_now_ms() - t0;
     if (w->st.next_tok - w->seg_start >= IDX_SEG_TOKENS)
         return commit_held(w, 1, err);
     if (w->commit_ms == 0 || s3_now_ms() - w->last_commit_ms >= w->commit_ms)
@@ -851,8 +865,10 @@ int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err)
     int rc = idx__exec(w->db, "BEGIN IMMEDIATE", err);
     if (rc == 0)
         rc = write_held(w, 1, &seg, err);
+    const double t = s3_now_ms();
     if (rc == 0)
         rc = idx__compact(w->db, w->doc, w->st.next_tok, err);
+    w->tm.finish += s3_now_ms() - t;
     if (rc == 0)
         rc = idx__docmap_write(w->db, w->doc, w->st.n_passages, err);
     if (rc == 0)

@@ -849,7 +849,7 @@ int srv_scan_document(struct srv_scan *sc, struct idx_db *db, const char *text, 
                    (long long)id, (long long)next, (long long)ss.n_passages);
         /* on the GPU the index of chunk i is written on a thread of its own while this one
          * submits the next passes (the device would otherwise wait for SQLite) */
-        if (sc->dev_sae && (rc = idx_async_start(w, 2, &aw, err)) < 0)
+        if (sc->dev_sae && (rc = idx_async_start(w, IDX_ASYNC_DEPTH, &aw, err)) < 0)
             goto out;
     }
     pb.last = pb.ps;

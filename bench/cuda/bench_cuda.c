@@ -555,7 +555,7 @@ static int cmd_ingest(int argc, char **argv)
                                 .model_hash = hp->model_sha256, .sae_hash = sha,
                                 .n_bytes = (int64_t)tl};
     if (idx_open(db_path, NULL, &db, &err) < 0 || idx_writer_begin(db, &meta, &w, &err) < 0 ||
-        idx_async_start(w, 2, &aw, &err) < 0)
+        idx_async_start(w, IDX_ASYNC_DEPTH, &aw, &err) < 0)
         goto fail;
     size_t min_free = free0;
     /* the pipeline */
@@ -616,6 +616,8 @@ static int cmd_ingest(int argc, char **argv)
      * database's checkpointer goes on copying the WAL into the file in the background (while
      * the question below runs, as a server's next request would); idx_close waits for it */
     const int64_t doc = idx_writer_doc(w);
+    struct idx_writer_times wt;
+    idx_writer_times(w, &wt);
     idx_writer_free(w);
     w = NULL;
     const double free_ms = dt_ms(&t0);
@@ -626,9 +628,12 @@ static int cmd_ingest(int argc, char **argv)
            "\"sae_dict\":%d,\"sae_k\":%d,\"index_k\":%d,\"load_ms\":%.0f,\"seconds\":%.3f,"
            "\"tok_per_s\":%.0f,\"host_ms\":{\"submit\":%.0f,\"wait_gpu\":%.0f,"
            "\"queue_chunk\":%.0f,\"finish\":%.0f,\"free\":%.0f},"
+           "\"writer_ms\":{\"accept\":%.0f,\"passages\":%.0f,\"segments\":%.0f,"
+           "\"commit\":%.0f,\"finish_merge\":%.0f},"
            "\"index_bytes_per_token\":%.1f,\"extra_device_gib\":%.3f}\n",
            label, n_tok, chunk, in.n_idx, sae_dict, sae_k, ki, load_ms, scan_ms / 1000,
-           n_tok / (scan_ms / 1000), submit_ms, wait_ms, write_ms, finish_ms, free_ms,
+           n_tok / (scan_ms / 1000), submit_ms, wait_ms, write_ms, finish_ms, free_ms, wt.accept,
+           wt.passages, wt.segments, wt.commit, wt.finish,
            (double)db_bytes / n_tok,
            (double)(free0 - min_free) / 1073741824.0);
     fflush(stdout);

@@ -158,6 +158,11 @@ static int64_t syn_new(struct idx_db *db, const struct syn *s)
     ck_assert_msg(idx_writer_begin(db, &m, &w, &err) == 0, "%s", err.msg);
     syn_write(w, s, txt, -1, NULL, NULL);
     int64_t id = idx_writer_doc(w);
+    struct idx_writer_times t;
+    idx_writer_times(w, &t);
+    ck_assert(t.accept >= 0 && t.passages >= 0 && t.segments >= 0 && t.commit >= 0 &&
+              t.finish >= 0);
+    ck_assert(t.accept + t.passages + t.segments + t.commit + t.finish > 0);
     idx_writer_free(w);
     free(txt);
     return id;
@@ -882,6 +887,91 @@ END_TEST
 /* The writer on its own thread: the same postings as a writer on the caller's thread; the
  * first error of a queued chunk comes back from the next add and from the end, and the
  * writer is then at its last commit; bad chunks are refused before they are queued. */
+/* A document of NS slots with random features (some -1) in chunks of 2048, through the
+ * synchronous writer or idx_async with a given number of encoder threads. */
+enum { MS_NS = 7, MS_K = 3, MS_CHUNK = 2048, MS_TOK = 5 * 2048 + 100 };
+
+static int64_t write_multislot(struct idx_db *db, int encoders)
+{
+    struct s3_errinfo err = {0};
+    struct idx_writer *w;
+    struct idx_async *aw = NULL;
+    struct idx_doc_meta m = {.name = "slots"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    if (encoders >= 0) {
+        idx__async_encoders = encoders;
+        ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
+    }
+    struct idx_slot sl[MS_NS];
+    for (int i = 0; i < MS_NS; i++)
+        sl[i] = (struct idx_slot){i / 3, i % 3};
+    int32_t *feat = malloc(sizeof(int32_t) * MS_CHUNK * MS_NS * MS_K);
+    float *act = malloc(sizeof(float) * MS_CHUNK * MS_NS * MS_K);
+    char *text = malloc(4 * MS_TOK + 1);
+    ck_assert(feat && act && text);
+    memset(text, 'a', 4 * MS_TOK);
+    uint64_t r = 12345;
+    for (int64_t t0 = 0; t0 < MS_TOK; t0 += MS_CHUNK) {
+        const int n = MS_TOK - t0 < MS_CHUNK ? (int)(MS_TOK - t0) : MS_CHUNK;
+        for (int i = 0; i < n * MS_NS * MS_K; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            feat[i] = (r >> 33) % 11 == 0 ? -1 : (int32_t)((r >> 40) % 300);
+            act[i] = 0.05f + (float)((r >> 20) % 1000) * 1e-3f;
+        }
+        struct idx_passage p = {.start_tok = t0, .end_tok = t0 + n, .start_char = 4 * t0,
+                                .end_char = 4 * (t0 + n), .text = text + 4 * t0};
+        struct idx_chunk c = {.tok0 = t0, .n_tok = n, .n_slot = MS_NS, .slots = sl, .k = MS_K,
+                              .feat = feat, .act = act, .n_passages = 1, .passages = &p};
+        const int rc = aw ? idx_async_add(aw, &c, &err) : idx_writer_add(w, &c, &err);
+        ck_assert_msg(rc == 0, "%s", err.msg);
+    }
+    ck_assert_int_eq(idx_async_end(aw, &err), 0);
+    ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
+    const int64_t doc = idx_writer_doc(w);
+    idx_writer_free(w);
+    idx__async_encoders = -1;
+    free(feat), free(act), free(text);
+    return doc;
+}
+
+/* Slots encoded by encoder threads give the postings of the synchronous writer; a bad feature
+ * in one slot is refused before queueing whichever thread met it. */
+START_TEST(test_async_encoders)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    const int64_t sync = write_multislot(db, -1);
+    same_postings(db, sync, write_multislot(db, 0));
+    same_postings(db, sync, write_multislot(db, 3));
+    struct idx_writer *w;
+    struct idx_async *aw;
+    struct idx_doc_meta m = {.name = "bad"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    idx__async_encoders = 3;
+    ck_assert_int_eq(idx_async_start(w, 1, &aw, &err), 0);
+    struct idx_slot sl[MS_NS];
+    for (int i = 0; i < MS_NS; i++)
+        sl[i] = (struct idx_slot){i / 3, i % 3};
+    int32_t feat[4 * MS_NS * 2];
+    float act[4 * MS_NS * 2];
+    for (int i = 0; i < 4 * MS_NS * 2; i++)
+        feat[i] = i % 50, act[i] = 1.0f;
+    feat[4 * 2 * 4 + 3] = 1 << 24; /* slot 4 */
+    struct idx_chunk c = {.tok0 = 0, .n_tok = 4, .n_slot = MS_NS, .slots = sl, .k = 2,
+                          .feat = feat, .act = act};
+    ck_assert_int_eq(idx_async_add(aw, &c, &err), S3_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "out of range"));
+    feat[4 * 2 * 4 + 3] = 7;
+    ck_assert_int_eq(idx_async_end(aw, &err), 0); /* nothing was queued */
+    struct idx_scan_state st;
+    idx_writer_state(w, &st);
+    ck_assert_int_eq(st.next_tok, 0);
+    idx__async_encoders = -1;
+    idx_writer_free(w);
+    idx_close(db);
+}
+END_TEST
+
 START_TEST(test_async_writer)
 {
     struct s3_errinfo err = {0};
@@ -1314,6 +1404,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_crash_resume);
     tcase_add_test(tc, test_commit_resume);
     tcase_add_test(tc, test_async_writer);
+    tcase_add_test(tc, test_async_encoders);
     tcase_add_test(tc, test_bad_queries);
     tcase_add_test(tc, test_locked_db);
     tcase_add_test(tc, test_migrate_v2);
