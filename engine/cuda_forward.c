@@ -845,6 +845,13 @@ struct eng_cuda_sae_scan {
     int head, n_flight;              /* oldest set in flight, passes in flight */
     /* state of the pass being queued (read by the device hook) */
     int prefix, cur_out, hook_rc;
+    /* CUDA graphs (S3_CUDA_GRAPHS=0 turns them off; never while profiling): per buffer set,
+     * the pass of shape (g_n, g_prefix) captured once, then replayed; a pass of another
+     * shape is queued as before and captured in its place */
+    int graphs;                      /* 1 on, 0 off (also after a failed capture) */
+    int warm;                        /* a pass ran uncaptured (lazy allocations done) */
+    struct krn_cuda_graph *g[2];
+    int g_n[2], g_prefix[2];
 };
 
 int eng__cuda_ctx_on_device(const struct eng_ctx *c)
@@ -867,6 +874,7 @@ void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss)
         krn_cuda_host_free(ss->h_ids[i]);
         krn_cuda_host_free(ss->h_acts[i]);
         krn_cuda_event_free(ss->ev[i]);
+        krn_cuda_graph_free(ss->g[i]);
     }
     free(ss);
 }
@@ -900,6 +908,10 @@ int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_row
     ss->n_dict = in->n_dict;
     ss->k = k;
     ss->n_rows = n_rows;
+    {
+        const char *g = getenv("S3_CUDA_GRAPHS");
+        ss->graphs = !(g && g[0] == '0');
+    }
     ss->n_unit = in->n_idx * in->n_head_kv;
     ss->mask = eng_sae_layer_mask(s);
     const size_t nd = (size_t)ss->n_dict, hd = (size_t)ss->hd;
@@ -1000,6 +1012,83 @@ int eng__cuda_sae_scan_in_flight(const struct eng_cuda_sae_scan *ss)
     return ss ? ss->n_flight : 0;
 }
 
+/* Queue one pass: the token upload, the layers with the SAE hook and the records' copies (the
+ * set's event is recorded by the caller, outside any capture: an event recorded during a
+ * capture is not one the host can wait for). */
+static int enqueue_pass(struct eng_cuda_sae_scan *ss, int set, const int32_t *ids, int n,
+                        struct s3_errinfo *err)
+{
+    struct eng_cuda_ctx *dc = ss->dc;
+    int rc = 0, n_hooked = 0;
+    const struct hooks hs = {.mask = ss->mask, .cancel = ss->c->cancel, .scan_only = 1,
+                             .no_q = 1, .dev_fn = sae_scan_hook, .dev_ud = ss};
+    for (int pos0 = 0; pos0 < n; pos0 += dc->n_ub) {
+        const int nb = n - pos0 < dc->n_ub ? n - pos0 : dc->n_ub;
+        if ((rc = begin_ex(dc, ids + pos0, nb, pos0, &hs, ss->h_tok[set] + pos0, err)) < 0)
+            return rc;
+        if ((rc = enqueue_layers(dc, nb, pos0, &hs, &n_hooked)) < 0) {
+            if (rc == S3_ECANCELED && ss->hook_rc < 0)
+                rc = ss->hook_rc;
+            return rc == S3_ECANCELED ? s3_errf(err, rc, "cuda scan: cancelled")
+                                      : dev_fail(dc->dev, rc, err);
+        }
+    }
+    const size_t nrec = (size_t)ss->n_unit * (size_t)ss->cur_out * (size_t)ss->k;
+    if ((rc = krn_cuda_download_async(ss->dev, ss->h_ids[set], ss->d_ids,
+                                      nrec * sizeof(uint16_t))) < 0 ||
+        (rc = krn_cuda_download_async(ss->dev, ss->h_acts[set], ss->d_acts,
+                                      nrec * sizeof(float))) < 0)
+        return dev_fail(dc->dev, rc, err);
+    return 0;
+}
+
+/* The pass queued as a graph: replayed when the set's graph has this shape, else captured
+ * (after one pass run plainly, so that lazy allocations happen outside a capture) and then
+ * launched. A capture that fails turns graphs off and queues the pass plainly. */
+static int enqueue_pass_graph(struct eng_cuda_sae_scan *ss, int set, const int32_t *ids, int n,
+                              int prefix, struct s3_errinfo *err)
+{
+    if (ss->g[set] && ss->g_n[set] == n && ss->g_prefix[set] == prefix) {
+        for (int t = 0; t < n; t++) /* the checks begin_ex makes on a plain pass */
+            if (ids[t] < 0 || ids[t] >= ss->dc->cm->n_vocab)
+                return s3_errf(err, S3_EINVAL, "cuda: token id %d out of range", ids[t]);
+        const int rc = krn_cuda_graph_launch(ss->dev, ss->g[set]);
+        return rc < 0 ? dev_fail(ss->dev, rc, err) : 0;
+    }
+    krn_cuda_graph_free(ss->g[set]);
+    ss->g[set] = NULL;
+    if (!ss->warm) {
+        ss->warm = 1;
+        return enqueue_pass(ss, set, ids, n, err);
+    }
+    if (krn_cuda_capture_begin(ss->dev) < 0) {
+        ss->graphs = 0;
+        return enqueue_pass(ss, set, ids, n, err);
+    }
+    struct s3_errinfo cerr = {0};
+    const int prc = enqueue_pass(ss, set, ids, n, &cerr);
+    struct krn_cuda_graph *g = NULL;
+    const int grc = krn_cuda_capture_end(ss->dev, &g);
+    if (prc < 0 && prc != S3_EDEVICE) { /* bad input or cancelled: not the capture's fault */
+        krn_cuda_graph_free(g);
+        if (err)
+            *err = cerr;
+        return prc;
+    }
+    if (prc < 0 || grc < 0) {
+        krn_cuda_graph_free(g);
+        S3_LOG(S3_LOG_WARN, "event=cuda_graph_off why=\"%s\"",
+               prc < 0 ? cerr.msg : krn_cuda_errmsg(ss->dev));
+        ss->graphs = 0;
+        return enqueue_pass(ss, set, ids, n, err);
+    }
+    ss->g[set] = g;
+    ss->g_n[set] = n;
+    ss->g_prefix[set] = prefix;
+    const int rc = krn_cuda_graph_launch(ss->dev, g);
+    return rc < 0 ? dev_fail(ss->dev, rc, err) : 0;
+}
+
 int eng__cuda_sae_scan_submit(struct eng_cuda_sae_scan *ss, const int32_t *ids, int n,
                               int prefix, struct s3_errinfo *err)
 {
@@ -1010,43 +1099,24 @@ int eng__cuda_sae_scan_submit(struct eng_cuda_sae_scan *ss, const int32_t *ids, 
         return s3_errf(err, S3_EBUSY, "cuda scan: two passes in flight already");
     struct eng_cuda_ctx *dc = ss->dc;
     const int set = (ss->head + ss->n_flight) & 1;
-    int rc = 0, n_hooked = 0;
     /* the set's previous pass was waited for: its tokens and records are free */
     memcpy(ss->h_tok[set], ids, (size_t)n * sizeof(int32_t));
     ss->prefix = prefix;
     ss->cur_out = n - prefix;
     ss->hook_rc = 0;
-    const struct hooks hs = {.mask = ss->mask, .cancel = ss->c->cancel, .scan_only = 1,
-                             .no_q = 1, .dev_fn = sae_scan_hook, .dev_ud = ss};
-    for (int pos0 = 0; pos0 < n; pos0 += dc->n_ub) {
-        const int nb = n - pos0 < dc->n_ub ? n - pos0 : dc->n_ub;
-        if ((rc = begin_ex(dc, ids + pos0, nb, pos0, &hs, ss->h_tok[set] + pos0, err)) < 0)
-            goto fail;
-        if ((rc = enqueue_layers(dc, nb, pos0, &hs, &n_hooked)) < 0) {
-            if (rc == S3_ECANCELED && ss->hook_rc < 0)
-                rc = ss->hook_rc;
-            rc = rc == S3_ECANCELED ? s3_errf(err, rc, "cuda scan: cancelled")
-                                    : dev_fail(dc->dev, rc, err);
-            goto fail;
-        }
-    }
-    const size_t nrec = (size_t)ss->n_unit * (size_t)ss->cur_out * (size_t)ss->k;
-    if ((rc = krn_cuda_download_async(ss->dev, ss->h_ids[set], ss->d_ids,
-                                      nrec * sizeof(uint16_t))) < 0 ||
-        (rc = krn_cuda_download_async(ss->dev, ss->h_acts[set], ss->d_acts,
-                                      nrec * sizeof(float))) < 0 ||
-        (rc = krn_cuda_event_record(ss->dev, ss->ev[set])) < 0) {
+    int rc = ss->graphs && !dc->profile ? enqueue_pass_graph(ss, set, ids, n, prefix, err)
+                                        : enqueue_pass(ss, set, ids, n, err);
+    if (rc == 0 && (rc = krn_cuda_event_record(ss->dev, ss->ev[set])) < 0)
         rc = dev_fail(dc->dev, rc, err);
-        goto fail;
+    if (rc < 0) {
+        eng__cuda_sae_scan_drain(ss);
+        return rc;
     }
     ss->n_out[set] = ss->cur_out;
     ss->n_flight++;
     dc->stats.n_tokens += n;
     dc->stats.n_ubatch += (n + dc->n_ub - 1) / dc->n_ub;
     return 0;
-fail:
-    eng__cuda_sae_scan_drain(ss);
-    return rc;
 }
 
 int eng__cuda_sae_scan_wait(struct eng_cuda_sae_scan *ss, const uint16_t **ids,

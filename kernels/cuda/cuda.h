@@ -76,6 +76,16 @@ int krn_cuda_event_wait_host(struct krn_cuda_dev *dev, struct krn_cuda_event *ev
 int krn_cuda_event_ms(struct krn_cuda_dev *dev, struct krn_cuda_event *a, struct krn_cuda_event *b,
                       float *ms);
 
+/* Graphs: the work queued on the compute stream between capture_begin and capture_end is
+ * recorded instead of run (the capture belongs to the calling thread), then replayed as a
+ * whole by graph_launch, with the same pointers and sizes. A failed capture leaves the stream
+ * usable and returns S3_EDEVICE. */
+struct krn_cuda_graph;
+int krn_cuda_capture_begin(struct krn_cuda_dev *dev);
+int krn_cuda_capture_end(struct krn_cuda_dev *dev, struct krn_cuda_graph **out);
+int krn_cuda_graph_launch(struct krn_cuda_dev *dev, struct krn_cuda_graph *g);
+void krn_cuda_graph_free(struct krn_cuda_graph *g); /* NULL allowed */
+
 /* ---- conversions ------------------------------------------------------------------------------- */
 
 /* 1 when krn_cuda_dequant handles this ggml type on the device (F32, F16, BF16, Q4_0, Q4_1,

@@ -201,6 +201,57 @@ extern "C" int krn_cuda_event_new(struct krn_cuda_dev *dev, struct krn_cuda_even
     return 0;
 }
 
+struct krn_cuda_graph {
+    cudaGraphExec_t exec;
+};
+
+extern "C" int krn_cuda_capture_begin(struct krn_cuda_dev *dev)
+{
+    KRN_CHECK(dev, cudaStreamBeginCapture(dev->stream, cudaStreamCaptureModeThreadLocal));
+    return 0;
+}
+
+extern "C" int krn_cuda_capture_end(struct krn_cuda_dev *dev, struct krn_cuda_graph **out)
+{
+    *out = NULL;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(dev->stream, &g);
+    if (e == cudaSuccess && !g)
+        e = cudaErrorStreamCaptureInvalidated;
+    struct krn_cuda_graph *kg = NULL;
+    if (e == cudaSuccess) {
+        kg = (struct krn_cuda_graph *)calloc(1, sizeof(*kg));
+        if (!kg) {
+            cudaGraphDestroy(g);
+            return S3_ENOMEM;
+        }
+        e = cudaGraphInstantiate(&kg->exec, g, 0);
+    }
+    if (g)
+        cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+        free(kg);
+        (void)cudaGetLastError(); /* capture errors are not sticky: the stream goes on */
+        return krn_cuda__fail(dev, "graph capture", cudaGetErrorString(e), __FILE__, __LINE__);
+    }
+    *out = kg;
+    return 0;
+}
+
+extern "C" int krn_cuda_graph_launch(struct krn_cuda_dev *dev, struct krn_cuda_graph *g)
+{
+    KRN_CHECK(dev, cudaGraphLaunch(g->exec, dev->stream));
+    return 0;
+}
+
+extern "C" void krn_cuda_graph_free(struct krn_cuda_graph *g)
+{
+    if (!g)
+        return;
+    cudaGraphExecDestroy(g->exec);
+    free(g);
+}
+
 extern "C" void krn_cuda_event_free(struct krn_cuda_event *ev)
 {
     if (!ev)
