@@ -312,14 +312,9 @@ TGT void krn__attn_f16_avx2(float *out, const float *q, const uint16_t *kc, cons
 
 TGT void krn__swiglu_avx2(float *out, const float *g, const float *u, int n)
 {
+    KRN_SWIGLU_VEC(__m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_sub_ps,
+                   _mm256_add_ps, _mm256_div_ps, _mm256_mul_ps, expf_ggml8, out, g, u, n);
     const int nv = n & ~15;
-    const __m256 one = _mm256_set1_ps(1.0f);
-    for (int i = 0; i < nv; i += 8) {
-        const __m256 x = _mm256_loadu_ps(g + i);
-        const __m256 e = expf_ggml8(_mm256_sub_ps(_mm256_setzero_ps(), x));
-        const __m256 silu = _mm256_div_ps(x, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
-    }
     if (nv < n)
         krn__swiglu_ref(out + nv, g + nv, u + nv, n - nv);
 }

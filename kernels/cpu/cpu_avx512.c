@@ -466,14 +466,9 @@ TGT void krn__f32_to_f16_avx512(uint16_t *dst, const float *src, int n)
 
 TGT void krn__swiglu_avx512(float *out, const float *g, const float *u, int n)
 {
+    KRN_SWIGLU_VEC(__m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_sub_ps,
+                   _mm512_add_ps, _mm512_div_ps, _mm512_mul_ps, expf_ggml, out, g, u, n);
     const int nv = n & ~15;
-    const __m512 one = _mm512_set1_ps(1.0f);
-    for (int i = 0; i < nv; i += 16) {
-        const __m512 x = _mm512_loadu_ps(g + i);
-        const __m512 e = expf_ggml(_mm512_sub_ps(_mm512_setzero_ps(), x));
-        const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(one, e));
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(silu, _mm512_loadu_ps(u + i)));
-    }
     if (nv < n)
         krn__swiglu_ref(out + nv, g + nv, u + nv, n - nv);
 }

@@ -29,3 +29,17 @@
             krn_c_[i_] = ADD(krn_a_[4 + i_], krn_a_[i_]);                                      \
         (out) = ADD(ADD(krn_c_[0], krn_c_[2]), ADD(krn_c_[1], krn_c_[3]));                     \
     } while (0)
+
+/* KRN_SWIGLU_VEC(T, LANES, LOAD, STORE, SET1, SUB, ADD, DIV, MUL, EXPF, out, g, u, n) is
+ * ggml's SwiGLU over the whole 16-element vectors of a row: out = g / (1 + exp(0 - g)) * u
+ * with EXPF ggml's expf (LANES elements per T), leaving the rest of the row (n % 16) to the
+ * caller. */
+#define KRN_SWIGLU_VEC(T, LANES, LOAD, STORE, SET1, SUB, ADD, DIV, MUL, EXPF, out, g, u, n)     \
+    do {                                                                                       \
+        const T krn_one_ = SET1(1.0f), krn_zero_ = SET1(0.0f);                                \
+        for (int i_ = 0; i_ < ((n) & ~15); i_ += (LANES)) {                                    \
+            const T krn_x_ = LOAD((g) + i_);                                                   \
+            const T krn_e_ = EXPF(SUB(krn_zero_, krn_x_));                                     \
+            STORE((out) + i_, MUL(DIV(krn_x_, ADD(krn_one_, krn_e_)), LOAD((u) + i_)));        \
+        }                                                                                      \
+    } while (0)
