@@ -6,7 +6,6 @@
  *     (memory does not grow with the document), without the stop features
  *     (df > n_tokens / IDX_STOP_FRAC + 1, which queries skip);
  *   - its passage and sentence boundaries are written as one docmap blob. */
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +13,6 @@
 #include "index_int.h"
 
 size_t idx__compact_buf = IDX_COMPACT_BUF;
-int idx__compact_pipelined = 1;
 
 int idx__buf_reserve(struct idx_buf *b, size_t extra)
 {
@@ -225,287 +223,6 @@ static int emit_row(void *ud, int32_t feat, int64_t n, int64_t last, const uint8
     return src == SQLITE_DONE ? 0 : src; /* a SQLite code: mapped by the caller */
 }
 
-/* Concatenate the segment blobs rows[0..np) of one slot (read through conn, bsz bytes each)
- * into rows per feature, given to emit. rd and bufs: scratch of np entries / np * bsz bytes.
- * Returns 0, a SQLite code > 0 from emit, or S3_E* (the message in err). */
-static int concat_slot(sqlite3 *conn, const struct seg_row *rows, size_t np, int64_t doc,
-                       int64_t n_tokens, int64_t stop_n, size_t bsz, struct idx_grp_rd *rd,
-                       uint8_t *bufs, struct idx_buf *scratch, idx_grp_emit_fn emit, void *ud,
-                       struct s3_errinfo *err)
-{
-    int rc = 0;
-    memset(rd, 0, np * sizeof *rd);
-    for (size_t s = 0; s < np; s++) {
-        const struct seg_row *r = &rows[s];
-        if ((s && r->seg < rows[s - 1].end) || r->end <= r->seg || r->end > n_tokens) {
-            rc = s3_errf(err, S3_EFORMAT, "index: segments of document %lld overlap",
-                         (long long)doc);
-            goto close;
-        }
-        int src = sqlite3_blob_open(conn, "main", "segblobs", "blob", r->id, 0, &rd[s].blob);
-        if (src != SQLITE_OK) {
-            rd[s].blob = NULL;
-            rc = s3_errf(err, S3_EDB, "index: read segment: %s", sqlite3_errmsg(conn));
-            goto close;
-        }
-        rd[s].size = sqlite3_blob_bytes(rd[s].blob);
-        rd[s].buf = bufs + s * bsz;
-        rd[s].cap = bsz;
-        rd[s].p = rd[s].e = rd[s].buf;
-        rd[s].base = r->seg;
-        rd[s].lim = r->end;
-    }
-    rc = idx__grp_concat(rd, np, 0, stop_n, emit, ud, scratch);
-    if (rc == S3_ENOMEM)
-        rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-    else if (rc == S3_EIO)
-        rc = s3_errf(err, S3_EIO, "index: reading segment postings: %s", sqlite3_errmsg(conn));
-    else if (rc < 0)
-        rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
-                     (long long)doc);
-close:
-    for (size_t s = 0; s < np; s++)
-        if (rd[s].blob)
-            sqlite3_blob_close(rd[s].blob);
-    return rc;
-}
-
-/* ---- pipelined: a reader thread on its own connection concatenates, this one inserts ---- */
-
-#define CBATCH_BYTES (4u << 20) /* a batch is handed over at this size or a slot's end */
-#define CQ_DEPTH 3
-
-struct crow {
-    int32_t feat;
-    int64_t n;
-    size_t off, len;
-};
-
-struct cbatch {
-    int layer, head;
-    struct crow *rows;
-    size_t n_rows, cap_rows;
-    struct idx_buf bytes;
-};
-
-struct creader {
-    sqlite3 *conn;
-    const struct seg_row *rows;
-    size_t n_rows, bsz;
-    int64_t doc, n_tokens, stop_n;
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    /* under mu */
-    struct cbatch *q[CQ_DEPTH];
-    int qh, qn, done, stop, rc;
-    struct s3_errinfo err;
-    /* the reader's */
-    struct cbatch *cur;
-};
-
-static void cbatch_free(struct cbatch *b)
-{
-    if (!b)
-        return;
-    free(b->rows);
-    free(b->bytes.p);
-    free(b);
-}
-
-/* Hand the current batch over (waiting while the queue is full); 0, or S3_ECANCELED when the
- * inserting side stopped. */
-static int creader_push(struct creader *r)
-{
-    struct cbatch *b = r->cur;
-    r->cur = NULL;
-    if (!b)
-        return 0;
-    pthread_mutex_lock(&r->mu);
-    while (r->qn == CQ_DEPTH && !r->stop)
-        pthread_cond_wait(&r->cv, &r->mu);
-    const int stop = r->stop;
-    if (!stop) {
-        r->q[(r->qh + r->qn) % CQ_DEPTH] = b;
-        r->qn++;
-        pthread_cond_broadcast(&r->cv);
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (stop)
-        cbatch_free(b);
-    return stop ? S3_ECANCELED : 0;
-}
-
-struct cslot {
-    struct creader *r;
-    int layer, head;
-};
-
-static int creader_emit(void *ud, int32_t feat, int64_t n, int64_t last, const uint8_t *entries,
-                        size_t nbytes)
-{
-    struct cslot *cs = ud;
-    struct creader *r = cs->r;
-    (void)last;
-    if (r->cur && r->cur->bytes.n >= CBATCH_BYTES && creader_push(r) < 0)
-        return S3_ECANCELED;
-    if (!r->cur) {
-        if (!(r->cur = calloc(1, sizeof *r->cur)))
-            return S3_ENOMEM;
-        r->cur->layer = cs->layer;
-        r->cur->head = cs->head;
-    }
-    struct cbatch *b = r->cur;
-    if (b->n_rows == b->cap_rows) {
-        const size_t nc = b->cap_rows ? 2 * b->cap_rows : 256;
-        struct crow *nr = realloc(b->rows, nc * sizeof *nr);
-        if (!nr)
-            return S3_ENOMEM;
-        b->rows = nr;
-        b->cap_rows = nc;
-    }
-    if (idx__buf_reserve(&b->bytes, nbytes) < 0)
-        return S3_ENOMEM;
-    if (nbytes)
-        memcpy(b->bytes.p + b->bytes.n, entries, nbytes);
-    b->rows[b->n_rows++] = (struct crow){feat, n, b->bytes.n, nbytes};
-    b->bytes.n += nbytes;
-    return 0;
-}
-
-static void *creader_main(void *arg)
-{
-    struct creader *r = arg;
-    struct idx_grp_rd *rd = NULL;
-    uint8_t *bufs = NULL;
-    struct idx_buf scratch = {0};
-    struct s3_errinfo err = {0};
-    int rc = 0;
-    /* one read transaction: the snapshot of the committed segments */
-    if (sqlite3_exec(r->conn, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
-        rc = s3_errf(&err, S3_EDB, "index: compact reader: %s", sqlite3_errmsg(r->conn));
-    for (size_t i = 0; rc == 0 && i < r->n_rows;) {
-        size_t j = i;
-        while (j < r->n_rows && r->rows[j].layer == r->rows[i].layer &&
-               r->rows[j].head == r->rows[i].head)
-            j++;
-        const size_t np = j - i;
-        free(rd);
-        free(bufs);
-        rd = calloc(np, sizeof *rd);
-        bufs = malloc(np * r->bsz);
-        if (!rd || !bufs) {
-            rc = s3_errf(&err, S3_ENOMEM, "index: out of memory");
-            break;
-        }
-        struct cslot cs = {r, r->rows[i].layer, r->rows[i].head};
-        rc = concat_slot(r->conn, r->rows + i, np, r->doc, r->n_tokens, r->stop_n, r->bsz, rd,
-                         bufs, &scratch, creader_emit, &cs, &err);
-        if (rc > 0 || rc == S3_ECANCELED)
-            rc = S3_ECANCELED; /* only emit fails so, when the inserting side stopped */
-        if (rc == 0)
-            rc = creader_push(r); /* a batch never spans two slots */
-        i = j;
-    }
-    sqlite3_exec(r->conn, "COMMIT", NULL, NULL, NULL);
-    cbatch_free(r->cur);
-    r->cur = NULL;
-    free(rd);
-    free(bufs);
-    free(scratch.p);
-    pthread_mutex_lock(&r->mu);
-    if (rc < 0 && rc != S3_ECANCELED) {
-        r->rc = rc;
-        r->err = err;
-    }
-    r->done = 1;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-    return NULL;
-}
-
-/* 0 and the reader running, or -1 where there is no second connection (an in-memory
- * database) or no thread: the caller compacts on its own. */
-static int creader_start(struct idx_db *db, struct creader *r)
-{
-    const char *path = sqlite3_db_filename(db->db, "main");
-    if (!path || !*path)
-        return -1;
-    if (sqlite3_open_v2(path, &r->conn, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        sqlite3_close(r->conn);
-        return -1;
-    }
-    sqlite3_busy_timeout(r->conn, 5000);
-    if (pthread_mutex_init(&r->mu, NULL) != 0)
-        goto fail_db;
-    if (pthread_cond_init(&r->cv, NULL) != 0)
-        goto fail_mu;
-    if (pthread_create(&r->th, NULL, creader_main, r) != 0)
-        goto fail_cv;
-    return 0;
-fail_cv:
-    pthread_cond_destroy(&r->cv);
-fail_mu:
-    pthread_mutex_destroy(&r->mu);
-fail_db:
-    sqlite3_close(r->conn);
-    return -1;
-}
-
-/* Insert the reader's batches as they come; stop it on the first failure. */
-static int creader_drain(struct idx_db *db, struct creader *r, sqlite3_stmt *ins,
-                         struct s3_errinfo *err)
-{
-    int rc = 0;
-    for (;;) {
-        pthread_mutex_lock(&r->mu);
-        while (r->qn == 0 && !r->done)
-            pthread_cond_wait(&r->cv, &r->mu);
-        struct cbatch *b = NULL;
-        if (r->qn) {
-            b = r->q[r->qh];
-            r->qh = (r->qh + 1) % CQ_DEPTH;
-            r->qn--;
-            pthread_cond_broadcast(&r->cv);
-        }
-        const int done = r->done && !b;
-        pthread_mutex_unlock(&r->mu);
-        if (done)
-            break;
-        for (size_t k = 0; rc == 0 && k < b->n_rows; k++) {
-            const struct crow *w = &b->rows[k];
-            sqlite3_reset(ins);
-            sqlite3_bind_int64(ins, 1, r->doc);
-            sqlite3_bind_int(ins, 2, b->layer);
-            sqlite3_bind_int(ins, 3, b->head);
-            sqlite3_bind_int(ins, 4, w->feat);
-            sqlite3_bind_int64(ins, 5, w->n);
-            sqlite3_bind_blob(ins, 6, b->bytes.p + w->off, (int)w->len, SQLITE_STATIC);
-            const int src = sqlite3_step(ins);
-            if (src != SQLITE_DONE)
-                rc = idx__sqlerr(db, src, "index: compact postings", err);
-        }
-        cbatch_free(b);
-        if (rc < 0) {
-            pthread_mutex_lock(&r->mu);
-            r->stop = 1;
-            pthread_cond_broadcast(&r->cv);
-            pthread_mutex_unlock(&r->mu);
-        }
-    }
-    pthread_join(r->th, NULL);
-    if (rc == 0 && r->rc < 0) {
-        rc = r->rc;
-        if (err)
-            *err = r->err;
-    }
-    pthread_cond_destroy(&r->cv);
-    pthread_mutex_destroy(&r->mu);
-    sqlite3_close(r->conn);
-    return rc;
-}
-
 int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_errinfo *err)
 {
     sqlite3_stmt *st = NULL, *ins = NULL;
@@ -549,18 +266,8 @@ int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_err
                       &ins, err);
     if (rc < 0)
         goto out;
-    const int64_t stop_n = n_tokens / IDX_STOP_FRAC + 1;
-    /* the segments are committed: a reader on a second connection concatenates them while
-     * this connection inserts (file databases); else both here, slot by slot */
-    struct creader r = {.rows = rows, .n_rows = n_rows, .bsz = bsz, .doc = doc,
-                        .n_tokens = n_tokens, .stop_n = stop_n};
-    if (n_rows && idx__compact_pipelined && creader_start(db, &r) == 0) {
-        rc = creader_drain(db, &r, ins, err);
-        if (rc < 0)
-            goto out;
-        n_rows = 0; /* done */
-    }
     struct emit_row em = {.ins = ins, .doc = doc};
+    const int64_t stop_n = n_tokens / IDX_STOP_FRAC + 1;
     for (size_t i = 0; i < n_rows;) {
         size_t j = i;
         while (j < n_rows && rows[j].layer == rows[i].layer && rows[j].head == rows[i].head)
@@ -572,12 +279,43 @@ int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_err
         bufs = malloc(np * bsz);
         if (!rd || !bufs)
             goto oom;
+        for (size_t s = 0; s < np; s++) {
+            const struct seg_row *r = &rows[i + s];
+            if ((s && r->seg < rows[i + s - 1].end) || r->end <= r->seg || r->end > n_tokens) {
+                rc = s3_errf(err, S3_EFORMAT, "index: segments of document %lld overlap",
+                             (long long)doc);
+                goto close;
+            }
+            src = sqlite3_blob_open(db->db, "main", "segblobs", "blob", r->id, 0, &rd[s].blob);
+            if (src != SQLITE_OK) {
+                rd[s].blob = NULL;
+                rc = idx__sqlerr(db, src, "index: read segment", err);
+                goto close;
+            }
+            rd[s].size = sqlite3_blob_bytes(rd[s].blob);
+            rd[s].buf = bufs + s * bsz;
+            rd[s].cap = bsz;
+            rd[s].p = rd[s].e = rd[s].buf;
+            rd[s].base = r->seg;
+            rd[s].lim = r->end;
+        }
         em.layer = rows[i].layer;
         em.head = rows[i].head;
-        rc = concat_slot(db->db, rows + i, np, doc, n_tokens, stop_n, bsz, rd, bufs, &scratch,
-                         emit_row, &em, err);
+        rc = idx__grp_concat(rd, np, 0, stop_n, emit_row, &em, &scratch);
         if (rc > 0)
             rc = idx__sqlerr(db, rc, "index: compact postings", err);
+        else if (rc == S3_ENOMEM)
+            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+        else if (rc == S3_EIO)
+            rc = s3_errf(err, S3_EIO, "index: reading segment postings: %s",
+                         sqlite3_errmsg(db->db));
+        else if (rc < 0)
+            rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
+                         (long long)doc);
+close:
+        for (size_t s = 0; s < np; s++)
+            if (rd[s].blob)
+                sqlite3_blob_close(rd[s].blob);
         if (rc < 0)
             goto out;
         i = j;

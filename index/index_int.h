@@ -115,7 +115,6 @@
 #define IDX_SCAN_CACHE     "-8192"      /* page cache (KiB) while a writer is open */
 #define IDX_COMPACT_BUF    16384        /* finishing: read buffer per segment blob */
 extern size_t idx__compact_buf;         /* IDX_COMPACT_BUF; tests lower it */
-extern int idx__compact_pipelined;      /* 1: a reader thread concatenates (file databases) */
 extern int idx__async_encoders;         /* encoder threads of idx_async; -1: by core count */
 #define IDX_WAL_PAGES      "16384"      /* WAL auto-checkpoint (pages) while a writer is open */
 #ifndef IDX_PAGE_SIZE_STR

@@ -860,14 +860,6 @@ int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err)
         return s3_errf(err, S3_EINVAL,
                        "index: passages cover %lld of %lld tokens of document %lld",
                        (long long)w->st.pass_tok, (long long)w->st.next_tok, (long long)w->doc);
-    /* the last segment is committed on its own first: the finishing merge may read the
-     * segments through a second connection, which sees committed rows only (a crash after
-     * this commit leaves a 'scanning' document with every token, finished on resume) */
-    if (w->st.next_tok > w->seg_start || w->n_hp) {
-        const int crc = commit_held(w, 1, err);
-        if (crc < 0)
-            return crc;
-    }
     const int64_t n_segblobs = w->n_segblobs;
     int64_t seg = w->seg_start;
     int rc = idx__exec(w->db, "BEGIN IMMEDIATE", err);
