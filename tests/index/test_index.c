@@ -891,28 +891,21 @@ END_TEST
  * synchronous writer or idx_async with a given number of encoder threads. */
 enum { MS_NS = 7, MS_K = 3, MS_CHUNK = 2048, MS_TOK = 5 * 2048 + 100 };
 
-static int64_t write_multislot(struct idx_db *db, int encoders)
+/* Add the multi-slot document's first n_tok tokens to w (through aw when not NULL). */
+static void add_multislot(struct idx_writer *w, struct idx_async *aw, int64_t n_tok)
 {
     struct s3_errinfo err = {0};
-    struct idx_writer *w;
-    struct idx_async *aw = NULL;
-    struct idx_doc_meta m = {.name = "slots"};
-    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
-    if (encoders >= 0) {
-        idx__async_encoders = encoders;
-        ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
-    }
     struct idx_slot sl[MS_NS];
     for (int i = 0; i < MS_NS; i++)
         sl[i] = (struct idx_slot){i / 3, i % 3};
     int32_t *feat = malloc(sizeof(int32_t) * MS_CHUNK * MS_NS * MS_K);
     float *act = malloc(sizeof(float) * MS_CHUNK * MS_NS * MS_K);
-    char *text = malloc(4 * MS_TOK + 1);
+    char *text = malloc(4 * (size_t)n_tok + 1);
     ck_assert(feat && act && text);
-    memset(text, 'a', 4 * MS_TOK);
+    memset(text, 'a', 4 * (size_t)n_tok);
     uint64_t r = 12345;
-    for (int64_t t0 = 0; t0 < MS_TOK; t0 += MS_CHUNK) {
-        const int n = MS_TOK - t0 < MS_CHUNK ? (int)(MS_TOK - t0) : MS_CHUNK;
+    for (int64_t t0 = 0; t0 < n_tok; t0 += MS_CHUNK) {
+        const int n = n_tok - t0 < MS_CHUNK ? (int)(n_tok - t0) : MS_CHUNK;
         for (int i = 0; i < n * MS_NS * MS_K; i++) {
             r = r * 6364136223846793005ull + 1442695040888963407ull;
             feat[i] = (r >> 33) % 11 == 0 ? -1 : (int32_t)((r >> 40) % 300);
@@ -925,12 +918,26 @@ static int64_t write_multislot(struct idx_db *db, int encoders)
         const int rc = aw ? idx_async_add(aw, &c, &err) : idx_writer_add(w, &c, &err);
         ck_assert_msg(rc == 0, "%s", err.msg);
     }
+    free(feat), free(act), free(text);
+}
+
+static int64_t write_multislot(struct idx_db *db, int encoders)
+{
+    struct s3_errinfo err = {0};
+    struct idx_writer *w;
+    struct idx_async *aw = NULL;
+    struct idx_doc_meta m = {.name = "slots"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    if (encoders >= 0) {
+        idx__async_encoders = encoders;
+        ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
+    }
+    add_multislot(w, aw, MS_TOK);
     ck_assert_int_eq(idx_async_end(aw, &err), 0);
     ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
     const int64_t doc = idx_writer_doc(w);
     idx_writer_free(w);
     idx__async_encoders = -1;
-    free(feat), free(act), free(text);
     return doc;
 }
 
@@ -967,6 +974,35 @@ START_TEST(test_async_encoders)
     idx_writer_state(w, &st);
     ck_assert_int_eq(st.next_tok, 0);
     idx__async_encoders = -1;
+    idx_writer_free(w);
+    idx_close(db);
+}
+END_TEST
+
+/* A corrupt segment blob (the index file damaged mid-scan) fails the finishing merge with a
+ * message and leaves the document unfinished. */
+START_TEST(test_compact_corrupt_segment)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    struct idx_writer *w;
+    struct idx_doc_meta m = {.name = "corrupt"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    add_multislot(w, NULL, 2 * IDX_SEG_TOKENS + 100); /* two segments written */
+    ck_assert_int_eq(idx_writer_flush(w, &err), 0);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "UPDATE segblobs SET blob = x'ffffffffffffffffff' WHERE id = "
+             "(SELECT min(id) FROM segblobs WHERE id BETWEEN %lld AND %lld)",
+             (long long)IDX_PASSAGE_ID(idx_writer_doc(w), 0),
+             (long long)IDX_PASSAGE_ID(idx_writer_doc(w), 0xffffffffLL));
+    ck_assert_int_eq(sqlite3_exec(db->db, sql, NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_changes(db->db), 1);
+    ck_assert_int_eq(idx_writer_finish(w, &err), S3_EFORMAT);
+    ck_assert_msg(strstr(err.msg, "corrupt postings"), "%s", err.msg);
+    struct idx_doc_info info;
+    ck_assert_int_eq(idx_doc_get(db, idx_writer_doc(w), &info, &err), 0);
+    ck_assert_int_eq(info.status, IDX_DOC_SCANNING);
     idx_writer_free(w);
     idx_close(db);
 }
@@ -1405,6 +1441,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_commit_resume);
     tcase_add_test(tc, test_async_writer);
     tcase_add_test(tc, test_async_encoders);
+    tcase_add_test(tc, test_compact_corrupt_segment);
     tcase_add_test(tc, test_bad_queries);
     tcase_add_test(tc, test_locked_db);
     tcase_add_test(tc, test_migrate_v2);
