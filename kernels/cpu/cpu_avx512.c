@@ -44,11 +44,12 @@ TGT void krn__qact_quantize_avx512(struct krn_qact *a, const float *x, int t0, i
             __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
             _mm_storeu_si128((__m128i *)(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
             _mm_storeu_si128((__m128i *)(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
-            const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
             int32_t *ls = a->lsum + ((size_t)t * nb + b) * 8;
+            int sum = 0;
             for (int l = 0; l < 8; l++) {
                 const int8_t *ql = qs + b * 32 + 4 * l;
                 ls[l] = ql[0] + ql[1] + ql[2] + ql[3];
+                sum += ls[l];
             }
             dt[b] = _cvtsh_ss(_cvtss_sh(d, 0));
             st[b] = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));

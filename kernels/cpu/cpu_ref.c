@@ -542,16 +542,18 @@ void krn__attn_f16_ref(float *out, const float *q, const uint16_t *kc, const uin
         return;
     float *vf = kf + (size_t)n_all * head_dim, *qh = vf + (size_t)n_all * head_dim;
     float *sc = scratch;
+    int hk_f = -1; /* the kv head whose keys and values are in kf, vf */
     for (int it = it0; it < it1; it++) {
         const int h = it / nqg, g = it % nqg;
         const int hk = h / group;
         const uint16_t *kh = kc + (size_t)hk * head_dim * n_ctx;
         const uint16_t *vh = vc + (size_t)hk * n_ctx * head_dim;
-        for (int j = 0; j < n_all; j++)
+        for (int j = 0; hk != hk_f && j < n_all; j++) /* once per kv head, not per item */
             for (int d = 0; d < head_dim; d++) {
                 kf[(size_t)j * head_dim + d] = krn_fp16_to_f32(kh[(size_t)d * n_ctx + j]);
                 vf[(size_t)j * head_dim + d] = krn_fp16_to_f32(vh[(size_t)j * head_dim + d]);
             }
+        hk_f = hk;
         for (int i = g * 4; i < g * 4 + 4 && i < n_q; i++) {
             const float *qi = q + (size_t)i * ld + (size_t)h * head_dim;
             float *oi = out + (size_t)i * ld + (size_t)h * head_dim;
