@@ -717,15 +717,24 @@ static int run_hooks(struct eng_cuda_ctx *dc, int n, int pos0, const struct hook
 /* Validate a ubatch and queue its token upload. h_pinned: the tokens already in pinned host
  * memory that stays untouched until the upload has run (the pipelined scan), or NULL: they
  * are copied into dc->h_tok (the caller syncs before the next ubatch). */
+/* 0, or S3_EINVAL naming the first token id outside the vocabulary. */
+static int check_tokens(const struct eng_cuda_ctx *dc, const int32_t *tokens, int n,
+                        struct s3_errinfo *err)
+{
+    for (int t = 0; t < n; t++)
+        if (tokens[t] < 0 || tokens[t] >= dc->cm->n_vocab)
+            return s3_errf(err, S3_EINVAL, "cuda: token id %d out of range", tokens[t]);
+    return 0;
+}
+
 static int begin_ex(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
                     const struct hooks *hook, const int32_t *h_pinned, struct s3_errinfo *err)
 {
     if (!dc || !tokens || n < 1 || n > dc->n_ub || pos0 < 0 || pos0 + n > dc->n_ctx)
         return s3_errf(err, S3_EINVAL, "cuda: bad ubatch (n %d at %d)", n, pos0);
-    for (int t = 0; t < n; t++)
-        if (tokens[t] < 0 || tokens[t] >= dc->cm->n_vocab)
-            return s3_errf(err, S3_EINVAL, "cuda: token id %d out of range", tokens[t]);
-    int rc = hook_buffers(dc, hook, err);
+    int rc = check_tokens(dc, tokens, n, err);
+    if (rc == 0)
+        rc = hook_buffers(dc, hook, err);
     if (rc < 0)
         return rc;
     dc->n_ev = 0;
@@ -1049,10 +1058,10 @@ static int enqueue_pass_graph(struct eng_cuda_sae_scan *ss, int set, const int32
                               int prefix, struct s3_errinfo *err)
 {
     if (ss->g[set] && ss->g_n[set] == n && ss->g_prefix[set] == prefix) {
-        for (int t = 0; t < n; t++) /* the checks begin_ex makes on a plain pass */
-            if (ids[t] < 0 || ids[t] >= ss->dc->cm->n_vocab)
-                return s3_errf(err, S3_EINVAL, "cuda: token id %d out of range", ids[t]);
-        const int rc = krn_cuda_graph_launch(ss->dev, ss->g[set]);
+        int rc = check_tokens(ss->dc, ids, n, err); /* as begin_ex on a plain pass */
+        if (rc < 0)
+            return rc;
+        rc = krn_cuda_graph_launch(ss->dev, ss->g[set]);
         return rc < 0 ? dev_fail(ss->dev, rc, err) : 0;
     }
     krn_cuda_graph_free(ss->g[set]);
