@@ -1,18 +1,12 @@
 /* index/compact.c - group blobs (the postings of one (layer, head) slot over a range of
- * positions, grouped by feature; see index_int.h) and the work done once when a document is
- * finished, so that a query touches few rows however long the document is:
- *   - the segment blobs of each slot are concatenated feature by feature into one postings
- *     row per (layer, head, feature) over [0, n_tokens), streamed through small buffers
- *     (memory does not grow with the document), without the stop features
- *     (df > n_tokens / IDX_STOP_FRAC + 1, which queries skip);
- *   - its passage and sentence boundaries are written as one docmap blob. */
+ * positions, grouped by feature; see index_int.h): growable buffers, reading them group by
+ * group and concatenating the chunks of a segment feature by feature (the writer's segment
+ * merge), and the docmap blob of a finished document. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "index_int.h"
-
-size_t idx__compact_buf = IDX_COMPACT_BUF;
 
 int idx__buf_reserve(struct idx_buf *b, size_t extra)
 {
@@ -39,30 +33,8 @@ int idx__buf_varint(struct idx_buf *b, uint64_t v)
 
 /* ---- reading a group blob sequentially ------------------------------------------------------ */
 
-/* Make at least want bytes (or all that is left) readable at r->p. */
-static int rd_fill(struct idx_grp_rd *r, size_t want)
-{
-    size_t have = (size_t)(r->e - r->p);
-    if (have >= want || !r->blob || r->off >= r->size)
-        return 0;
-    if (want > r->cap)
-        return S3_EFORMAT; /* never: want is a header's worth */
-    memmove(r->buf, r->p, have);
-    size_t room = r->cap - have, left = (size_t)(r->size - r->off);
-    size_t take = left < room ? left : room;
-    if (sqlite3_blob_read(r->blob, r->buf + have, (int)take, r->off) != SQLITE_OK)
-        return S3_EIO;
-    r->off += (int)take;
-    r->p = r->buf;
-    r->e = r->buf + have + take;
-    return 0;
-}
-
 static int rd_varint(struct idx_grp_rd *r, uint64_t *v)
 {
-    int rc = rd_fill(r, 10);
-    if (rc < 0)
-        return rc;
     size_t k = idx__varint_get(r->p, r->e, v);
     if (!k)
         return S3_EFORMAT;
@@ -73,11 +45,9 @@ static int rd_varint(struct idx_grp_rd *r, uint64_t *v)
 int idx__grp_next(struct idx_grp_rd *r)
 {
     r->have = 0;
-    int rc = rd_fill(r, 40);
-    if (rc < 0)
-        return rc;
     if (r->p == r->e)
         return 0; /* the end */
+    int rc;
     uint64_t df, n, last, nb;
     if ((rc = rd_varint(r, &df)) < 0 || (rc = rd_varint(r, &n)) < 0 ||
         (rc = rd_varint(r, &last)) < 0 || (rc = rd_varint(r, &nb)) < 0)
@@ -111,23 +81,16 @@ static int grp_take(struct idx_grp_rd *r, struct idx_buf *out, int64_t out_base,
         return S3_EFORMAT;
     if (out && idx__buf_varint(out, (uint64_t)(prev >= 0 ? first - prev - 1 : first - out_base)) < 0)
         return S3_ENOMEM;
-    size_t left = (size_t)r->nbytes - k;
-    while (left) {
-        if ((rc = rd_fill(r, 1)) < 0)
-            return rc;
-        size_t have = (size_t)(r->e - r->p);
-        if (!have)
-            return S3_EFORMAT; /* the blob ends inside the group */
-        size_t take = have < left ? have : left;
-        if (out) {
-            if (idx__buf_reserve(out, take) < 0)
-                return S3_ENOMEM;
-            memcpy(out->p + out->n, r->p, take);
-            out->n += take;
-        }
-        r->p += take;
-        left -= take;
+    const size_t left = (size_t)r->nbytes - k;
+    if ((size_t)(r->e - r->p) < left)
+        return S3_EFORMAT; /* the blob ends inside the group */
+    if (out) {
+        if (idx__buf_reserve(out, left) < 0)
+            return S3_ENOMEM;
+        memcpy(out->p + out->n, r->p, left);
+        out->n += left;
     }
+    r->p += left;
     return 0;
 }
 
@@ -179,13 +142,6 @@ int idx__grp_put(struct idx_buf *b, int32_t prev_feat, int32_t feat, int64_t n, 
     return 0;
 }
 
-/* ---- finishing ------------------------------------------------------------------------------ */
-
-struct seg_row {
-    int64_t id, seg, end;
-    int layer, head;
-};
-
 int idx__cmp_slot_pos(int l1, int h1, int64_t p1, int l2, int h2, int64_t p2)
 {
     if (l1 != l2)
@@ -195,150 +151,8 @@ int idx__cmp_slot_pos(int l1, int h1, int64_t p1, int l2, int h2, int64_t p2)
     return (p1 > p2) - (p1 < p2);
 }
 
-static int cmp_seg_row(const void *a, const void *b)
-{
-    const struct seg_row *x = a, *y = b;
-    return idx__cmp_slot_pos(x->layer, x->head, x->seg, y->layer, y->head, y->seg);
-}
+/* ---- the docmap of a finished document ------------------------------------------------------ */
 
-struct emit_row {
-    sqlite3_stmt *ins;
-    int64_t doc;
-    int layer, head;
-};
-
-static int emit_row(void *ud, int32_t feat, int64_t n, int64_t last, const uint8_t *entries,
-                    size_t nbytes)
-{
-    struct emit_row *e = ud;
-    (void)last;
-    sqlite3_reset(e->ins);
-    sqlite3_bind_int64(e->ins, 1, e->doc);
-    sqlite3_bind_int(e->ins, 2, e->layer);
-    sqlite3_bind_int(e->ins, 3, e->head);
-    sqlite3_bind_int(e->ins, 4, feat);
-    sqlite3_bind_int64(e->ins, 5, n);
-    sqlite3_bind_blob(e->ins, 6, entries, (int)nbytes, SQLITE_STATIC);
-    int src = sqlite3_step(e->ins);
-    return src == SQLITE_DONE ? 0 : src; /* a SQLite code: mapped by the caller */
-}
-
-int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_errinfo *err)
-{
-    sqlite3_stmt *st = NULL, *ins = NULL;
-    struct seg_row *rows = NULL;
-    struct idx_grp_rd *rd = NULL;
-    uint8_t *bufs = NULL;
-    struct idx_buf scratch = {0};
-    size_t n_rows = 0, cap_rows = 0;
-    const size_t bsz = idx__compact_buf >= 64 ? idx__compact_buf : 64;
-    int rc = idx__prepare(db,
-                          "SELECT id, layer, head, seg, end FROM segblobs WHERE id BETWEEN ? AND ?",
-                          &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(doc, 0));
-    sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(doc, 0xffffffffLL));
-    int src;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n_rows == cap_rows) {
-            cap_rows = cap_rows ? cap_rows * 2 : 64;
-            struct seg_row *nr = realloc(rows, cap_rows * sizeof *nr);
-            if (!nr)
-                goto oom;
-            rows = nr;
-        }
-        rows[n_rows++] = (struct seg_row){sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3),
-                                          sqlite3_column_int64(st, 4), sqlite3_column_int(st, 1),
-                                          sqlite3_column_int(st, 2)};
-    }
-    sqlite3_finalize(st);
-    st = NULL;
-    if (src != SQLITE_DONE) {
-        rc = idx__sqlerr(db, src, "index: read segments", err);
-        goto out;
-    }
-    if (n_rows)
-        qsort(rows, n_rows, sizeof *rows, cmp_seg_row);
-    rc = idx__prepare(db,
-                      "INSERT INTO postings(doc, seg, layer, head, feature, n, blob)"
-                      " VALUES(?1, 0, ?2, ?3, ?4, ?5, ?6)",
-                      &ins, err);
-    if (rc < 0)
-        goto out;
-    struct emit_row em = {.ins = ins, .doc = doc};
-    const int64_t stop_n = n_tokens / IDX_STOP_FRAC + 1;
-    for (size_t i = 0; i < n_rows;) {
-        size_t j = i;
-        while (j < n_rows && rows[j].layer == rows[i].layer && rows[j].head == rows[i].head)
-            j++;
-        const size_t np = j - i;
-        free(rd);
-        free(bufs);
-        rd = calloc(np, sizeof *rd);
-        bufs = malloc(np * bsz);
-        if (!rd || !bufs)
-            goto oom;
-        for (size_t s = 0; s < np; s++) {
-            const struct seg_row *r = &rows[i + s];
-            if ((s && r->seg < rows[i + s - 1].end) || r->end <= r->seg || r->end > n_tokens) {
-                rc = s3_errf(err, S3_EFORMAT, "index: segments of document %lld overlap",
-                             (long long)doc);
-                goto close;
-            }
-            src = sqlite3_blob_open(db->db, "main", "segblobs", "blob", r->id, 0, &rd[s].blob);
-            if (src != SQLITE_OK) {
-                rd[s].blob = NULL;
-                rc = idx__sqlerr(db, src, "index: read segment", err);
-                goto close;
-            }
-            rd[s].size = sqlite3_blob_bytes(rd[s].blob);
-            rd[s].buf = bufs + s * bsz;
-            rd[s].cap = bsz;
-            rd[s].p = rd[s].e = rd[s].buf;
-            rd[s].base = r->seg;
-            rd[s].lim = r->end;
-        }
-        em.layer = rows[i].layer;
-        em.head = rows[i].head;
-        rc = idx__grp_concat(rd, np, 0, stop_n, emit_row, &em, &scratch);
-        if (rc > 0)
-            rc = idx__sqlerr(db, rc, "index: compact postings", err);
-        else if (rc == S3_ENOMEM)
-            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-        else if (rc == S3_EIO)
-            rc = s3_errf(err, S3_EIO, "index: reading segment postings: %s",
-                         sqlite3_errmsg(db->db));
-        else if (rc < 0)
-            rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
-                         (long long)doc);
-close:
-        for (size_t s = 0; s < np; s++)
-            if (rd[s].blob)
-                sqlite3_blob_close(rd[s].blob);
-        if (rc < 0)
-            goto out;
-        i = j;
-    }
-    static const char *const fin[] = {
-        "DELETE FROM segblobs WHERE id BETWEEN ?1 AND ?2",
-        "DELETE FROM segments WHERE doc = ?3",
-        "INSERT INTO segments(doc, seg, end) VALUES(?3, 0, ?4)",
-    };
-    rc = idx__exec_doc(db, fin, sizeof fin / sizeof fin[0], doc, n_tokens,
-                       "index: compact segments", err);
-out:
-    sqlite3_finalize(st);
-    sqlite3_finalize(ins);
-    free(rows);
-    free(rd);
-    free(bufs);
-    free(scratch.p);
-    return rc;
-oom:
-    rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-    goto out;
-}
 int idx__docmap_write(struct idx_db *db, int64_t doc, int64_t n_passages, struct s3_errinfo *err)
 {
     sqlite3_stmt *st = NULL;

@@ -195,7 +195,7 @@ void idx_writer_times(const struct idx_writer *w, struct idx_writer_times *t);
  * after idx_async_end() (which writes what is queued and stops the thread) the writer is the
  * caller's again: finish, flush or free it as usual. */
 struct idx_async;
-#define IDX_ASYNC_DEPTH 8
+#define IDX_ASYNC_DEPTH 32
 int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
                     struct s3_errinfo *err);
 int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err);

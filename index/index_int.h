@@ -20,17 +20,15 @@
  *       document being scanned, one row per (chunk, slot), appended in key order (cheap: a
  *       chunk writes n_slot rows at the end of the tree). blob = a group blob (below) with
  *       base = tok0. The writer keeps a copy in memory (a resumed one reads them back).
- *   segblobs(id, layer, head, seg, end, blob) (schema 3): the postings of a segment
- *       [seg, end) of a document being scanned, one row per slot, id = IDX_PASSAGE_ID(doc,
- *       i) (a document's rows are one rowid range, read at finishing through incremental
- *       blob I/O). blob = a group blob with base = seg. When the pending chunks reach
- *       IDX_SEG_TOKENS positions (and at finish), the chunk that crosses the mark
- *       concatenates their blobs (from memory) into one segblobs row per slot and deletes
- *       them, in its own transaction.
- *   postings(doc, seg, layer, head, feature, n, blob) WITHOUT ROWID: the postings of a
- *       finished document, seg = 0: one row per (slot, feature), blob = the entries relative
- *       to base 0 (below), n = their count (df without decoding).
- *   segments(doc, seg, end) WITHOUT ROWID: (doc, 0, n_tokens) for a finished document.
+ *   postings(doc, seg, layer, head, feature, n, blob) WITHOUT ROWID (schema 4: seg = the
+ *       first position of a segment): the postings of a segment [seg, end) of a document,
+ *       one row per (slot, feature), blob = the entries relative to base seg (below), n =
+ *       their count (df without decoding). When the pending chunks reach idx__seg_tokens
+ *       (IDX_SEG_TOKENS) positions, and at finish, the chunk that crosses the mark
+ *       concatenates their blobs (from memory) feature by feature into these rows, in its own
+ *       transaction; rows are appended in key order. Schema 3 wrote segment blobs
+ *       (segblobs, one per slot) and rewrote them all as rows of seg 0 at finish.
+ *   segments(doc, seg, end) WITHOUT ROWID: the segments written, one row each.
  *   docmap(doc, blob) (schema 2): the passage and sentence boundaries of a finished document
  *       in one blob, so that a query reads one row instead of every passage row: per passage
  *       varint token length, varint byte length, varint byte count of its sents, its sents
@@ -40,14 +38,15 @@
  * ## Finishing
  *
  * idx_writer_finish() writes the last pending chunks as a segment, then, in the same
- * transaction, concatenates each slot's segment blobs feature by feature into postings rows
- * (idx__compact: streamed through IDX_COMPACT_BUF bytes per segment; each feature's first gap
- * re-based, the rest copied unchanged), drops the rows of stop features (queries skip them:
- * the same scores, a smaller index), deletes the segment blobs and writes its docmap row. A
- * query then reads one postings row per query feature and one docmap row, however long the
- * document.
+ * transaction, deletes the rows of the stop features from every segment (the writer counts
+ * each (slot, feature)'s entries as it writes them: the last segment never writes those
+ * rows; queries skip stop features anyway: the same scores, a smaller index) and writes its
+ * docmap row. Nothing written earlier is read back or rewritten, so finishing costs about one
+ * segment's merge whatever the document's length. A query reads one postings row per query
+ * feature and segment (a document of n positions has ceil(n / IDX_SEG_TOKENS) segments) and
+ * one docmap row.
  *
- * ## Group blobs (pending and segblobs rows)
+ * ## Group blobs (pending rows, a segment's chunks in memory)
  *
  * The postings of one slot over [base, lim), one group per feature, features increasing:
  *
@@ -101,8 +100,9 @@
 
 #include "idx.h"
 
-#define IDX_SCHEMA_VERSION 3
-#define IDX_SEG_TOKENS     16384        /* merge pending chunks at this many positions */
+#define IDX_SCHEMA_VERSION 4
+#define IDX_SEG_TOKENS     131072       /* a segment's postings rows cover this many positions */
+extern int64_t idx__seg_tokens;         /* IDX_SEG_TOKENS; tests lower it */
 #define IDX_MAX_SPAN       (1LL << 32)  /* positions of one blob lie in [base, base + this) */
 #define IDX_Q_ZERO         144
 #define IDX_Q_STEPS        12.0f
@@ -113,8 +113,6 @@
 #define IDX_MMAP_SIZE_STR  "1073741824" /* mmap for queries */
 #define IDX_QUERY_CACHE    "-16384"     /* page cache (KiB) outside a scan (store.c) */
 #define IDX_SCAN_CACHE     "-8192"      /* page cache (KiB) while a writer is open */
-#define IDX_COMPACT_BUF    16384        /* finishing: read buffer per segment blob */
-extern size_t idx__compact_buf;         /* IDX_COMPACT_BUF; tests lower it */
 extern int idx__async_encoders;         /* encoder threads of idx_async; -1: by core count */
 #define IDX_WAL_PAGES      "16384"      /* WAL auto-checkpoint (pages) while a writer is open */
 #ifndef IDX_PAGE_SIZE_STR
@@ -207,14 +205,9 @@ struct idx_buf {
 int idx__buf_reserve(struct idx_buf *b, size_t extra);   /* S3_ENOMEM */
 int idx__buf_varint(struct idx_buf *b, uint64_t v);
 
-/* A group blob read group by group, from memory (blob NULL: [p, e) is all of it) or from a
- * segblobs row through a buffer of cap bytes (cap >= 64). */
+/* A group blob [p, e) in memory read group by group. */
 struct idx_grp_rd {
     const uint8_t *p, *e;
-    sqlite3_blob *blob;
-    int off, size;            /* read position and size of the blob */
-    uint8_t *buf;
-    size_t cap;
     int64_t base, lim;        /* positions lie in [base, lim) */
     /* the current group (after idx__grp_next) */
     int have;
@@ -222,7 +215,7 @@ struct idx_grp_rd {
     int64_t n, last;
     uint64_t nbytes;
 };
-/* Read the next group header (r->have = 0 at the end). S3_EFORMAT, S3_EIO. */
+/* Read the next group header (r->have = 0 at the end). S3_EFORMAT. */
 int idx__grp_next(struct idx_grp_rd *r);
 /* Called per feature with its concatenated entries (relative to out_base), count and last
  * position; a non-zero return stops idx__grp_concat, which returns it. */
@@ -231,7 +224,7 @@ typedef int (*idx_grp_emit_fn)(void *ud, int32_t feat, int64_t n, int64_t last,
 /* Concatenate parts (group blobs of consecutive position ranges, in position order; their
  * readers positioned at the start, feat = -1) feature by feature; features with more than
  * stop_n entries (stop_n > 0) are skipped. scratch holds one feature's entries. Returns 0,
- * S3_EFORMAT, S3_ENOMEM, S3_EIO, or what emit returned. */
+ * S3_EFORMAT, S3_ENOMEM, or what emit returned. */
 int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base, int64_t stop_n,
                     idx_grp_emit_fn emit, void *ud, struct idx_buf *scratch);
 /* Append one group to b. S3_ENOMEM. */
@@ -273,9 +266,6 @@ int idx__writer_add_encoded(struct idx_writer *w, const struct idx_chunk *c,
                             struct s3_errinfo *err);
 
 /* ---- finishing (compact.c) ---- */
-/* Concatenate doc's segment blobs into its postings rows [0, n_tokens) and delete them. Call
- * inside a transaction. Memory: IDX_COMPACT_BUF per segment of one slot at a time. */
-int idx__compact(struct idx_db *db, int64_t doc, int64_t n_tokens, struct s3_errinfo *err);
 /* Write the docmap row of doc from its passages. Call inside a transaction. */
 int idx__docmap_write(struct idx_db *db, int64_t doc, int64_t n_passages,
                       struct s3_errinfo *err);

@@ -374,7 +374,7 @@ int idx__score_positions(struct idx_db *db, int64_t doc, int64_t n_tokens,
         if (!(f[i].weight > 0) || f[i].feature < 0)
             continue;
         if (segs.n == 1) {
-            /* a finished document has one segment: decode the row in place */
+            /* a document of one segment: decode the row in place */
             src = step_posting(st, doc, se[0], &f[i]);
             if (src == SQLITE_DONE)
                 continue;

@@ -61,6 +61,14 @@ static const char *const migrations[] = {
     "UPDATE documents SET status = 'failed', finished = CAST(strftime('%s', 'now') AS INTEGER),"
     " error = 'the scan was started by an older version of the index and cannot be resumed;"
     " add the document again' WHERE status = 'scanning';",
+    /* 3 -> 4: segments are written as postings rows (seg = the segment's first position), no
+     * segment blobs: a scan that wrote some cannot be resumed; one that did not resumes */
+    "UPDATE documents SET status = 'failed', finished = CAST(strftime('%s', 'now') AS INTEGER),"
+    " error = 'the scan was started by an older version of the index and cannot be resumed;"
+    " add the document again' WHERE status = 'scanning'"
+    " AND id IN (SELECT DISTINCT id >> 32 FROM segblobs);"
+    "DELETE FROM pending WHERE doc IN (SELECT id FROM documents WHERE status = 'failed');"
+    "DROP TABLE segblobs;",
 };
 
 int idx__sqlerr(struct idx_db *db, int rc, const char *what, struct s3_errinfo *err)
@@ -431,7 +439,6 @@ int idx_doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err)
         "DELETE FROM passages WHERE id BETWEEN ?1 AND ?2",
         "DELETE FROM postings WHERE doc = ?3",
         "DELETE FROM pending WHERE doc = ?3",
-        "DELETE FROM segblobs WHERE id BETWEEN ?1 AND ?2",
         "DELETE FROM segments WHERE doc = ?3",
         "DELETE FROM docmap WHERE doc = ?3",
         "DELETE FROM documents WHERE id = ?3",

@@ -1,12 +1,15 @@
 /* index/writer.c - writing a document chunk by chunk. Chunks are encoded as they come and
- * committed together: when a segment is full (its postings go straight into segment blobs,
- * never into pending rows), when IDX_COMMIT_MS have passed since the last commit (as pending
- * rows), at idx_writer_flush() and at finish. The document is visible only once finished. */
+ * committed together: when a segment is full (its postings go straight into postings rows of
+ * that segment, never into pending rows), when IDX_COMMIT_MS have passed since the last
+ * commit (as pending rows), at idx_writer_flush() and at finish, which writes the last segment
+ * and drops the stop features of every segment. The document is visible only once finished. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "index_int.h"
+
+int64_t idx__seg_tokens = IDX_SEG_TOKENS;
 
 /* One pending blob of the current segment, in w->mem. */
 struct mpart {
@@ -23,6 +26,67 @@ struct held_pass {
     size_t text_off, text_len, sents_off, sents_len;
 };
 
+/* Entry counts keyed by (layer, head, feature), open addressing; key 0 = empty. */
+struct df_map {
+    uint64_t *key;
+    int64_t *n;
+    size_t cap, used;       /* cap a power of two or 0 */
+};
+
+static uint64_t df_key(int layer, int head, int32_t feat)
+{
+    return ((uint64_t)layer << 40 | (uint64_t)head << 24 | (uint64_t)feat) + 1;
+}
+
+static size_t df_slot(const struct df_map *m, uint64_t k)
+{
+    size_t i = (size_t)((k * 0x9e3779b97f4a7c15ULL) >> 20) & (m->cap - 1);
+    while (m->key[i] && m->key[i] != k)
+        i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+/* Add n to key k; *total = its new count. S3_ENOMEM. */
+static int df_add(struct df_map *m, uint64_t k, int64_t n, int64_t *total)
+{
+    if (2 * (m->used + 1) > m->cap) {
+        struct df_map g = {.cap = m->cap ? 2 * m->cap : 4096};
+        g.key = calloc(g.cap, sizeof *g.key);
+        g.n = malloc(g.cap * sizeof *g.n);
+        if (!g.key || !g.n) {
+            free(g.key);
+            free(g.n);
+            return S3_ENOMEM;
+        }
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->key[i]) {
+                size_t j = df_slot(&g, m->key[i]);
+                g.key[j] = m->key[i];
+                g.n[j] = m->n[i];
+            }
+        g.used = m->used;
+        free(m->key);
+        free(m->n);
+        *m = g;
+    }
+    size_t i = df_slot(m, k);
+    if (!m->key[i]) {
+        m->key[i] = k;
+        m->n[i] = 0;
+        m->used++;
+    }
+    m->n[i] += n;
+    *total = m->n[i];
+    return 0;
+}
+
+static void df_clear(struct df_map *m)
+{
+    if (m->cap)
+        memset(m->key, 0, m->cap * sizeof *m->key);
+    m->used = 0;
+}
+
 struct idx_writer {
     struct idx_db *db;
     int64_t doc;
@@ -38,7 +102,10 @@ struct idx_writer {
     struct idx_buf mem;
     struct mpart *parts;
     size_t n_parts, parts_cap;
-    int64_t n_segblobs;      /* segblobs rows of this document so far */
+    /* entries per (slot, feature) in the segments written so far (stale: reload from the
+     * postings rows before use, after a resume or a rolled back segment) */
+    struct df_map df;
+    int df_stale;            /* 1: stale; 2: include rows not yet committed */
     /* passages accepted since the last commit */
     struct held_pass *hp;
     size_t n_hp, hp_cap;
@@ -118,25 +185,7 @@ static int load_state(struct idx_writer *w, struct s3_errinfo *err)
 
 static int load_pending(struct idx_writer *w, struct s3_errinfo *err);
 
-static int count_segblobs(struct idx_writer *w, struct s3_errinfo *err)
-{
-    sqlite3_stmt *st = NULL;
-    int rc = idx__prepare(w->db, "SELECT count(*) FROM segblobs WHERE id BETWEEN ? AND ?", &st,
-                          err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(w->doc, 0));
-    sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(w->doc, 0xffffffffLL));
-    int src = sqlite3_step(st);
-    if (src == SQLITE_ROW)
-        w->n_segblobs = sqlite3_column_int64(st, 0);
-    else
-        rc = idx__sqlerr(w->db, src, "index: resume", err);
-    sqlite3_finalize(st);
-    return rc;
-}
-
-/* resume: the document may have a segment's pending rows and segment blobs to load. */
+/* resume: the document may have a segment's pending rows to load. */
 static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_writer **out,
                       struct s3_errinfo *err)
 {
@@ -147,8 +196,10 @@ static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_wri
     w->doc = doc;
     w->commit_ms = IDX_COMMIT_MS;
     w->last_commit_ms = s3_now_ms();
-    /* a scan reads back what it wrote (the finishing merge): through the bounded page cache,
-     * not the map, so that the process's memory does not grow with the document. The WAL is
+    w->df_stale = resume;
+    /* what a scan reads back (the passages for the docmap; on resume, the counts of the
+     * segments written): through the bounded page cache, not the map, so that the process's
+     * memory does not grow with the document. The WAL is
      * checkpointed by the database's checkpointer thread (ckpt.c) so that copying pages into
      * the database file overlaps the writing and outlasts the writer;
      * where there is none (an in-memory database) every 64 MiB instead of 4: pages written
@@ -163,8 +214,6 @@ static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_wri
         rc = load_state(w, err);
     if (rc == 0 && resume)
         rc = load_pending(w, err);
-    if (rc == 0 && resume)
-        rc = count_segblobs(w, err);
     if (rc < 0) {
         idx_writer_free(w);
         return rc;
@@ -243,6 +292,8 @@ void idx_writer_free(struct idx_writer *w)
     free(w->parts);
     free(w->hp);
     free(w->held.p);
+    free(w->df.key);
+    free(w->df.n);
     free(w);
 }
 
@@ -475,34 +526,85 @@ static int cmp_part(const void *a, const void *b)
     return idx__cmp_slot_pos(x->layer, x->head, x->tok0, y->layer, y->head, y->tok0);
 }
 
+/* Where idx__grp_concat's features go: postings rows of segment seg of one slot. */
 struct seg_out {
-    struct idx_buf *b;
-    int64_t base;
-    int32_t prev;
+    struct idx_writer *w;
+    sqlite3_stmt *ins;
+    int layer, head;
+    int64_t seg;
+    int64_t stop_n;          /* > 0: a feature with more entries in the document is not written */
 };
 
-static int emit_group(void *ud, int32_t feat, int64_t n, int64_t last, const uint8_t *entries,
-                      size_t nbytes)
+static int emit_posting(void *ud, int32_t feat, int64_t n, int64_t last, const uint8_t *entries,
+                        size_t nbytes)
 {
     struct seg_out *o = ud;
-    int rc = idx__grp_put(o->b, o->prev, feat, n, last - o->base, entries, nbytes);
-    o->prev = feat;
+    int64_t total;
+    (void)last;
+    if (df_add(&o->w->df, df_key(o->layer, o->head, feat), n, &total) < 0)
+        return S3_ENOMEM;
+    if (o->stop_n > 0 && total > o->stop_n)
+        return 0;
+    sqlite3_stmt *st = o->ins;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, o->w->doc);
+    sqlite3_bind_int64(st, 2, o->seg);
+    sqlite3_bind_int(st, 3, o->layer);
+    sqlite3_bind_int(st, 4, o->head);
+    sqlite3_bind_int(st, 5, feat);
+    sqlite3_bind_int64(st, 6, n);
+    sqlite3_bind_blob(st, 7, entries, (int)nbytes, SQLITE_STATIC);
+    const int src = sqlite3_step(st);
+    return src == SQLITE_DONE ? 0 : src; /* a SQLite code: mapped by the caller */
+}
+
+/* The entry counts of the segments already written, from their postings rows (a resumed
+ * writer, or one whose segment was rolled back). */
+static int load_df(struct idx_writer *w, struct s3_errinfo *err)
+{
+    sqlite3_stmt *st = NULL;
+    df_clear(&w->df);
+    int rc = idx__prepare(w->db,
+                          "SELECT layer, head, feature, n FROM postings WHERE doc = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, w->doc);
+    int src;
+    int64_t total;
+    while (rc == 0 && (src = sqlite3_step(st)) == SQLITE_ROW)
+        if (df_add(&w->df,
+                   df_key(sqlite3_column_int(st, 0), sqlite3_column_int(st, 1),
+                          sqlite3_column_int(st, 2)),
+                   sqlite3_column_int64(st, 3), &total) < 0)
+            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+    if (rc == 0 && src != SQLITE_DONE)
+        rc = idx__sqlerr(w->db, src, "index: read postings counts", err);
+    sqlite3_finalize(st);
+    if (rc == 0)
+        w->df_stale = 0;
     return rc;
 }
 
-/* Merge the pending blobs [seg_start, end) (their copies in memory) into one segblobs row per
- * slot; inside the caller's transaction. */
-static int merge_segment(struct idx_writer *w, int64_t end, struct s3_errinfo *err)
+/* Merge the pending blobs [seg_start, end) (their copies in memory) into postings rows of
+ * segment seg_start, one per (slot, feature), and record the segment; inside the caller's
+ * transaction. stop_n > 0 (finishing): features with more entries in the whole document are
+ * left out. */
+static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
+                         struct s3_errinfo *err)
 {
     sqlite3_stmt *ins = NULL, *del = NULL;
     struct idx_grp_rd *rd = NULL;
-    struct idx_buf seg = {0}, scratch = {0};
-    int rc = idx__prepare(w->db,
-                          "INSERT INTO segblobs(id, layer, head, seg, end, blob)"
-                          " VALUES(?,?,?,?,?,?)",
+    struct idx_buf scratch = {0};
+    int rc = w->df_stale ? load_df(w, err) : 0;
+    if (rc == 0)
+        rc = idx__prepare(w->db,
+                          "INSERT INTO postings(doc, seg, layer, head, feature, n, blob)"
+                          " VALUES(?,?,?,?,?,?,?)",
                           &ins, err);
     if (rc < 0)
         return rc;
+    /* the counts change as rows are written: reloaded should the transaction be rolled back */
+    w->df_stale = 2;
     if (w->n_parts)
         qsort(w->parts, w->n_parts, sizeof *w->parts, cmp_part);
     rd = malloc((w->n_parts + 1) * sizeof *rd);
@@ -518,49 +620,73 @@ static int merge_segment(struct idx_writer *w, int64_t end, struct s3_errinfo *e
             rd[k - i] = (struct idx_grp_rd){.p = w->mem.p + m->off, .e = w->mem.p + m->off + m->len,
                                             .base = m->tok0, .lim = m->end};
         }
-        struct seg_out so = {&seg, w->seg_start, -1};
-        seg.n = 0;
-        rc = idx__grp_concat(rd, j - i, w->seg_start, 0, emit_group, &so, &scratch);
+        struct seg_out so = {w, ins, w->parts[i].layer, w->parts[i].head, w->seg_start, stop_n};
+        rc = idx__grp_concat(rd, j - i, w->seg_start, 0, emit_posting, &so, &scratch);
         if (rc == S3_ENOMEM)
             goto oom;
+        if (rc > 0) {
+            rc = idx__sqlerr(w->db, rc, "index: write segment postings", err);
+            goto out;
+        }
         if (rc < 0) {
             rc = s3_errf(err, S3_EFORMAT, "index: corrupt pending postings of document %lld",
                          (long long)w->doc);
             goto out;
         }
-        sqlite3_reset(ins);
-        sqlite3_bind_int64(ins, 1, IDX_PASSAGE_ID(w->doc, w->n_segblobs));
-        sqlite3_bind_int(ins, 2, w->parts[i].layer);
-        sqlite3_bind_int(ins, 3, w->parts[i].head);
-        sqlite3_bind_int64(ins, 4, w->seg_start);
-        sqlite3_bind_int64(ins, 5, end);
-        sqlite3_bind_blob(ins, 6, seg.p ? (const void *)seg.p : (const void *)"", (int)seg.n,
-                          SQLITE_STATIC);
-        int src = sqlite3_step(ins);
-        if (src != SQLITE_DONE) {
-            rc = idx__sqlerr(w->db, src, "index: write segment postings", err);
-            goto out;
-        }
-        w->n_segblobs++;
         i = j;
     }
-    rc = idx__prepare(w->db, "DELETE FROM pending WHERE doc = ?1;", &del, err);
-    if (rc < 0)
-        goto out;
-    sqlite3_bind_int64(del, 1, w->doc);
-    int src = sqlite3_step(del);
-    if (src != SQLITE_DONE)
-        rc = idx__sqlerr(w->db, src, "index: merge postings", err);
+    static const char *const fin[] = {
+        "DELETE FROM pending WHERE doc = ?3",
+        "INSERT INTO segments(doc, seg, end) VALUES(?3, ?4, ?5)",
+    };
+    for (size_t q = 0; q < 2 && rc == 0; q++) {
+        rc = idx__prepare(w->db, fin[q], &del, err);
+        if (rc < 0)
+            break;
+        sqlite3_bind_int64(del, 3, w->doc);
+        sqlite3_bind_int64(del, 4, w->seg_start);
+        sqlite3_bind_int64(del, 5, end);
+        int src = sqlite3_step(del);
+        if (src != SQLITE_DONE)
+            rc = idx__sqlerr(w->db, src, "index: merge postings", err);
+        sqlite3_finalize(del);
+        del = NULL;
+    }
 out:
     sqlite3_finalize(ins);
-    sqlite3_finalize(del);
     free(rd);
-    free(seg.p);
     free(scratch.p);
     return rc;
 oom:
     rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
     goto out;
+}
+
+/* Finishing: delete the rows of the features with more than stop_n entries in the whole
+ * document from every segment (the last one never wrote them). */
+static int drop_stop_features(struct idx_writer *w, int64_t stop_n, struct s3_errinfo *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = idx__prepare(w->db,
+                          "DELETE FROM postings WHERE doc = ?1 AND seg IN (SELECT seg FROM"
+                          " segments WHERE doc = ?1) AND layer = ?2 AND head = ?3"
+                          " AND feature = ?4",
+                          &st, err);
+    for (size_t i = 0; rc == 0 && i < w->df.cap; i++) {
+        const uint64_t k = w->df.key[i] - 1;
+        if (!w->df.key[i] || w->df.n[i] <= stop_n)
+            continue;
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, w->doc);
+        sqlite3_bind_int(st, 2, (int)(k >> 40));
+        sqlite3_bind_int(st, 3, (int)(k >> 24 & 0xffff));
+        sqlite3_bind_int(st, 4, (int)(k & 0xffffff));
+        const int src = sqlite3_step(st);
+        if (src != SQLITE_DONE)
+            rc = idx__sqlerr(w->db, src, "index: drop stop features", err);
+    }
+    sqlite3_finalize(st);
+    return rc;
 }
 
 /* Hold a chunk's passages (text and encoded sentence starts copied) until the next commit. */
@@ -674,8 +800,10 @@ static int update_doc(struct idx_writer *w, int64_t words, int64_t seg, struct s
 }
 
 /* Inside a transaction: write what was accepted since the last commit, as pending rows or
- * (merge) with the whole unmerged range as a segment; *seg = the new seg_start. */
-static int write_held(struct idx_writer *w, int merge, int64_t *seg, struct s3_errinfo *err)
+ * (merge) with the whole unmerged range as a segment (stop_n: see merge_segment); *seg = the
+ * new seg_start. */
+static int write_held(struct idx_writer *w, int merge, int64_t stop_n, int64_t *seg,
+                      struct s3_errinfo *err)
 {
     int64_t words = 0;
     double t = s3_now_ms();
@@ -684,7 +812,7 @@ static int write_held(struct idx_writer *w, int merge, int64_t *seg, struct s3_e
     t = s3_now_ms();
     *seg = w->seg_start;
     if (rc == 0 && merge && w->st.next_tok > w->seg_start) {
-        rc = merge_segment(w, w->st.next_tok, err);
+        rc = merge_segment(w, w->st.next_tok, stop_n, err);
         *seg = w->st.next_tok;
     } else if (rc == 0) {
         rc = write_pending(w, err);
@@ -708,12 +836,14 @@ static void committed(struct idx_writer *w, int64_t seg)
     w->held.n = 0;
     w->cst = w->st;
     w->seg_start = seg;
+    if (w->df_stale == 2)
+        w->df_stale = 0; /* the counts written are committed */
     w->last_commit_ms = s3_now_ms();
     idx__ckpt_kick(w->db);
 }
 
 /* After a failed transaction (rolled back): drop what was accepted since the last commit. */
-static void drop_held(struct idx_writer *w, int64_t n_segblobs)
+static void drop_held(struct idx_writer *w)
 {
     size_t k = 0;
     for (size_t i = 0; i < w->n_parts; i++)
@@ -725,23 +855,23 @@ static void drop_held(struct idx_writer *w, int64_t n_segblobs)
     w->n_hp = 0;
     w->held.n = 0;
     w->st = w->cst;
-    w->n_segblobs = n_segblobs;
+    if (w->df_stale == 2)
+        w->df_stale = 1; /* counts of rows rolled back */
 }
 
 static int commit_held(struct idx_writer *w, int merge, struct s3_errinfo *err)
 {
-    const int64_t n_segblobs = w->n_segblobs;
     int64_t seg = w->seg_start;
     int rc = idx__exec(w->db, "BEGIN IMMEDIATE", err);
     if (rc == 0)
-        rc = write_held(w, merge, &seg, err);
+        rc = write_held(w, merge, 0, &seg, err);
     const double t = s3_now_ms();
     if (rc == 0)
         rc = idx__exec(w->db, "COMMIT", err);
     w->tm.commit += s3_now_ms() - t;
     if (rc < 0) {
         sqlite3_exec(w->db->db, "ROLLBACK", NULL, NULL, NULL);
-        drop_held(w, n_segblobs);
+        drop_held(w);
         return rc;
     }
     committed(w, seg);
@@ -796,7 +926,7 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t
         w->st.pass_char = c->passages[c->n_passages - 1].end_char;
     }
     w->tm.accept += s3_now_ms() - t0;
-    if (w->st.next_tok - w->seg_start >= IDX_SEG_TOKENS)
+    if (w->st.next_tok - w->seg_start >= idx__seg_tokens)
         return commit_held(w, 1, err);
     if (w->commit_ms == 0 || s3_now_ms() - w->last_commit_ms >= w->commit_ms)
         return commit_held(w, 0, err);
@@ -860,24 +990,26 @@ int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err)
         return s3_errf(err, S3_EINVAL,
                        "index: passages cover %lld of %lld tokens of document %lld",
                        (long long)w->st.pass_tok, (long long)w->st.next_tok, (long long)w->doc);
-    const int64_t n_segblobs = w->n_segblobs;
+    const int64_t stop_n = w->st.next_tok / IDX_STOP_FRAC + 1;
     int64_t seg = w->seg_start;
     int rc = idx__exec(w->db, "BEGIN IMMEDIATE", err);
     if (rc == 0)
-        rc = write_held(w, 1, &seg, err);
+        rc = write_held(w, 1, stop_n, &seg, err);
     const double t = s3_now_ms();
+    if (rc == 0 && w->df_stale == 1)
+        rc = load_df(w, err); /* no last segment to write after a resume */
     if (rc == 0)
-        rc = idx__compact(w->db, w->doc, w->st.next_tok, err);
-    w->tm.finish += s3_now_ms() - t;
+        rc = drop_stop_features(w, stop_n, err);
     if (rc == 0)
         rc = idx__docmap_write(w->db, w->doc, w->st.n_passages, err);
+    w->tm.finish += s3_now_ms() - t;
     if (rc == 0)
         rc = set_status(w, "ready", NULL, err);
     if (rc == 0)
         rc = idx__exec(w->db, "COMMIT", err);
     if (rc < 0) {
         sqlite3_exec(w->db->db, "ROLLBACK", NULL, NULL, NULL);
-        drop_held(w, n_segblobs);
+        drop_held(w);
         w->done = 0;
         return rc;
     }
