@@ -8,8 +8,8 @@
 # compares the devices with it (S3_CUDA_SAE), and BENCH_SCAN=1 runs the CPU scan's
 # bench-scan (peak RSS per size) on the slice with it, on all cores.
 # Writes logs under $OUT (default ./out-h200). Usage: bash bench/cuda/run_h200.sh [quick]
-# Switches (environment): TESTS=0, MEMCHECK=0, ATTN=0, SCAN_135M=0, SCAN_8B=0, INGEST_8B=0 skip
-# those parts; INGEST_REPEAT runs the 135M ingest that many times; TOKENS_8B,
+# Switches (environment): TESTS=0, MEMCHECK=0, ATTN=0, INDEX_BENCH=0, SCAN_135M=0, SCAN_8B=0,
+# INGEST_8B=0 skip those parts; INGEST_REPEAT runs the 135M ingest that many times; TOKENS_8B,
 # TOKENS_135M, INGEST_TOKENS, BENCH_SCAN_SIZES set the sizes.
 set -u
 OUT=${OUT:-$PWD/out-h200}; mkdir -p "$OUT"
@@ -39,7 +39,7 @@ log configure
 cmake -S . -B $B -DS3_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_BUILD_TYPE=Release \
   > $OUT/configure.log 2>&1 || { tail -30 $OUT/configure.log; exit 1; }
 log build
-cmake --build $B -j16 --target cuda_test_kernels cuda_test_backend cuda_test_forward cuda_test_scan s3cuda_bench s3serve \
+cmake --build $B -j16 --target cuda_test_kernels cuda_test_backend cuda_test_forward cuda_test_scan s3cuda_bench s3serve s3index_bench \
   > $OUT/build.log 2>&1 || { grep -E "error|Error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
 ldd $B/cuda_test_kernels | grep "not found"
 if [ "${TESTS:-1}" = 1 ]; then
@@ -64,6 +64,13 @@ fi
 if [ "${ATTN:-1}" = 1 ]; then
 log bench-attn
 $B/bench_cuda/s3cuda_bench attn 2>&1 | tee $OUT/bench_attn.jsonl
+fi
+# the index writer and retrieval alone (no model): the 135M and 8B shapes' slot counts
+if [ "${INDEX_BENCH:-1}" = 1 ]; then
+log bench-index
+for ns in 12 32; do
+$B/s3index_bench --tokens ${INGEST_TOKENS:-1048576} --slots $ns --db $B/index_bench.db 2>&1 | tee -a $OUT/bench_index.jsonl
+done
 fi
 # ingest: the product's pipelined scan with SQLite writing over a 1M-token document, then a
 # question (time to first token, decode tok/s)
