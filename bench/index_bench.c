@@ -20,6 +20,7 @@
 
 #include "s3.h"
 #include "idx.h"
+#include "index_int.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 
@@ -77,6 +78,11 @@ int main(int argc, char **argv)
                         " dict >= 4 * index-k, queries >= 1\n", chunk);
         return 2;
     }
+    /* knobs for measuring the writer's internals (not product settings) */
+    if (getenv("S3IDX_SEG_TOKENS"))
+        idx__seg_tokens = strtoll(getenv("S3IDX_SEG_TOKENS"), NULL, 10);
+    if (getenv("S3IDX_SCAN_CACHE_KIB"))
+        idx__scan_cache_kib = atoi(getenv("S3IDX_SCAN_CACHE_KIB"));
     struct s3_errinfo err = {0};
     struct idx_db *db = NULL;
     struct idx_writer *w = NULL;
@@ -165,11 +171,13 @@ int main(int argc, char **argv)
     int64_t db_bytes = 0;
     idx_db_bytes(db, &db_bytes, &err);
     printf("{\"bench\":\"index_writer\",\"tokens\":%lld,\"slots\":%d,\"index_k\":%d,\"dict\":%d,"
+           "\"seg_tokens\":%lld,\"cache_kib\":%d,"
            "\"seconds\":%.3f,\"tok_per_s\":%.0f,\"fed_ms\":%.0f,\"drain_ms\":%.0f,"
            "\"finish_ms\":%.0f,\"writer_ms\":{\"accept\":%.0f,\"passages\":%.0f,"
            "\"segments\":%.0f,\"commit\":%.0f,\"finish_merge\":%.0f},"
            "\"index_bytes_per_token\":%.1f}\n",
-           n_tok, n_slot, ki, n_dict, (t_end - t0) / 1000, n_tok / ((t_end - t0) / 1000),
+           n_tok, n_slot, ki, n_dict, (long long)idx__seg_tokens, idx__scan_cache_kib,
+           (t_end - t0) / 1000, n_tok / ((t_end - t0) / 1000),
            t_fed - t0, t_drained - t_fed, t_end - t_drained, wt.accept, wt.passages,
            wt.segments, wt.commit, wt.finish, (double)db_bytes / (double)n_tok);
     fflush(stdout);

@@ -68,7 +68,10 @@ static const char *const migrations[] = {
     " add the document again' WHERE status = 'scanning'"
     " AND id IN (SELECT DISTINCT id >> 32 FROM segblobs);"
     "DELETE FROM pending WHERE doc IN (SELECT id FROM documents WHERE status = 'failed');"
-    "DROP TABLE segblobs;",
+    "DROP TABLE segblobs;"
+    /* FTS5 keeps a transaction's new terms in memory up to hashsize bytes (default 1 MiB),
+     * flushing and merging when it overflows: a segment's transaction holds ~1000 passages */
+    "INSERT INTO passages_fts(passages_fts, rank) VALUES('hashsize', 4194304);",
 };
 
 int idx__sqlerr(struct idx_db *db, int rc, const char *what, struct s3_errinfo *err)

@@ -3,6 +3,7 @@
  * that segment, never into pending rows), when IDX_COMMIT_MS have passed since the last
  * commit (as pending rows), at idx_writer_flush() and at finish, which writes the last segment
  * and drops the stop features of every segment. The document is visible only once finished. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +11,7 @@
 #include "index_int.h"
 
 int64_t idx__seg_tokens = IDX_SEG_TOKENS;
+int idx__scan_cache_kib = IDX_SCAN_CACHE_KIB;
 
 /* One pending blob of the current segment, in w->mem. */
 struct mpart {
@@ -204,7 +206,10 @@ static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_wri
      * the database file overlaps the writing and outlasts the writer;
      * where there is none (an in-memory database) every 64 MiB instead of 4: pages written
      * and freed within that window reach the database file once or never. */
-    int rc = idx__exec(db, "PRAGMA mmap_size=0; PRAGMA cache_size=" IDX_SCAN_CACHE, err);
+    char pragma[96];
+    snprintf(pragma, sizeof pragma, "PRAGMA mmap_size=0; PRAGMA cache_size=-%d",
+             idx__scan_cache_kib);
+    int rc = idx__exec(db, pragma, err);
     if (rc == 0)
         rc = idx__exec(db, idx__ckpt_start(db) == 0 ? "PRAGMA wal_autocheckpoint=0"
                                               : "PRAGMA wal_autocheckpoint=" IDX_WAL_PAGES, err);
