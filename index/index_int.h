@@ -114,6 +114,8 @@ extern int64_t idx__seg_tokens;         /* IDX_SEG_TOKENS; tests lower it */
 #define IDX_QUERY_CACHE    "-16384"     /* page cache (KiB) outside a scan (store.c) */
 #define IDX_SCAN_CACHE_KIB 8192         /* page cache (KiB) while a writer is open */
 extern int idx__scan_cache_kib;         /* IDX_SCAN_CACHE_KIB; benchmarks vary it */
+extern int idx__merge_thread;           /* 1: a segment's slots merged on a thread of their
+                                           own while the writer inserts (0: tests) */
 extern int idx__async_encoders;         /* encoder threads of idx_async; -1: by core count */
 #define IDX_WAL_PAGES      "16384"      /* WAL auto-checkpoint (pages) while a writer is open */
 #ifndef IDX_PAGE_SIZE_STR

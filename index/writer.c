@@ -12,6 +12,7 @@
 
 int64_t idx__seg_tokens = IDX_SEG_TOKENS;
 int idx__scan_cache_kib = IDX_SCAN_CACHE_KIB;
+int idx__merge_thread = 1;
 
 /* One pending blob of the current segment, in w->mem. */
 struct mpart {
@@ -531,36 +532,105 @@ static int cmp_part(const void *a, const void *b)
     return idx__cmp_slot_pos(x->layer, x->head, x->tok0, y->layer, y->head, y->tok0);
 }
 
-/* Where idx__grp_concat's features go: postings rows of segment seg of one slot. */
-struct seg_out {
-    struct idx_writer *w;
-    sqlite3_stmt *ins;
-    int layer, head;
-    int64_t seg;
-    int64_t stop_n;          /* > 0: a feature with more entries in the document is not written */
+/* A slot's segment merged feature by feature (merge_slot): records of varint feature,
+ * varint count, varint byte length, then the entries relative to the segment start. */
+struct slot_out {
+    struct idx_buf rec, scratch;
+    int rc;                  /* 0, S3_ENOMEM or S3_EFORMAT */
 };
 
-static int emit_posting(void *ud, int32_t feat, int64_t n, int64_t last, const uint8_t *entries,
-                        size_t nbytes)
+static int emit_record(void *ud, int32_t feat, int64_t n, int64_t last, const uint8_t *entries,
+                       size_t nbytes)
 {
-    struct seg_out *o = ud;
-    int64_t total;
+    struct idx_buf *b = ud;
     (void)last;
-    if (df_add(&o->w->df, df_key(o->layer, o->head, feat), n, &total) < 0)
+    if (idx__buf_varint(b, (uint64_t)feat) < 0 || idx__buf_varint(b, (uint64_t)n) < 0 ||
+        idx__buf_varint(b, (uint64_t)nbytes) < 0 || idx__buf_reserve(b, nbytes) < 0)
         return S3_ENOMEM;
-    if (o->stop_n > 0 && total > o->stop_n)
-        return 0;
-    sqlite3_stmt *st = o->ins;
-    sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, o->w->doc);
-    sqlite3_bind_int64(st, 2, o->seg);
-    sqlite3_bind_int(st, 3, o->layer);
-    sqlite3_bind_int(st, 4, o->head);
-    sqlite3_bind_int(st, 5, feat);
-    sqlite3_bind_int64(st, 6, n);
-    sqlite3_bind_blob(st, 7, entries, (int)nbytes, SQLITE_STATIC);
-    const int src = sqlite3_step(st);
-    return src == SQLITE_DONE ? 0 : src; /* a SQLite code: mapped by the caller */
+    memcpy(b->p + b->n, entries, nbytes);
+    b->n += nbytes;
+    return 0;
+}
+
+/* Concatenate the pending blobs parts[i, j) of one slot (position order) into o->rec. */
+static void merge_slot(const struct idx_writer *w, size_t i, size_t j, struct idx_grp_rd *rd,
+                       struct slot_out *o)
+{
+    for (size_t k = i; k < j; k++) {
+        const struct mpart *m = &w->parts[k];
+        rd[k - i] = (struct idx_grp_rd){.p = w->mem.p + m->off, .e = w->mem.p + m->off + m->len,
+                                        .base = m->tok0, .lim = m->end};
+    }
+    o->rec.n = 0;
+    o->rc = idx__grp_concat(rd, j - i, w->seg_start, 0, emit_record, &o->rec, &o->scratch);
+    if (o->rc < 0 && o->rc != S3_ENOMEM)
+        o->rc = S3_EFORMAT;
+}
+
+/* The merging thread of one segment: slot k of the segment's n_slots (parts[first[k],
+ * first[k + 1])) into out[k % 2], slot by slot, while the writer inserts the previous one. */
+struct merger {
+    const struct idx_writer *w;
+    const size_t *first;
+    size_t n_slots;
+    struct idx_grp_rd *rd;
+    struct slot_out out[2];
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t done, taken;      /* slots merged; slots whose buffer the writer gave back */
+    int stop;
+    pthread_t th;
+};
+
+static void *merger_main(void *arg)
+{
+    struct merger *g = arg;
+    for (size_t k = 0; k < g->n_slots; k++) {
+        pthread_mutex_lock(&g->mu);
+        while (k >= g->taken + 2 && !g->stop)
+            pthread_cond_wait(&g->cv, &g->mu);
+        const int stop = g->stop;
+        pthread_mutex_unlock(&g->mu);
+        if (stop)
+            break;
+        merge_slot(g->w, g->first[k], g->first[k + 1], g->rd, &g->out[k % 2]);
+        pthread_mutex_lock(&g->mu);
+        g->done = k + 1;
+        pthread_cond_broadcast(&g->cv);
+        pthread_mutex_unlock(&g->mu);
+    }
+    return NULL;
+}
+
+/* Insert the rows of one merged slot; stop_n as merge_segment. A SQLite code or S3_ENOMEM. */
+static int insert_slot(struct idx_writer *w, sqlite3_stmt *ins, const struct mpart *slot,
+                       const struct idx_buf *rec, int64_t stop_n)
+{
+    const uint8_t *p = rec->p, *e = rec->p + rec->n;
+    while (p < e) {
+        uint64_t feat, n, nb;
+        p += idx__varint_get(p, e, &feat);
+        p += idx__varint_get(p, e, &n);
+        p += idx__varint_get(p, e, &nb);
+        int64_t total;
+        if (df_add(&w->df, df_key(slot->layer, slot->head, (int32_t)feat), (int64_t)n, &total) < 0)
+            return S3_ENOMEM;
+        if (!(stop_n > 0 && total > stop_n)) {
+            sqlite3_reset(ins);
+            sqlite3_bind_int64(ins, 1, w->doc);
+            sqlite3_bind_int64(ins, 2, w->seg_start);
+            sqlite3_bind_int(ins, 3, slot->layer);
+            sqlite3_bind_int(ins, 4, slot->head);
+            sqlite3_bind_int(ins, 5, (int)feat);
+            sqlite3_bind_int64(ins, 6, (int64_t)n);
+            sqlite3_bind_blob(ins, 7, p, (int)nb, SQLITE_STATIC);
+            const int src = sqlite3_step(ins);
+            if (src != SQLITE_DONE)
+                return src;
+        }
+        p += nb;
+    }
+    return 0;
 }
 
 /* The entry counts of the segments already written, from their postings rows (a resumed
@@ -593,13 +663,15 @@ static int load_df(struct idx_writer *w, struct s3_errinfo *err)
 /* Merge the pending blobs [seg_start, end) (their copies in memory) into postings rows of
  * segment seg_start, one per (slot, feature), and record the segment; inside the caller's
  * transaction. stop_n > 0 (finishing): features with more entries in the whole document are
- * left out. */
+ * left out. Where the machine has a second core a merging thread concatenates the next slot
+ * while this one's rows are inserted (the inserts are SQLite's, one thread's). */
 static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
                          struct s3_errinfo *err)
 {
-    sqlite3_stmt *ins = NULL, *del = NULL;
-    struct idx_grp_rd *rd = NULL;
-    struct idx_buf scratch = {0};
+    sqlite3_stmt *ins = NULL, *st = NULL;
+    size_t *first = NULL, n_slots = 0;
+    struct merger g = {.w = w};
+    int threaded = 0;
     int rc = w->df_stale ? load_df(w, err) : 0;
     if (rc == 0)
         rc = idx__prepare(w->db,
@@ -612,55 +684,83 @@ static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
     w->df_stale = 2;
     if (w->n_parts)
         qsort(w->parts, w->n_parts, sizeof *w->parts, cmp_part);
-    rd = malloc((w->n_parts + 1) * sizeof *rd);
-    if (!rd)
+    first = malloc((w->n_parts + 1) * sizeof *first);
+    g.rd = malloc((w->n_parts + 1) * sizeof *g.rd);
+    if (!first || !g.rd)
         goto oom;
-    for (size_t i = 0; i < w->n_parts;) {
-        size_t j = i;
-        while (j < w->n_parts && w->parts[j].layer == w->parts[i].layer &&
-               w->parts[j].head == w->parts[i].head)
-            j++;
-        for (size_t k = i; k < j; k++) {
-            const struct mpart *m = &w->parts[k];
-            rd[k - i] = (struct idx_grp_rd){.p = w->mem.p + m->off, .e = w->mem.p + m->off + m->len,
-                                            .base = m->tok0, .lim = m->end};
+    for (size_t i = 0; i < w->n_parts; n_slots++) {
+        first[n_slots] = i;
+        while (++i < w->n_parts && w->parts[i].layer == w->parts[first[n_slots]].layer &&
+               w->parts[i].head == w->parts[first[n_slots]].head)
+            ;
+    }
+    first[n_slots] = w->n_parts;
+    g.first = first;
+    g.n_slots = n_slots;
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    threaded = n_slots > 1 && idx__merge_thread && pthread_create(&g.th, NULL, merger_main, &g) == 0;
+    for (size_t k = 0; k < n_slots && rc == 0; k++) {
+        struct slot_out *o = &g.out[k % 2];
+        if (threaded) {
+            pthread_mutex_lock(&g.mu);
+            while (g.done <= k)
+                pthread_cond_wait(&g.cv, &g.mu);
+            pthread_mutex_unlock(&g.mu);
+        } else {
+            merge_slot(w, first[k], first[k + 1], g.rd, o);
         }
-        struct seg_out so = {w, ins, w->parts[i].layer, w->parts[i].head, w->seg_start, stop_n};
-        rc = idx__grp_concat(rd, j - i, w->seg_start, 0, emit_posting, &so, &scratch);
-        if (rc == S3_ENOMEM)
-            goto oom;
-        if (rc > 0) {
-            rc = idx__sqlerr(w->db, rc, "index: write segment postings", err);
-            goto out;
-        }
-        if (rc < 0) {
+        if (o->rc == S3_ENOMEM)
+            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+        else if (o->rc < 0)
             rc = s3_errf(err, S3_EFORMAT, "index: corrupt pending postings of document %lld",
                          (long long)w->doc);
-            goto out;
+        const int src = rc == 0 ? insert_slot(w, ins, &w->parts[first[k]], &o->rec, stop_n) : 0;
+        if (src == S3_ENOMEM)
+            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+        else if (src > 0)
+            rc = idx__sqlerr(w->db, src, "index: write segment postings", err);
+        if (threaded) {
+            pthread_mutex_lock(&g.mu);
+            g.taken = k + 1;
+            pthread_cond_broadcast(&g.cv);
+            pthread_mutex_unlock(&g.mu);
         }
-        i = j;
     }
+    if (threaded) {
+        pthread_mutex_lock(&g.mu);
+        g.stop = 1;
+        pthread_cond_broadcast(&g.cv);
+        pthread_mutex_unlock(&g.mu);
+        pthread_join(g.th, NULL);
+    }
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&g.mu);
     static const char *const fin[] = {
         "DELETE FROM pending WHERE doc = ?3",
         "INSERT INTO segments(doc, seg, end) VALUES(?3, ?4, ?5)",
     };
     for (size_t q = 0; q < 2 && rc == 0; q++) {
-        rc = idx__prepare(w->db, fin[q], &del, err);
+        rc = idx__prepare(w->db, fin[q], &st, err);
         if (rc < 0)
             break;
-        sqlite3_bind_int64(del, 3, w->doc);
-        sqlite3_bind_int64(del, 4, w->seg_start);
-        sqlite3_bind_int64(del, 5, end);
-        int src = sqlite3_step(del);
+        sqlite3_bind_int64(st, 3, w->doc);
+        sqlite3_bind_int64(st, 4, w->seg_start);
+        sqlite3_bind_int64(st, 5, end);
+        int src = sqlite3_step(st);
         if (src != SQLITE_DONE)
             rc = idx__sqlerr(w->db, src, "index: merge postings", err);
-        sqlite3_finalize(del);
-        del = NULL;
+        sqlite3_finalize(st);
+        st = NULL;
     }
 out:
     sqlite3_finalize(ins);
-    free(rd);
-    free(scratch.p);
+    for (int b = 0; b < 2; b++) {
+        free(g.out[b].rec.p);
+        free(g.out[b].scratch.p);
+    }
+    free(g.rd);
+    free(first);
     return rc;
 oom:
     rc = s3_errf(err, S3_ENOMEM, "index: out of memory");

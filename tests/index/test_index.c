@@ -1031,8 +1031,8 @@ END_TEST
  * rows once it is finished, however the segments split them: features 7 (positions 0..5999:
  * written with the first segment, dropped at finish), 9 (34000..39999: only in the last
  * segment), 11 (20000..25001) and 12 (30000..35001, across a segment border) are stop
- * features; 10 (14000..19000, 5001 entries = the limit) and 8 (every tenth) are kept. _i = 1:
- * segments of 16384 positions, 0: one segment. */
+ * features; 10 (14000..19000, 5001 entries = the limit) and 8 (every tenth) are kept. _i & 1:
+ * segments of 16384 positions (else one segment); _i & 2: no merging thread. */
 static int stop_feats(int64_t t, int32_t f[4])
 {
     int n = 0;
@@ -1058,7 +1058,8 @@ START_TEST(test_stop_features)
     struct idx_writer *w;
     struct idx_doc_meta m = {.name = "stop"};
     enum { N = 40000, CH = 2048 };
-    idx__seg_tokens = _i ? 16384 : IDX_SEG_TOKENS;
+    idx__seg_tokens = _i & 1 ? 16384 : IDX_SEG_TOKENS;
+    idx__merge_thread = !(_i & 2); /* slots merged on the writer's thread or a second one */
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     const struct idx_slot sl = {2, 1};
     int32_t *feat = malloc(sizeof(int32_t) * CH * 4);
@@ -1084,6 +1085,7 @@ START_TEST(test_stop_features)
     const int64_t doc = idx_writer_doc(w);
     idx_writer_free(w);
     idx__seg_tokens = IDX_SEG_TOKENS;
+    idx__merge_thread = 1;
     sqlite3_stmt *st;
     ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT feature, sum(n), count(*) FROM postings"
                                         " WHERE doc = ? GROUP BY feature ORDER BY feature",
@@ -1092,11 +1094,11 @@ START_TEST(test_stop_features)
     ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
     ck_assert_int_eq(sqlite3_column_int(st, 0), 8);
     ck_assert_int_eq(sqlite3_column_int(st, 1), 4000);
-    ck_assert_int_eq(sqlite3_column_int(st, 2), _i ? 3 : 1);
+    ck_assert_int_eq(sqlite3_column_int(st, 2), _i & 1 ? 3 : 1);
     ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
     ck_assert_int_eq(sqlite3_column_int(st, 0), 10);
     ck_assert_int_eq(sqlite3_column_int(st, 1), 5001);
-    ck_assert_int_eq(sqlite3_column_int(st, 2), _i ? 2 : 1);
+    ck_assert_int_eq(sqlite3_column_int(st, 2), _i & 1 ? 2 : 1);
     ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
     /* scores: nothing from the stop features, feature 10 exactly on its positions */
@@ -1612,7 +1614,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_async_writer);
     tcase_add_test(tc, test_async_encoders);
     tcase_add_test(tc, test_corrupt_pending);
-    tcase_add_loop_test(tc, test_stop_features, 0, 2);
+    tcase_add_loop_test(tc, test_stop_features, 0, 4);
     tcase_add_test(tc, test_bad_queries);
     tcase_add_test(tc, test_locked_db);
     tcase_add_test(tc, test_migrate_v2);
