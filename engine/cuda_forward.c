@@ -57,6 +57,7 @@ struct eng_cuda_model {
     float *output_norm;          /* (d) */
     int n_layer, d, dq, dkv, ff, n_vocab, n_head, n_head_kv, hd, n_rot, rope_mode;
     float eps;
+    int q8act;                   /* GEMM inputs rounded as the CPU path's 8-bit activations */
     size_t bytes;                /* device bytes held */
 };
 
@@ -250,6 +251,12 @@ int eng__cuda_model_new(const struct eng_model *m, int ordinal, struct eng_cuda_
     cm->n_rot = m->n_rot;
     cm->rope_mode = hp->rope_type == ENG_ROPE_NEOX ? KRN_CUDA_ROPE_NEOX : KRN_CUDA_ROPE_NORM;
     cm->eps = hp->rms_eps;
+    /* the CPU path (like llama.cpp's) quantises every GEMM's activations to 8 bits per block
+       of 32; the device rounds its fp16 operands the same way so that both give the same
+       keys (S3_CUDA_Q8ACT=0: plain fp16 operands, for comparison) */
+    const char *q8 = getenv("S3_CUDA_Q8ACT");
+    cm->q8act = !(q8 && strcmp(q8, "0") == 0) && cm->d % 32 == 0 && cm->dq % 32 == 0 &&
+                cm->ff % 32 == 0;
     if ((rc = krn_cuda_dev_new(ordinal, &cm->dev)) < 0) {
         rc = s3_errf(err, S3_EDEVICE, "cuda: cannot open device %d%s%s", ordinal,
                      cm->dev ? ": " : "", cm->dev ? krn_cuda_errmsg(cm->dev) : "");
@@ -609,6 +616,14 @@ static int hook_buffers(struct eng_cuda_ctx *dc, const struct hooks *hook,
             goto fail;                                                                         \
     } while (0)
 
+/* RMSNorm of n rows of the residual stream into the fp16 GEMM operand y. */
+static int rmsnorm(const struct eng_cuda_model *cm, const float *x, const float *w, int n,
+                   uint16_t *y)
+{
+    return (cm->q8act ? krn_cuda_rmsnorm_q8 : krn_cuda_rmsnorm)(cm->dev, x, w, n, cm->d, cm->eps,
+                                                                y);
+}
+
 /* Enqueue the layers; with want_rows > 0 also the final norm and logits of the last
  * want_rows rows (only the last LOGIT_ROWS rows at most go into dc->logits in one pass). */
 static int enqueue_layers(struct eng_cuda_ctx *dc, int n, int pos0,
@@ -629,7 +644,7 @@ static int enqueue_layers(struct eng_cuda_ctx *dc, int n, int pos0,
             rc = S3_ECANCELED;
             goto fail;
         }
-        TRY(krn_cuda_rmsnorm(dev, dc->x, L->attn_norm, n, d, cm->eps, dc->xn));
+        TRY(rmsnorm(cm, dc->x, L->attn_norm, n, dc->xn));
         TRY(mark(dc, ST_OTHER));
         TRY(krn_cuda_gemm(dev, n, ldqkv, d, dc->xn, L->wqkv, dc->qkv, ldqkv, 0.0f, KRN_CUDA_F32));
         TRY(mark(dc, ST_GEMM));
@@ -662,14 +677,17 @@ static int enqueue_layers(struct eng_cuda_ctx *dc, int n, int pos0,
         TRY(mark(dc, ST_OTHER));
         TRY(krn_cuda_attn(dev, dc->qr, dc->kc + il * lay, dc->vc + il * lay, n, pos0, cm->n_head,
                           cm->n_head_kv, cm->hd, dc->n_ctx, scale, dc->att)); /* in place */
+        if (cm->q8act)
+            TRY(krn_cuda_q8_round(dev, dc->att, n, dq));
         TRY(mark(dc, ST_ATTN));
         TRY(krn_cuda_gemm(dev, n, d, dq, dc->att, L->wo, dc->x, d, 1.0f, KRN_CUDA_F32));
         TRY(mark(dc, ST_GEMM));
-        TRY(krn_cuda_rmsnorm(dev, dc->x, L->ffn_norm, n, d, cm->eps, dc->xn));
+        TRY(rmsnorm(cm, dc->x, L->ffn_norm, n, dc->xn));
         TRY(mark(dc, ST_OTHER));
         TRY(krn_cuda_gemm(dev, n, 2 * ff, d, dc->xn, L->wgu, dc->gu, 2 * ff, 0.0f, KRN_CUDA_F16));
         TRY(mark(dc, ST_GEMM));
-        TRY(krn_cuda_swiglu_ld(dev, dc->gu, n, ff, dc->gu, 2 * ff)); /* in place, gate half */
+        TRY((cm->q8act ? krn_cuda_swiglu_q8 : krn_cuda_swiglu_ld)(dev, dc->gu, n, ff, dc->gu,
+                                                                  2 * ff)); /* in place, gate half */
         TRY(mark(dc, ST_OTHER));
         TRY(krn_cuda_gemm_ld(dev, n, d, ff, dc->gu, 2 * ff, L->wdown, dc->x, d, 1.0f,
                              KRN_CUDA_F32));
@@ -685,8 +703,7 @@ static int enqueue_logits(struct eng_cuda_ctx *dc, int r0, int nr)
 {
     struct eng_cuda_model *cm = dc->cm;
     int rc;
-    if ((rc = krn_cuda_rmsnorm(dc->dev, dc->x + (size_t)r0 * cm->d, cm->output_norm, nr, cm->d,
-                               cm->eps, dc->xn)) < 0)
+    if ((rc = rmsnorm(cm, dc->x + (size_t)r0 * cm->d, cm->output_norm, nr, dc->xn)) < 0)
         return rc;
     if ((rc = krn_cuda_gemm(dc->dev, nr, cm->n_vocab, cm->d, dc->xn, cm->output, dc->logits,
                             cm->n_vocab, 0.0f, KRN_CUDA_F32)) < 0)

@@ -110,6 +110,16 @@ int krn_cuda_embed(struct krn_cuda_dev *dev, const uint16_t *d_table, int n_voca
 int krn_cuda_rmsnorm(struct krn_cuda_dev *dev, const float *d_x, const float *d_w, int n_rows,
                      int d, float eps, uint16_t *d_y);
 
+/* The same, each block of 32 outputs then rounded as the CPU path's GEMMs quantise their
+ * activations (kernels/cpu: amax of the f32 values, q = rint(v * 127 / amax) in [-127, 127],
+ * scale d = fp16(amax / 127)): y = fp16(d * q). d % 32 == 0. */
+int krn_cuda_rmsnorm_q8(struct krn_cuda_dev *dev, const float *d_x, const float *d_w,
+                        int n_rows, int d, float eps, uint16_t *d_y);
+
+/* x (n_rows, d) fp16, contiguous, rounded in place the same way from its fp16 values.
+ * d % 32 == 0, x 16-byte aligned. */
+int krn_cuda_q8_round(struct krn_cuda_dev *dev, uint16_t *d_x, int n_rows, int d);
+
 enum krn_cuda_type { KRN_CUDA_F32 = 0, KRN_CUDA_F16 = 1 };
 /* y (m, n) = x (m, k) fp16 * W^T where W is (n, k) fp16 row-major (a weight matrix as stored),
  * fp32 accumulation (cuBLAS). y has row stride ldy elements and type y_type; for F32 output
@@ -160,6 +170,11 @@ int krn_cuda_swiglu(struct krn_cuda_dev *dev, const uint16_t *d_gu, int n_rows, 
 /* The same with out rows ldo elements apart; out == gu with ldo = 2*n_ff works in place (the
  * result takes the gate half of each row). */
 int krn_cuda_swiglu_ld(struct krn_cuda_dev *dev, const uint16_t *d_gu, int n_rows, int n_ff,
+                       uint16_t *d_out, int ldo);
+
+/* krn_cuda_swiglu_ld with each block of 32 outputs rounded as krn_cuda_rmsnorm_q8 does (from
+ * the f32 products). n_ff % 32 == 0, ldo % 8 == 0, buffers 16-byte aligned. */
+int krn_cuda_swiglu_q8(struct krn_cuda_dev *dev, const uint16_t *d_gu, int n_rows, int n_ff,
                        uint16_t *d_out, int ldo);
 
 /* Softmax of each of n_rows rows of n f32 values in place (max subtracted, f32 sums). */

@@ -43,3 +43,34 @@ __device__ __forceinline__ float krn_block_max(float v, float *sh)
     v = lane < nw ? sh[lane] : -INFINITY;
     return krn_warp_max(v);
 }
+
+/* ---- the CPU path's 8-bit activations (kernels/cpu: quant_block_q8) ---- */
+
+/* Maximum over aligned groups of g lanes (g a power of two <= 32) of the lanes in mask. */
+__device__ __forceinline__ float krn_group_max(float v, int g, unsigned mask)
+{
+    for (int o = g >> 1; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(mask, v, o));
+    return v;
+}
+
+/* v as the CPU path's GEMMs see it: its block of 32 (absolute maximum amax) quantised to
+ * q = rint(v * 127 / amax) with scale d = fp16(amax / 127); returns d * q (exact in f32; the
+ * caller rounds it to fp16). IEEE division and rounding as the host's. */
+struct krn_q8 {
+    float id, d;
+};
+
+__device__ __forceinline__ struct krn_q8 krn_q8_scale(float amax)
+{
+    struct krn_q8 s;
+    s.id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    s.d = __half2float(__float2half_rn(__fdiv_rn(amax, 127.0f)));
+    return s;
+}
+
+__device__ __forceinline__ float krn_q8_value(float v, struct krn_q8 s)
+{
+    /* through an integer, as the host's int8: a zero is +0 */
+    return __fmul_rn(s.d, (float)__float2int_rn(__fmul_rn(v, s.id)));
+}

@@ -286,6 +286,119 @@ START_TEST(test_gemm)
 }
 END_TEST
 
+/* ---- 8-bit activation rounding (the CPU path's GEMM inputs) ------------------------------- */
+
+/* Expected q8-rounded fp16 of rows x (n, d) f32: the CPU path's own quantiser (krn_qact). */
+static void q8_ref(const float *x, int n, int d, uint16_t *out)
+{
+    struct krn_qact a;
+    ck_assert_int_eq(krn_qact_init(&a, n, d), 0);
+    krn_qact_quantize(&a, x, 0, n);
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < d; i++)
+            out[t * d + i] = krn_f32_to_fp16(a.d[t * a.nb + i / 32] *
+                                             (float)a.qs[(size_t)t * a.nb * 32 + i]);
+    krn_qact_deinit(&a);
+}
+
+/* got vs want: every value within one quantisation step of its block (the f32 inputs may
+ * differ in their last bit: sum order, expf), at least 99% bit-identical. */
+static void q8_close(const uint16_t *got, const uint16_t *want, int n, int d)
+{
+    long same = 0;
+    for (int t = 0; t < n; t++)
+        for (int b = 0; b < d / 32; b++) {
+            float amax = 0.0f;
+            for (int j = 0; j < 32; j++)
+                amax = fmaxf(amax, fabsf(h2f(want[t * d + b * 32 + j])));
+            for (int j = 0; j < 32; j++) {
+                const int i = t * d + b * 32 + j;
+                same += got[i] == want[i];
+                ck_assert_float_le(fabsf(h2f(got[i]) - h2f(want[i])), amax / 127.0f * 1.01f);
+            }
+        }
+    ck_assert_int_ge(100 * same, 99L * n * d);
+}
+
+START_TEST(test_q8_act)
+{
+    if (!have_gpu())
+        return;
+    /* in place from fp16 values: bit-identical; a zero block, a block with one large value */
+    const int n = 5, d = 128;
+    uint16_t *h = malloc(2u * n * d), *got = malloc(2u * n * d), *want = malloc(2u * n * d);
+    float *f = malloc(sizeof(float) * n * d);
+    for (int i = 0; i < n * d; i++)
+        h[i] = krn_f32_to_fp16(frand() * (1 + i % 7));
+    for (int j = 0; j < 32; j++)
+        h[32 + j] = 0;
+    h[2 * d + 70] = krn_f32_to_fp16(3000.0f);
+    for (int i = 0; i < n * d; i++)
+        f[i] = h2f(h[i]);
+    q8_ref(f, n, d, want);
+    uint16_t *dh = dup_to_dev(h, 2u * n * d);
+    ck_assert_int_eq(krn_cuda_q8_round(g_dev, dh, n, d), 0);
+    ck_assert_int_eq(krn_cuda_download(g_dev, got, dh, 2u * n * d), 0);
+    for (int i = 0; i < n * d; i++)
+        ck_assert_msg(got[i] == want[i], "i=%d got %g want %g", i, h2f(got[i]), h2f(want[i]));
+    ck_assert_uint_eq(got[32], 0);
+    ck_assert_int_eq(krn_cuda_q8_round(g_dev, dh, n, 100), S3_EINVAL);
+    krn_cuda_free(dh);
+    free(h), free(got), free(want), free(f);
+
+    /* RMSNorm then rounding from its f32 values: the float4 path (576, 4096) and the plain
+       loop (9024); widths that are no multiple of 32 are refused */
+    const int widths[3] = {576, 4096, 9024};
+    for (int k = 0; k < 3; k++) {
+        const int w_ = widths[k], rows = 7;
+        float *x = malloc(sizeof(float) * rows * w_), *w = malloc(sizeof(float) * w_);
+        float *ref = malloc(sizeof(float) * rows * w_);
+        uint16_t *y = malloc(2u * rows * w_), *yw = malloc(2u * rows * w_);
+        for (int i = 0; i < rows * w_; i++)
+            x[i] = frand() * (1 + i % 5);
+        for (int i = 0; i < w_; i++)
+            w[i] = frand() * 2;
+        float *dx = dup_to_dev(x, sizeof(float) * rows * w_), *dw = dup_to_dev(w, sizeof(float) * w_);
+        uint16_t *dy = dev_poisoned(2u * rows * w_);
+        ck_assert_int_eq(krn_cuda_rmsnorm_q8(g_dev, dx, dw, rows, w_, 1e-5f, dy), 0);
+        ck_assert_int_eq(krn_cuda_download(g_dev, y, dy, 2u * rows * w_), 0);
+        for (int r = 0; r < rows; r++)
+            krn_rmsnorm(ref + r * w_, x + r * w_, w, w_, 1e-5f);
+        q8_ref(ref, rows, w_, yw);
+        q8_close(y, yw, rows, w_);
+        ck_assert_int_eq(krn_cuda_rmsnorm_q8(g_dev, dx, dw, rows, 130, 1e-5f, dy), S3_EINVAL);
+        krn_cuda_free(dx), krn_cuda_free(dw), krn_cuda_free(dy);
+        free(x), free(w), free(ref), free(y), free(yw);
+    }
+
+    /* SwiGLU in place over the gate half, rounded from its f32 products */
+    const int rows = 3, ff = 320;
+    uint16_t *gu = malloc(2u * rows * 2 * ff), *back = malloc(2u * rows * 2 * ff);
+    uint16_t *o = malloc(2u * rows * ff), *ow = malloc(2u * rows * ff);
+    float *g = malloc(sizeof(float) * ff), *u = malloc(sizeof(float) * ff),
+          *r = malloc(sizeof(float) * rows * ff);
+    for (int i = 0; i < rows * 2 * ff; i++)
+        gu[i] = krn_f32_to_fp16(frand() * 6);
+    uint16_t *dgu = dup_to_dev(gu, 2u * rows * 2 * ff);
+    ck_assert_int_eq(krn_cuda_swiglu_q8(g_dev, dgu, rows, ff, dgu, 2 * ff), 0);
+    ck_assert_int_eq(krn_cuda_download(g_dev, back, dgu, 2u * rows * 2 * ff), 0);
+    for (int t = 0; t < rows; t++) {
+        for (int i = 0; i < ff; i++)
+            g[i] = h2f(gu[t * 2 * ff + i]), u[i] = h2f(gu[t * 2 * ff + ff + i]);
+        krn_swiglu(r + t * ff, g, u, ff);
+        for (int i = 0; i < ff; i++) {
+            o[t * ff + i] = back[t * 2 * ff + i];
+            ck_assert_uint_eq(back[t * 2 * ff + ff + i], gu[t * 2 * ff + ff + i]);
+        }
+    }
+    q8_ref(r, rows, ff, ow);
+    q8_close(o, ow, rows, ff);
+    ck_assert_int_eq(krn_cuda_swiglu_q8(g_dev, dgu, rows, 300, dgu, 600), S3_EINVAL);
+    krn_cuda_free(dgu);
+    free(gu), free(back), free(o), free(ow), free(g), free(u), free(r);
+}
+END_TEST
+
 START_TEST(test_swiglu_argmax_embed)
 {
     if (!have_gpu())
@@ -539,6 +652,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_attn);
     tcase_add_test(tc, test_gemm);
     tcase_add_test(tc, test_swiglu_argmax_embed);
+    tcase_add_test(tc, test_q8_act);
     tcase_add_test(tc, test_dequant);
     tcase_add_test(tc, test_sae_topk);
     tcase_add_test(tc, test_errors);

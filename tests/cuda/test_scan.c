@@ -1,25 +1,26 @@
 /* tests/cuda/test_scan.c - the scan with its keys encoded on the GPU against the CPU path on
- * the same model file and SAE:
+ * the same model file and SAE. The GPU rounds its GEMM inputs as the CPU path quantises its
+ * activations (8 bits per block of 32, as llama.cpp does), so the default CPU path is the one
+ * it must match; the CPU reference path (device cpu-f32: f32 activations) differs from both
+ * by that quantisation:
  *   - device encoder (eng__cuda_sae_scan_*): the top feature of (token, layer, kv head)
  *     entries equals the CPU reference encoder's on the CPU model's keys (thresholds as
- *     below), and on the keys of the CPU reference path (device cpu-f32: f32 activations)
- *     for >= 99% of all entries (99.97% measured); a pass with a re-read prefix gives
- *     exactly the rows of a pass without one; passes split into several ubatches; two passes
- *     in flight come back in order; a third is refused;
+ *     below), and on the keys of the CPU reference path for >= 98% of all entries; a pass
+ *     with a re-read prefix gives exactly the rows of a pass without one; passes split into
+ *     several ubatches; two passes in flight come back in order; a third is refused;
  *   - the product's scan (srv_scan_document, pipelined on the GPU) of a planted-needle
  *     document into one database per device: the same passages, the indexed top features
- *     equal (>= 95% of all entries, >= 99.5% of those whose CPU winner leads by > 2%: the
- *     CPU path's 8-bit activation quantisation flips near ties; against the CPU reference
- *     path >= 99% of all entries), S3 spans for the same query features printed with their
- *     overlap, the needle retrieved by both (hybrid); against the CPU reference path the
- *     same number of spans, and (trained SAE) any span only one side has is a near tie: its
- *     peak score within 6% of the other side's (activation codes step by 2.9%);
+ *     equal (>= 95% of all entries, >= 99.5% of those whose CPU winner leads by > 2%, >= 99%
+ *     with the trained SAE; against the CPU reference path >= 98%), S3 spans for the same
+ *     query features printed with their overlap, the same number of them, and (trained SAE)
+ *     any span only one side has is a near tie: its peak score within 6% of the other side's
+ *     (activation codes step by 2.9%); the needle retrieved by both (hybrid);
  *     a GPU scan stopped after 3 chunks and resumed indexes exactly what an uninterrupted
  *     GPU scan does.
  * SAE: $S3_CUDA_SAE when set (a trained SAE of the model file, e.g. `s3serve train-sae` on
  * the layer slice): its layers are captured and raw top-feature agreement over (token,
- * layer, kv head) must be >= 98% against the default CPU path (98.6% measured; the misses are
- * near ties flipped by its 8-bit keys); S3 and hybrid spans of both devices are printed.
+ * layer, kv head) must be >= 99% against the default CPU path; S3 and hybrid spans of both
+ * devices are printed.
  * Otherwise a random SAE made here: unit encoder rows (fixed seed) centred on the keys' mean,
  * 256 latents, k 8, at layers 1 and n_layer - 1.
  * Either way the device encoder is also run against the CPU reference encoder on the GPU
@@ -362,19 +363,17 @@ START_TEST(test_device_encoder)
     fprintf(stderr, "device encoder vs the CPU reference path (f32 activations): top feature "
                     "equal for %ld of %ld (%.2f%%); keys rel L2 %.2e\n",
             same_f, total, 100.0 * same_f / total, keys_rel_l2(&f.kg, &f.kf, n));
-    ck_assert_int_ge(1000 * same_f, 990 * total);
+    ck_assert_int_ge(1000 * same_f, 980 * total);
     ck_assert_int_eq(order_ok, total);
     /* same keys: the encoders differ only by float rounding in the GEMM (100.00% measured
        on the H200 with the trained slice SAE) */
     ck_assert_int_ge(1000 * same_own, 995 * total);
-    /* CPU keys: the CPU path quantises activations to 8 bits in its GEMMs (keys rel L2
-       ~8e-3 against the GPU's); with the trained slice SAE 98.6% raw agreement, 99.9% where
-       the winner leads by > 2%, and 92% of the misses are such near ties */
+    /* CPU keys: both devices quantise GEMM inputs to 8 bits per block of 32; what differs is
+       fp16 weights and operands on the GPU, summation order, and the fp16 attention and
+       gate/up outputs the GPU rounds from (the CPU from f32): near ties may flip */
     if (f.trained)
-        ck_assert_int_ge(1000 * same_top, 980 * total);
-    /* the CPU path's keys carry its 8-bit activation quantisation (relative L2 ~8e-3 against
-       the GPU's fp16 path): near ties between the top two latents may flip, decisive
-       winners must not */
+        ck_assert_int_ge(1000 * same_top, 990 * total);
+    /* near ties between the top two latents may flip, decisive winners must not */
     ck_assert_int_ge(100 * same_top, 95 * total);
     ck_assert_int_ge(n_dec, total / 2);
     ck_assert_int_ge(1000 * same_dec, 995 * n_dec);
@@ -396,6 +395,55 @@ START_TEST(test_device_encoder)
     fixture_close(&f);
 }
 END_TEST
+
+/* Spans that only one of two results (x from index dbx, y) has must be near ties of the S3
+ * scores (before smoothing, over dbx): activation codes step by 2.9%, so activations of the
+ * two devices a hair apart can land in neighbouring codes. Prints the spans; returns the
+ * largest relative gap between the peaks of the unshared spans, paired largest first. */
+static double span_tie_gap(struct idx_db *dbx, int64_t doc, int64_t n_tok,
+                           const struct idx_qfeat *q, size_t nq, const struct idx_result *rx,
+                           const struct idx_result *ry, const char *nx, const char *ny)
+{
+    struct s3_errinfo err = {0};
+    float *S = malloc(sizeof(float) * (size_t)n_tok);
+    ck_assert_msg(idx__score_positions(dbx, doc, n_tok, q, nq, S, &err) == 0, "%s", err.msg);
+    double worst_gap = 0;
+    float pa[16], pb[16]; /* peaks of the spans only one side has, largest first */
+    size_t na = 0, nb = 0;
+    for (int side = 0; side < 2; side++) {
+        const struct idx_result *x = side ? ry : rx, *y = side ? rx : ry;
+        for (size_t j = 0; j < x->n_spans; j++) {
+            int shared = 0;
+            for (size_t i = 0; i < y->n_spans; i++)
+                shared |= x->spans[j].start_tok == y->spans[i].start_tok &&
+                          x->spans[j].end_tok == y->spans[i].end_tok;
+            float m = 0;
+            for (int64_t p = x->spans[j].start_tok; p < x->spans[j].end_tok; p++)
+                m = S[p] > m ? S[p] : m;
+            fprintf(stderr, "  s3 span %s [%lld, %lld) peak %.5f%s\n", side ? ny : nx,
+                    (long long)x->spans[j].start_tok, (long long)x->spans[j].end_tok, m,
+                    shared ? "" : " (only here)");
+            if (shared)
+                continue;
+            float *pl = side ? pb : pa;
+            size_t *pn = side ? &nb : &na;
+            size_t k = (*pn)++;
+            ck_assert_uint_lt(k, 16);
+            for (; k > 0 && pl[k - 1] < m; k--)
+                pl[k] = pl[k - 1];
+            pl[k] = m;
+        }
+    }
+    ck_assert_uint_eq(na, nb);
+    for (size_t k = 0; k < na; k++) {
+        const double gap = fabs((double)pa[k] - pb[k]) / fmax(1e-12, fmax(pa[k], pb[k]));
+        worst_gap = gap > worst_gap ? gap : worst_gap;
+    }
+    fprintf(stderr, "differing s3 spans (%s vs %s): largest peak score gap %.2f%%\n", nx, ny,
+            100 * worst_gap);
+    free(S);
+    return worst_gap;
+}
 
 /* ---- the product's scan on both devices ----------------------------------------------------- */
 
@@ -557,7 +605,7 @@ START_TEST(test_scan_gpu_vs_cpu)
     ck_assert_int_ge(100 * same, 95 * total);
     ck_assert_int_ge(1000 * same_dec, 995 * n_dec);
     if (f.trained)
-        ck_assert_int_ge(1000 * same, 980 * total);
+        ck_assert_int_ge(1000 * same, 990 * total);
     /* stopped + resumed GPU scan == uninterrupted GPU scan, every indexed feature */
     ck_assert_int_eq(tr.n_tok, tg.n_tok);
     ck_assert_int_eq(memcmp(tr.all, tg.all, sizeof(int32_t) * (size_t)tg.n_slot * cap * MAX_K),
@@ -595,12 +643,13 @@ START_TEST(test_scan_gpu_vs_cpu)
                 j < rg.n_spans ? (long long)rg.spans[j].end_tok : -1LL);
     /* with the random SAE the S3 scores are flat (no latent means anything), so which of
        the near-equal peaks win may change with the features that flip; only the shape of the
-       answer is checked then, the needle below. With the trained slice SAE the spans are
-       printed, not required equal: on the H200 2 of 4 were identical, the others moved to
-       other peaks whose scores the CPU path's 8-bit keys (1.1% of indexed top features
-       differ) reorder. */
+       answer is checked then, the needle below. With the trained slice SAE a span only one
+       side has must be a near tie of the S3 scores. */
     ck_assert_int_gt(either, 0);
     ck_assert_int_eq(rc.n_spans, rg.n_spans);
+    const double gap_c = span_tie_gap(dbc, dc, tc.n_tok, qf, nqf, &rc, &rg, "cpu", "gpu");
+    if (f.trained)
+        ck_assert_msg(gap_c < 0.06, "spans differ beyond a near tie (%.2f%%)", 100 * gap_c);
     idx_result_deinit(&rc), idx_result_deinit(&rg);
     /* hybrid with the same question features on both indexes */
     spans_of(dbc, dc, IDX_MODE_HYBRID, qf, nqf, &rc);
@@ -616,7 +665,7 @@ START_TEST(test_scan_gpu_vs_cpu)
     ck_assert_msg(has_needle(&rg), "gpu: needle not retrieved");
     idx_result_deinit(&rc), idx_result_deinit(&rg);
     /* the CPU reference path (f32 activations) against the GPU: its keys carry no 8-bit
-       rounding, so the indexes and the spans of the same question features agree */
+       rounding, the GPU's do: near ties flip more often (the spans are printed) */
     char pf[1024];
     s3t_tmp_path(pf, sizeof pf, "cuda_scan_f32.db");
     struct tops tf;
@@ -638,52 +687,10 @@ START_TEST(test_scan_gpu_vs_cpu)
                     "s3 spans identical %d (%zu), hybrid spans identical %d (%zu)\n",
             same, total, 100.0 * same / total, 100.0 * same_dec / (n_dec ? n_dec : 1), s3_same,
             rs3f.n_spans, hy_same, rhf.n_spans);
-    /* where the spans differ, the two places must be a near tie of the S3 scores (before
-       smoothing, over the f32 index): activation codes step by 2.9%, so GPU and CPU
-       activations a hair apart can land in neighbouring codes */
-    float *S = malloc(sizeof(float) * (size_t)tf.n_tok);
-    ck_assert_msg(idx__score_positions(dbf, df, tf.n_tok, qf, nqf, S, &err) == 0, "%s",
-                  err.msg);
-    double worst_gap = 0;
-    float pa[16], pb[16]; /* peaks of the spans only one side has, largest first */
-    size_t na = 0, nb = 0;
-    for (int side = 0; side < 2; side++) {
-        const struct idx_result *x = side ? &rs3g : &rs3f, *y = side ? &rs3f : &rs3g;
-        for (size_t j = 0; j < x->n_spans; j++) {
-            int shared = 0;
-            for (size_t i = 0; i < y->n_spans; i++)
-                shared |= x->spans[j].start_tok == y->spans[i].start_tok &&
-                          x->spans[j].end_tok == y->spans[i].end_tok;
-            float m = 0;
-            for (int64_t p = x->spans[j].start_tok; p < x->spans[j].end_tok; p++)
-                m = S[p] > m ? S[p] : m;
-            fprintf(stderr, "  s3 span %s [%lld, %lld) peak %.5f%s\n", side ? "gpu" : "f32",
-                    (long long)x->spans[j].start_tok, (long long)x->spans[j].end_tok, m,
-                    shared ? "" : " (only here)");
-            if (shared)
-                continue;
-            float *pl = side ? pb : pa;
-            size_t *pn = side ? &nb : &na;
-            size_t k = (*pn)++;
-            ck_assert_uint_lt(k, 16);
-            for (; k > 0 && pl[k - 1] < m; k--)
-                pl[k] = pl[k - 1];
-            pl[k] = m;
-        }
-    }
-    ck_assert_uint_eq(na, nb);
-    for (size_t k = 0; k < na; k++) {
-        const double gap = fabs((double)pa[k] - pb[k]) / fmax(1e-12, fmax(pa[k], pb[k]));
-        worst_gap = gap > worst_gap ? gap : worst_gap;
-    }
-    fprintf(stderr, "differing s3 spans: largest peak score gap %.2f%%\n", 100 * worst_gap);
-    free(S);
-    ck_assert_int_ge(1000 * same, 990 * total);
+    ck_assert_int_ge(1000 * same, 980 * total);
     ck_assert_int_eq(rs3f.n_spans, rs3g.n_spans);
     ck_assert_int_eq(rhf.n_spans, rhg.n_spans);
-    if (f.trained)
-        ck_assert_msg(worst_gap < 0.06, "spans differ beyond a near tie (%.2f%%)",
-                      100 * worst_gap);
+    span_tie_gap(dbf, df, tf.n_tok, qf, nqf, &rs3f, &rs3g, "f32", "gpu");
     idx_result_deinit(&rs3f), idx_result_deinit(&rs3g), idx_result_deinit(&rhf),
         idx_result_deinit(&rhg);
     srv_scan_free(sf);
