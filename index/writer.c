@@ -188,6 +188,18 @@ static int load_state(struct idx_writer *w, struct s3_errinfo *err)
 
 static int load_pending(struct idx_writer *w, struct s3_errinfo *err);
 
+/* Pages of this database's page size in bytes (at least 1). */
+static int wal_pages(struct idx_db *db, int64_t bytes)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t ps = 4096;
+    if (sqlite3_prepare_v2(db->db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) > 0)
+        ps = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return bytes / ps > 0 ? (int)(bytes / ps) : 1;
+}
+
 /* resume: the document may have a segment's pending rows to load. */
 static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_writer **out,
                       struct s3_errinfo *err)
@@ -207,13 +219,12 @@ static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_wri
      * the database file overlaps the writing and outlasts the writer;
      * where there is none (an in-memory database) every 64 MiB instead of 4: pages written
      * and freed within that window reach the database file once or never. */
-    char pragma[96];
-    snprintf(pragma, sizeof pragma, "PRAGMA mmap_size=0; PRAGMA cache_size=-%d",
-             idx__scan_cache_kib);
+    char pragma[128];
+    snprintf(pragma, sizeof pragma,
+             "PRAGMA mmap_size=0; PRAGMA cache_size=-%d; PRAGMA wal_autocheckpoint=%d",
+             idx__scan_cache_kib,
+             idx__ckpt_start(db) == 0 ? 0 : wal_pages(db, IDX_SCAN_WAL_BYTES));
     int rc = idx__exec(db, pragma, err);
-    if (rc == 0)
-        rc = idx__exec(db, idx__ckpt_start(db) == 0 ? "PRAGMA wal_autocheckpoint=0"
-                                              : "PRAGMA wal_autocheckpoint=" IDX_WAL_PAGES, err);
     if (rc == 0)
         rc = prepare_all(w, err);
     if (rc == 0)
@@ -285,10 +296,11 @@ void idx_writer_free(struct idx_writer *w)
 {
     if (!w)
         return;
-    sqlite3_exec(w->db->db,
-                 "PRAGMA mmap_size=" IDX_MMAP_SIZE_STR "; PRAGMA wal_autocheckpoint=1000;"
-                 " PRAGMA cache_size=" IDX_QUERY_CACHE,
-                 NULL, NULL, NULL);
+    char pragma[128];
+    snprintf(pragma, sizeof pragma,
+             "PRAGMA mmap_size=" IDX_MMAP_SIZE_STR "; PRAGMA wal_autocheckpoint=%d;"
+             " PRAGMA cache_size=" IDX_QUERY_CACHE, wal_pages(w->db, IDX_WAL_BYTES));
+    sqlite3_exec(w->db->db, pragma, NULL, NULL, NULL);
     sqlite3_finalize(w->ins_pend);
     sqlite3_finalize(w->ins_pass);
     sqlite3_finalize(w->ins_fts);
