@@ -174,12 +174,12 @@ int main(int argc, char **argv)
            "\"seg_tokens\":%lld,\"cache_kib\":%d,"
            "\"seconds\":%.3f,\"tok_per_s\":%.0f,\"fed_ms\":%.0f,\"drain_ms\":%.0f,"
            "\"finish_ms\":%.0f,\"writer_ms\":{\"accept\":%.0f,\"passages\":%.0f,"
-           "\"segments\":%.0f,\"commit\":%.0f,\"finish_merge\":%.0f},"
+           "\"segments\":%.0f,\"commit\":%.0f,\"finish_merge\":%.0f,\"encode\":%.0f},"
            "\"index_bytes_per_token\":%.1f}\n",
            n_tok, n_slot, ki, n_dict, (long long)idx__seg_tokens, idx__scan_cache_kib,
            (t_end - t0) / 1000, n_tok / ((t_end - t0) / 1000),
            t_fed - t0, t_drained - t_fed, t_end - t_drained, wt.accept, wt.passages,
-           wt.segments, wt.commit, wt.finish, (double)db_bytes / (double)n_tok);
+           wt.segments, wt.commit, wt.finish, wt.encode, (double)db_bytes / (double)n_tok);
     fflush(stdout);
     /* questions: 32 features per slot drawn from the same law, weights in (0, 1] */
     for (int q = 0; q < n_q; q++) {

@@ -1,9 +1,9 @@
-/* index/async.c - a writer on a thread of its own: chunks are encoded on the caller's thread
- * (the CPU half of a write: sorting features, varints), with the slots shared out among
- * encoder threads where the machine has cores to spare, copied into a bounded queue and
- * committed in order on the writer's thread while the caller goes on, e.g. submitting the
- * GPU's next pass. The writer and its database connection move to that thread for the duration
- * and come back at idx_async_end(): one thread uses them at a time. */
+/* index/async.c - a writer on a thread of its own: the caller only checks a chunk and copies it
+ * into a bounded queue (so that a scan feeding a GPU goes straight back to submitting the next
+ * pass); the writer's thread encodes each chunk's slots (sorting features, varints), sharing
+ * them out among encoder threads where the machine has cores to spare, and writes and
+ * commits the chunks in order. The writer and its database connection move to that thread for
+ * the duration and come back at idx_async_end(): one thread uses them at a time. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,18 +11,18 @@
 
 #include "index_int.h"
 
-/* One queued chunk: the chunk with its slots and passages copied into mem (feat and act
- * not: its slots are encoded, blob s at blobs + off[s], off[n_slot + s] bytes). */
+/* One queued chunk: the chunk with its slots, passages and feature arrays copied into mem
+ * (bytes in all). */
 struct qchunk {
     struct idx_chunk c;
     void *mem;
-    uint8_t *blobs;
-    size_t *off;
+    size_t bytes;
 };
 
-/* Encoder threads: for each chunk the caller posts a job (generation gen) and takes slots
- * itself; every thread takes the next slot (next, under emu) until none is left, encodes it
- * with its own scratch and keeps the blob in out[slot]; the last one to finish signals. */
+/* Encoder threads: for each chunk the writer's thread posts a job (generation gen) and takes
+ * slots itself; every thread takes the next slot (next, under emu) until none is left,
+ * encodes it with its own scratch and keeps the blob in out[slot]; the last one to finish
+ * signals. */
 struct enc_pool {
     int n_th;                  /* threads besides the caller */
     pthread_t *th;
@@ -42,17 +42,24 @@ struct enc_pool {
 
 struct idx_async {
     struct idx_writer *w;      /* the writer thread's while it runs */
-    struct enc_pool ep;        /* the caller's: encoding in idx_async_add */
+    struct enc_pool ep;        /* the writer thread's: encoding the queued chunks */
+    struct idx_buf blobs;      /* the writer thread's: a chunk's slot blobs, one after another */
+    size_t *off;               /* the writer thread's: (2 n_slot) offsets and lengths */
+    int off_cap;
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;         /* a chunk queued, a slot freed, the end asked */
     /* under mu */
     struct qchunk *q;          /* ring of depth entries */
     int depth, head, count;    /* count includes the chunk being written */
+    size_t bytes;              /* held by the queued chunks; at most IDX_ASYNC_BYTES unless
+                                  one chunk alone is larger */
     int end;
     int rc;                    /* the first error; later chunks are dropped */
     struct s3_errinfo err;
 };
+
+static int write_chunk(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err);
 
 static void *async_main(void *arg)
 {
@@ -67,12 +74,10 @@ static void *async_main(void *arg)
         const int failed = a->rc < 0;
         pthread_mutex_unlock(&a->mu);
         struct s3_errinfo e = {0};
-        const int rc = failed ? 0 : idx__writer_add_encoded(a->w, &qc.c, qc.blobs, qc.off,
-                                                            qc.off + qc.c.n_slot, &e);
+        const int rc = failed ? 0 : write_chunk(a, &qc.c, &e);
         free(qc.mem);
-        free(qc.blobs);
-        free(qc.off);
         pthread_mutex_lock(&a->mu);
+        a->bytes -= qc.bytes;
         if (rc < 0 && a->rc == 0) {
             a->rc = rc;
             a->err = e;
@@ -215,6 +220,37 @@ static int enc_chunk(struct enc_pool *p, const struct idx_chunk *c, struct s3_er
     return rc;
 }
 
+/* On the writer's thread: encode c's slots (the pool) and hand them to the writer. */
+static int write_chunk(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err)
+{
+    const double t0 = s3_now_ms();
+    const size_t n_pairs = (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k;
+    int rc = n_pairs ? enc_chunk(&a->ep, c, err) : 0;
+    if (rc == 0 && c->n_slot > a->off_cap) {
+        size_t *o = realloc(a->off, sizeof *o * 2 * (size_t)c->n_slot);
+        if (!o)
+            return s3_errf(err, S3_ENOMEM, "index: out of memory");
+        a->off = o;
+        a->off_cap = c->n_slot;
+    }
+    a->blobs.n = 0;
+    for (int s = 0; s < c->n_slot && rc == 0; s++) {
+        const size_t bn = n_pairs ? a->ep.out[s].n : 0;
+        if (idx__buf_reserve(&a->blobs, bn) < 0)
+            return s3_errf(err, S3_ENOMEM, "index: out of memory");
+        a->off[s] = a->blobs.n;
+        a->off[c->n_slot + s] = bn;
+        if (bn)
+            memcpy(a->blobs.p + a->blobs.n, a->ep.out[s].p, bn);
+        a->blobs.n += bn;
+    }
+    if (rc < 0)
+        return rc;
+    idx__writer_add_encode_ms(a->w, s3_now_ms() - t0);
+    return idx__writer_add_encoded(a->w, c, a->blobs.p ? a->blobs.p : (const uint8_t *)"",
+                                   a->off, a->off + c->n_slot, err);
+}
+
 int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
                     struct s3_errinfo *err)
 {
@@ -262,14 +298,22 @@ static int copy_chunk(const struct idx_chunk *c, struct qchunk *qc)
         n_sent += c->passages[i].n_sent;
         n_text += (size_t)(c->passages[i].end_char - c->passages[i].start_char);
     }
-    const size_t o_slots = 0, o_pass = o_slots + (size_t)c->n_slot * sizeof *c->slots,
+    const size_t n_pairs = (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k;
+    const size_t o_feat = 0, o_act = o_feat + n_pairs * sizeof *c->feat,
+                 o_slots = o_act + n_pairs * sizeof *c->act,
+                 o_pass = o_slots + (size_t)c->n_slot * sizeof *c->slots,
                  o_sent = o_pass + c->n_passages * sizeof(struct idx_passage),
                  o_text = o_sent + 2 * n_sent * sizeof(int64_t), total = o_text + n_text;
     uint8_t *m = malloc(total ? total : 1);
     if (!m)
         return S3_ENOMEM;
     qc->mem = m;
+    qc->bytes = total;
     qc->c = *c;
+    if (n_pairs) {
+        memcpy(m + o_feat, c->feat, n_pairs * sizeof *c->feat);
+        memcpy(m + o_act, c->act, n_pairs * sizeof *c->act);
+    }
     struct idx_slot *slots = (struct idx_slot *)(void *)(m + o_slots);
     struct idx_passage *ps = (struct idx_passage *)(void *)(m + o_pass);
     int64_t *sent = (int64_t *)(void *)(m + o_sent);
@@ -293,8 +337,8 @@ static int copy_chunk(const struct idx_chunk *c, struct qchunk *qc)
         sent += 2 * p->n_sent;
     }
     qc->c.slots = slots;
-    qc->c.feat = NULL;
-    qc->c.act = NULL;
+    qc->c.feat = n_pairs ? (const int32_t *)(void *)(m + o_feat) : NULL;
+    qc->c.act = n_pairs ? (const float *)(void *)(m + o_act) : NULL;
     qc->c.passages = ps;
     return 0;
 }
@@ -306,38 +350,17 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
     int rc = idx__chunk_shape(c, 0, err);
     if (rc < 0)
         return rc;
+    /* what encoding would refuse, refused here, before anything is queued */
     const size_t n_pairs = (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k;
-    /* the slots encoded here, on the caller's thread */
+    for (size_t i = 0; i < n_pairs; i++)
+        if (c->feat[i] >= IDX_MAX_FEATURE && c->act[i] > 0)
+            return s3_errf(err, S3_EINVAL, "index: feature id %d out of range", (int)c->feat[i]);
     struct qchunk qc = {0};
-    size_t *off = malloc(sizeof(size_t) * (2 * (size_t)c->n_slot + 1));
-    if (!off)
+    if (copy_chunk(c, &qc) < 0)
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
-    struct idx_buf all = {0}; /* the chunk's slot blobs, handed to the queue */
-    if (n_pairs)
-        rc = enc_chunk(&a->ep, c, err);
-    for (int s = 0; s < c->n_slot && rc == 0; s++) {
-        const size_t bn = n_pairs ? a->ep.out[s].n : 0;
-        if (idx__buf_reserve(&all, bn) < 0) {
-            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-            break;
-        }
-        off[s] = all.n;
-        off[c->n_slot + s] = bn;
-        if (bn)
-            memcpy(all.p + all.n, a->ep.out[s].p, bn);
-        all.n += bn;
-    }
-    qc.off = off;
-    qc.blobs = all.p;
-    if (rc == 0 && copy_chunk(c, &qc) < 0)
-        rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-    if (rc < 0) {
-        free(all.p);
-        free(off);
-        return rc;
-    }
     pthread_mutex_lock(&a->mu);
-    while (a->count == a->depth && a->rc == 0)
+    while ((a->count == a->depth || (a->count && a->bytes + qc.bytes > IDX_ASYNC_BYTES)) &&
+           a->rc == 0)
         pthread_cond_wait(&a->cv, &a->mu);
     rc = a->rc;
     if (rc < 0) {
@@ -345,12 +368,11 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
             *err = a->err;
         pthread_mutex_unlock(&a->mu);
         free(qc.mem);
-        free(qc.blobs);
-        free(qc.off);
         return rc;
     }
     a->q[(a->head + a->count) % a->depth] = qc;
     a->count++;
+    a->bytes += qc.bytes;
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
     return 0;
@@ -371,6 +393,8 @@ int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->mu);
     enc_pool_free(&a->ep);
+    free(a->blobs.p);
+    free(a->off);
     free(a->q);
     free(a);
     return rc;

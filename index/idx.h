@@ -183,19 +183,22 @@ void idx_writer_state(const struct idx_writer *w, struct idx_scan_state *st);
  * storing them, committing (the WAL writes), and the finishing merge. */
 struct idx_writer_times {
     double accept, passages, segments, commit, finish;
+    double encode;           /* idx_async: encoding the queued chunks on the writer's thread */
 };
 void idx_writer_times(const struct idx_writer *w, struct idx_writer_times *t);
-/* A writer on its own thread: idx_async_add() encodes a chunk's slots (spread over encoder
- * threads where the machine has cores to spare), copies it into a queue of depth chunks
- * (waiting while it is full; IDX_ASYNC_DEPTH absorbs the writer's bursts at segment merges,
- * a few hundred KB per chunk) and returns; the thread writes them in order with
- * idx_writer_add(). From idx_async_start() to idx_async_end() the writer and its database
- * belong to that thread: the caller must not use either. The first error of a queued chunk
- * is returned by the next idx_async_add() and by idx_async_end() (later chunks are dropped);
- * after idx_async_end() (which writes what is queued and stops the thread) the writer is the
- * caller's again: finish, flush or free it as usual. */
+/* A writer on its own thread: idx_async_add() checks a chunk (what idx_writer_add() would
+ * refuse for its shape or a feature id out of range is refused here), copies it into a queue of
+ * at most depth chunks and IDX_ASYNC_BYTES bytes (waiting while it is full; the queue absorbs
+ * the writer's bursts at segment merges) and returns; the thread encodes each chunk's slots
+ * (spread over encoder threads where the machine has cores to spare) and writes the chunks in
+ * order with idx_writer_add(). From idx_async_start() to idx_async_end() the writer and its
+ * database belong to that thread: the caller must not use either. The first error of a queued
+ * chunk is returned by the next idx_async_add() and by idx_async_end() (later chunks are
+ * dropped); after idx_async_end() (which writes what is queued and stops the thread) the
+ * writer is the caller's again: finish, flush or free it as usual. */
 struct idx_async;
 #define IDX_ASYNC_DEPTH 32
+#define IDX_ASYNC_BYTES (64u << 20)
 int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
                     struct s3_errinfo *err);
 int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err);

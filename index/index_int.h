@@ -270,6 +270,8 @@ int idx__enc_slot(struct idx_enc *e, const struct idx_chunk *c, int si, struct s
 void idx__enc_free(struct idx_enc *e);
 /* idx_writer_add for a chunk whose slot s is already encoded (idx__enc_slot) as
  * blobs[off[s], off[s] + len[s]); c->feat and c->act are not read. */
+/* idx_async's encoding time, counted in the writer's times. */
+void idx__writer_add_encode_ms(struct idx_writer *w, double ms);
 int idx__writer_add_encoded(struct idx_writer *w, const struct idx_chunk *c,
                             const uint8_t *blobs, const size_t *off, const size_t *len,
                             struct s3_errinfo *err);

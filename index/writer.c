@@ -292,6 +292,11 @@ void idx_writer_times(const struct idx_writer *w, struct idx_writer_times *t)
     *t = w->tm;
 }
 
+void idx__writer_add_encode_ms(struct idx_writer *w, double ms)
+{
+    w->tm.encode += ms;
+}
+
 void idx_writer_free(struct idx_writer *w)
 {
     if (!w)

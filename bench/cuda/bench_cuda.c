@@ -629,11 +629,11 @@ static int cmd_ingest(int argc, char **argv)
            "\"tok_per_s\":%.0f,\"host_ms\":{\"submit\":%.0f,\"wait_gpu\":%.0f,"
            "\"queue_chunk\":%.0f,\"finish\":%.0f,\"free\":%.0f},"
            "\"writer_ms\":{\"accept\":%.0f,\"passages\":%.0f,\"segments\":%.0f,"
-           "\"commit\":%.0f,\"finish_merge\":%.0f},"
+           "\"commit\":%.0f,\"finish_merge\":%.0f,\"encode\":%.0f},"
            "\"index_bytes_per_token\":%.1f,\"extra_device_gib\":%.3f}\n",
            label, n_tok, chunk, in.n_idx, sae_dict, sae_k, ki, load_ms, scan_ms / 1000,
            n_tok / (scan_ms / 1000), submit_ms, wait_ms, write_ms, finish_ms, free_ms, wt.accept,
-           wt.passages, wt.segments, wt.commit, wt.finish,
+           wt.passages, wt.segments, wt.commit, wt.finish, wt.encode,
            (double)db_bytes / n_tok,
            (double)(free0 - min_free) / 1073741824.0);
     fflush(stdout);
