@@ -12,11 +12,11 @@
 #include "index_int.h"
 
 /* One queued chunk: the chunk with its slots, passages and feature arrays copied into mem
- * (bytes in all). */
+ * (bytes in use of cap; the buffer stays with its ring entry and is reused). */
 struct qchunk {
     struct idx_chunk c;
-    void *mem;
-    size_t bytes;
+    uint8_t *mem;
+    size_t bytes, cap;
 };
 
 /* Encoder threads: for each chunk the writer's thread posts a job (generation gen) and takes
@@ -75,7 +75,6 @@ static void *async_main(void *arg)
         pthread_mutex_unlock(&a->mu);
         struct s3_errinfo e = {0};
         const int rc = failed ? 0 : write_chunk(a, &qc.c, &e);
-        free(qc.mem);
         pthread_mutex_lock(&a->mu);
         a->bytes -= qc.bytes;
         if (rc < 0 && a->rc == 0) {
@@ -290,34 +289,49 @@ fail:
     return s3_errf(err, S3_EINTERNAL, "index: cannot start the writer thread");
 }
 
-/* A copy of c in one allocation. */
-static int copy_chunk(const struct idx_chunk *c, struct qchunk *qc)
+/* Layout of a chunk's copy: feature ids, activations, slots, passages, sentence starts, text. */
+struct qlayout {
+    size_t n_pairs, n_sent, o_act, o_slots, o_pass, o_sent, o_text, total;
+};
+
+static struct qlayout qlayout_of(const struct idx_chunk *c)
 {
-    size_t n_sent = 0, n_text = 0;
+    struct qlayout l = {.n_pairs = (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k};
+    size_t n_text = 0;
     for (size_t i = 0; i < c->n_passages; i++) {
-        n_sent += c->passages[i].n_sent;
+        l.n_sent += c->passages[i].n_sent;
         n_text += (size_t)(c->passages[i].end_char - c->passages[i].start_char);
     }
-    const size_t n_pairs = (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k;
-    const size_t o_feat = 0, o_act = o_feat + n_pairs * sizeof *c->feat,
-                 o_slots = o_act + n_pairs * sizeof *c->act,
-                 o_pass = o_slots + (size_t)c->n_slot * sizeof *c->slots,
-                 o_sent = o_pass + c->n_passages * sizeof(struct idx_passage),
-                 o_text = o_sent + 2 * n_sent * sizeof(int64_t), total = o_text + n_text;
-    uint8_t *m = malloc(total ? total : 1);
-    if (!m)
-        return S3_ENOMEM;
-    qc->mem = m;
-    qc->bytes = total;
-    qc->c = *c;
-    if (n_pairs) {
-        memcpy(m + o_feat, c->feat, n_pairs * sizeof *c->feat);
-        memcpy(m + o_act, c->act, n_pairs * sizeof *c->act);
+    l.o_act = l.n_pairs * sizeof *c->feat;
+    l.o_slots = l.o_act + l.n_pairs * sizeof *c->act;
+    l.o_pass = l.o_slots + (size_t)c->n_slot * sizeof *c->slots;
+    l.o_sent = l.o_pass + c->n_passages * sizeof(struct idx_passage);
+    l.o_text = l.o_sent + 2 * l.n_sent * sizeof(int64_t);
+    l.total = l.o_text + n_text;
+    return l;
+}
+
+/* Copy c into qc's buffer (grown as needed). */
+static int copy_chunk(const struct idx_chunk *c, const struct qlayout *l, struct qchunk *qc)
+{
+    if (qc->cap < l->total || !qc->mem) {
+        uint8_t *m = realloc(qc->mem, l->total ? l->total : 1);
+        if (!m)
+            return S3_ENOMEM;
+        qc->mem = m;
+        qc->cap = l->total;
     }
-    struct idx_slot *slots = (struct idx_slot *)(void *)(m + o_slots);
-    struct idx_passage *ps = (struct idx_passage *)(void *)(m + o_pass);
-    int64_t *sent = (int64_t *)(void *)(m + o_sent);
-    char *text = (char *)(m + o_text);
+    uint8_t *m = qc->mem;
+    qc->bytes = l->total;
+    qc->c = *c;
+    if (l->n_pairs) {
+        memcpy(m, c->feat, l->n_pairs * sizeof *c->feat);
+        memcpy(m + l->o_act, c->act, l->n_pairs * sizeof *c->act);
+    }
+    struct idx_slot *slots = (struct idx_slot *)(void *)(m + l->o_slots);
+    struct idx_passage *ps = (struct idx_passage *)(void *)(m + l->o_pass);
+    int64_t *sent = (int64_t *)(void *)(m + l->o_sent);
+    char *text = (char *)(m + l->o_text);
     if (c->n_slot)
         memcpy(slots, c->slots, (size_t)c->n_slot * sizeof *slots);
     for (size_t i = 0; i < c->n_passages; i++) {
@@ -337,8 +351,8 @@ static int copy_chunk(const struct idx_chunk *c, struct qchunk *qc)
         sent += 2 * p->n_sent;
     }
     qc->c.slots = slots;
-    qc->c.feat = n_pairs ? (const int32_t *)(void *)(m + o_feat) : NULL;
-    qc->c.act = n_pairs ? (const float *)(void *)(m + o_act) : NULL;
+    qc->c.feat = l->n_pairs ? (const int32_t *)(void *)m : NULL;
+    qc->c.act = l->n_pairs ? (const float *)(void *)(m + l->o_act) : NULL;
     qc->c.passages = ps;
     return 0;
 }
@@ -351,28 +365,28 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
     if (rc < 0)
         return rc;
     /* what encoding would refuse, refused here, before anything is queued */
-    const size_t n_pairs = (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k;
-    for (size_t i = 0; i < n_pairs; i++)
+    const struct qlayout l = qlayout_of(c);
+    for (size_t i = 0; i < l.n_pairs; i++)
         if (c->feat[i] >= IDX_MAX_FEATURE && c->act[i] > 0)
             return s3_errf(err, S3_EINVAL, "index: feature id %d out of range", (int)c->feat[i]);
-    struct qchunk qc = {0};
-    if (copy_chunk(c, &qc) < 0)
-        return s3_errf(err, S3_ENOMEM, "index: out of memory");
+    /* wait for room; the entry after the queued ones is then this caller's alone (one
+       producer) until it is published below */
     pthread_mutex_lock(&a->mu);
-    while ((a->count == a->depth || (a->count && a->bytes + qc.bytes > IDX_ASYNC_BYTES)) &&
+    while ((a->count == a->depth || (a->count && a->bytes + l.total > IDX_ASYNC_BYTES)) &&
            a->rc == 0)
         pthread_cond_wait(&a->cv, &a->mu);
     rc = a->rc;
-    if (rc < 0) {
-        if (err)
-            *err = a->err;
-        pthread_mutex_unlock(&a->mu);
-        free(qc.mem);
+    if (rc < 0 && err)
+        *err = a->err;
+    struct qchunk *qc = &a->q[(a->head + a->count) % a->depth];
+    pthread_mutex_unlock(&a->mu);
+    if (rc < 0)
         return rc;
-    }
-    a->q[(a->head + a->count) % a->depth] = qc;
+    if (copy_chunk(c, &l, qc) < 0)
+        return s3_errf(err, S3_ENOMEM, "index: out of memory");
+    pthread_mutex_lock(&a->mu);
     a->count++;
-    a->bytes += qc.bytes;
+    a->bytes += qc->bytes;
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
     return 0;
@@ -395,6 +409,8 @@ int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
     enc_pool_free(&a->ep);
     free(a->blobs.p);
     free(a->off);
+    for (int i = 0; i < a->depth; i++)
+        free(a->q[i].mem);
     free(a->q);
     free(a);
     return rc;
