@@ -96,6 +96,7 @@ struct idx_writer {
     struct idx_scan_state st;    /* accepted: where the next chunk starts */
     struct idx_scan_state cst;   /* committed */
     int64_t seg_start;    /* first position not yet merged into a segment */
+    int64_t n_bytes;      /* of the source text (0: unknown) */
     int done;
     int commit_ms;
     double last_commit_ms;
@@ -159,7 +160,7 @@ static int load_state(struct idx_writer *w, struct s3_errinfo *err)
     sqlite3_stmt *st = NULL;
     int rc = idx__prepare(w->db,
                           "SELECT status, n_tokens, pass_tok, pass_char, n_passages, n_chunks,"
-                          " seg_start FROM documents WHERE id = ?",
+                          " seg_start, n_bytes FROM documents WHERE id = ?",
                           &st, err);
     if (rc < 0)
         return rc;
@@ -176,6 +177,7 @@ static int load_state(struct idx_writer *w, struct s3_errinfo *err)
         w->st.n_passages = sqlite3_column_int64(st, 4);
         w->st.n_chunks = sqlite3_column_int64(st, 5);
         w->seg_start = sqlite3_column_int64(st, 6);
+        w->n_bytes = sqlite3_column_int64(st, 7);
         w->cst = w->st;
     } else if (src == SQLITE_DONE) {
         rc = s3_errf(err, S3_ENOTFOUND, "index: no document %lld", (long long)w->doc);
@@ -1005,6 +1007,22 @@ void idx_writer_set_commit_ms(struct idx_writer *w, int ms)
     w->commit_ms = ms < 0 ? 0 : ms;
 }
 
+/* Whether the document is about to end: at most IDX_TAIL_TOKENS positions left by the source
+ * bytes not yet in passages at the tokens per byte so far, while at least twice that is
+ * unmerged. Merging then, while the last chunks are still being computed, leaves finishing
+ * a short last segment to write instead of up to a whole one. */
+static int near_end(const struct idx_writer *w)
+{
+    const int64_t pending = w->st.next_tok - w->seg_start;
+    if (pending < 2 * IDX_TAIL_TOKENS || w->n_bytes <= 0 || w->st.pass_char <= 0 ||
+        w->st.pass_char >= w->n_bytes)
+        return 0;
+    const double left = (double)(w->n_bytes - w->st.pass_char) * (double)w->st.pass_tok /
+                            (double)w->st.pass_char +
+                        (double)(w->st.pass_tok - w->st.next_tok);
+    return left <= IDX_TAIL_TOKENS;
+}
+
 /* Accept chunk c whose slot s is encoded as blobs[off[s], off[s] + len[s]) (blobs NULL:
  * encode c's feature arrays here). */
 static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t *blobs,
@@ -1048,7 +1066,7 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t
         w->st.pass_char = c->passages[c->n_passages - 1].end_char;
     }
     w->tm.accept += s3_now_ms() - t0;
-    if (w->st.next_tok - w->seg_start >= idx__seg_tokens)
+    if (w->st.next_tok - w->seg_start >= idx__seg_tokens || near_end(w))
         return commit_held(w, 1, err);
     if (w->commit_ms == 0 || s3_now_ms() - w->last_commit_ms >= w->commit_ms)
         return commit_held(w, 0, err);

@@ -343,7 +343,7 @@ START_TEST(test_scores_exact)
     struct idx_db *db = open_mem();
     struct syn s = syn70k();
     /* _i = 1: segments of 16384 positions, so the document is five segments of postings rows
-     * (the default: one) */
+     * (the default: two, below) */
     idx__seg_tokens = _i ? 16384 : IDX_SEG_TOKENS;
     int64_t id = syn_new(db, &s);
     idx__seg_tokens = IDX_SEG_TOKENS;
@@ -370,11 +370,14 @@ START_TEST(test_scores_exact)
     ck_assert_int_eq(sqlite3_column_int(st, 2), 1);
     ck_assert_int_eq(sqlite3_column_int(st, 5), 0);
     if (_i == 0) {
-        ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "0:70000");
-        ck_assert_int_eq(sqlite3_column_int(st, 1), 1);
-        /* features 100..149 and the planted one, each one row */
-        ck_assert_int_eq(sqlite3_column_int(st, 3), 51);
-        ck_assert_int_eq(sqlite3_column_int(st, 4), 0);
+        /* one segment would do, but the source bytes (4 per token) say the end is near once
+           16384 positions are left: the segment is cut at the first chunk border after
+           70000 - 16384, 55296, while the last chunks come */
+        ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "0:55296,55296:70000");
+        ck_assert_int_eq(sqlite3_column_int(st, 1), 2);
+        /* features 100..149 and the planted one (5000..5002; 65535, 65536) in both */
+        ck_assert_int_eq(sqlite3_column_int(st, 3), 2 * 51);
+        ck_assert_int_eq(sqlite3_column_int(st, 4), 51);
     } else {
         ck_assert_str_eq((const char *)sqlite3_column_text(st, 0),
                          "0:16384,16384:32768,32768:49152,49152:65536,65536:70000");
@@ -1185,7 +1188,7 @@ START_TEST(test_async_writer)
     char *txt = syn_text(&s);
     struct idx_writer *w;
     struct idx_async *aw;
-    struct idx_doc_meta m = {.name = "async"};
+    struct idx_doc_meta m = {.name = "async", .n_bytes = 4 * s.n_tok}; /* as syn_new */
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     const int64_t doc = idx_writer_doc(w);
     ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
