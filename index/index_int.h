@@ -24,10 +24,11 @@
  *       first position of a segment): the postings of a segment [seg, end) of a document,
  *       one row per (slot, feature), blob = the entries relative to base seg (below), n =
  *       their count (df without decoding). When the pending chunks reach idx__seg_tokens
- *       (IDX_SEG_TOKENS) positions, when the document is about to end (IDX_TAIL_TOKENS left
- *       by its source bytes, twice that unmerged), and at finish, the chunk that crosses the
- *       mark concatenates their blobs (from memory) feature by feature into these rows, in
- *       its own transaction; rows are appended in key order. Schema 3 wrote segment blobs
+ *       (IDX_SEG_TOKENS) positions, when a long document is about to end (at most half the
+ *       unmerged positions left by its source bytes; at least IDX_TAIL_MIN unmerged), and at
+ *       finish, the chunk that crosses the mark concatenates their blobs (from memory)
+ *       feature by feature into these rows, in its own transaction; rows are appended in key
+ *       order. Schema 3 wrote segment blobs
  *       (segblobs, one per slot) and rewrote them all as rows of seg 0 at finish.
  *   segments(doc, seg, end) WITHOUT ROWID: the segments written, one row each.
  *   docmap(doc, blob) (schema 2): the passage and sentence boundaries of a finished document
@@ -104,7 +105,7 @@
 #define IDX_SCHEMA_VERSION 4
 #define IDX_SEG_TOKENS     131072       /* a segment's postings rows cover this many positions */
 extern int64_t idx__seg_tokens;         /* IDX_SEG_TOKENS; tests lower it */
-#define IDX_TAIL_TOKENS    16384        /* a segment is cut early this close to the end */
+#define IDX_TAIL_MIN       8192         /* the shortest segment cut early near the end */
 #define IDX_MAX_SPAN       (1LL << 32)  /* positions of one blob lie in [base, base + this) */
 #define IDX_Q_ZERO         144
 #define IDX_Q_STEPS        12.0f

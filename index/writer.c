@@ -1007,20 +1007,22 @@ void idx_writer_set_commit_ms(struct idx_writer *w, int ms)
     w->commit_ms = ms < 0 ? 0 : ms;
 }
 
-/* Whether the document is about to end: at most IDX_TAIL_TOKENS positions left by the source
- * bytes not yet in passages at the tokens per byte so far, while at least twice that is
- * unmerged. Merging then, while the last chunks are still being computed, leaves finishing
- * a short last segment to write instead of up to a whole one. */
+/* Whether to cut the segment before it is full because the document is about to end: a long
+ * document (a segment written already), at least IDX_TAIL_MIN positions unmerged and at most
+ * half that many left, estimated from the source bytes not yet in passages at the tokens per
+ * byte so far. The merge then runs while the last chunks are still being computed (merging a
+ * position costs the writer less than half what computing it costs the GPU), and cuts that
+ * follow one another shrink the last segment, the one finishing writes, geometrically. */
 static int near_end(const struct idx_writer *w)
 {
     const int64_t pending = w->st.next_tok - w->seg_start;
-    if (pending < 2 * IDX_TAIL_TOKENS || w->n_bytes <= 0 || w->st.pass_char <= 0 ||
-        w->st.pass_char >= w->n_bytes)
+    if (w->seg_start == 0 || pending < IDX_TAIL_MIN || w->n_bytes <= 0 ||
+        w->st.pass_char <= 0 || w->st.pass_char >= w->n_bytes)
         return 0;
     const double left = (double)(w->n_bytes - w->st.pass_char) * (double)w->st.pass_tok /
                             (double)w->st.pass_char +
                         (double)(w->st.pass_tok - w->st.next_tok);
-    return left <= IDX_TAIL_TOKENS;
+    return 2 * left <= (double)pending;
 }
 
 /* Accept chunk c whose slot s is encoded as blobs[off[s], off[s] + len[s]) (blobs NULL:
