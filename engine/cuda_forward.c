@@ -872,12 +872,14 @@ struct eng_cuda_sae_scan {
     /* state of the pass being queued (read by the device hook) */
     int prefix, cur_out, hook_rc;
     /* CUDA graphs (S3_CUDA_GRAPHS=0 turns them off; never while profiling): per buffer set,
-     * the pass of shape (g_n, g_prefix) captured once, then replayed; a pass of another
-     * shape is queued as before and captured in its place */
+     * the pass of shape (g_n, g_prefix) captured once, then replayed. A shape is captured
+     * when the set's previous pass had it too (last_n, last_prefix): the steady shape of a
+     * scan, not a document's first or last chunk, which are queued plainly and leave the
+     * graph for the next document */
     int graphs;                      /* 1 on, 0 off (also after a failed capture) */
-    int warm;                        /* a pass ran uncaptured (lazy allocations done) */
     struct krn_cuda_graph *g[2];
     int g_n[2], g_prefix[2];
+    int last_n[2], last_prefix[2];   /* 0, 0: none yet */
 };
 
 int eng__cuda_ctx_on_device(const struct eng_ctx *c)
@@ -1068,9 +1070,10 @@ static int enqueue_pass(struct eng_cuda_sae_scan *ss, int set, const int32_t *id
     return 0;
 }
 
-/* The pass queued as a graph: replayed when the set's graph has this shape, else captured
- * (after one pass run plainly, so that lazy allocations happen outside a capture) and then
- * launched. A capture that fails turns graphs off and queues the pass plainly. */
+/* The pass queued as a graph: replayed when the set's graph has this shape; captured (in the
+ * graph's place) when the set's previous pass had this shape too (so it ran plainly once:
+ * lazy allocations happen outside a capture); else queued plainly. A capture that fails
+ * turns graphs off and queues the pass plainly. */
 static int enqueue_pass_graph(struct eng_cuda_sae_scan *ss, int set, const int32_t *ids, int n,
                               int prefix, struct s3_errinfo *err)
 {
@@ -1081,12 +1084,13 @@ static int enqueue_pass_graph(struct eng_cuda_sae_scan *ss, int set, const int32
         rc = krn_cuda_graph_launch(ss->dev, ss->g[set]);
         return rc < 0 ? dev_fail(ss->dev, rc, err) : 0;
     }
+    const int steady = ss->last_n[set] == n && ss->last_prefix[set] == prefix;
+    ss->last_n[set] = n;
+    ss->last_prefix[set] = prefix;
+    if (!steady)
+        return enqueue_pass(ss, set, ids, n, err);
     krn_cuda_graph_free(ss->g[set]);
     ss->g[set] = NULL;
-    if (!ss->warm) {
-        ss->warm = 1;
-        return enqueue_pass(ss, set, ids, n, err);
-    }
     if (krn_cuda_capture_begin(ss->dev) < 0) {
         ss->graphs = 0;
         return enqueue_pass(ss, set, ids, n, err);
