@@ -164,6 +164,10 @@ int krn_cuda_attn(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16_t 
  * previous one; other values only query. */
 int krn_cuda_attn_variant(struct krn_cuda_dev *dev, int variant);
 
+/* Queries per block of variant 2: 64, 128, or 0 (the default: 64 for head size 128, 128 for
+ * 64). Returns the previous setting; other values only query. */
+int krn_cuda_attn_block(struct krn_cuda_dev *dev, int bq);
+
 /* gu (n_rows, 2*n_ff) fp16 = [gate | up] -> out (n_rows, n_ff) fp16 = silu(gate) * up. */
 int krn_cuda_swiglu(struct krn_cuda_dev *dev, const uint16_t *d_gu, int n_rows, int n_ff,
                     uint16_t *d_out);

@@ -188,9 +188,9 @@ static void check_attn_v(int n, int pos0, int H, int Hkv, int hd, int in_place)
     }
     /* probabilities rounded to fp16 before P.V and an fp16 output: relative L2 error < 2e-3,
        no element off by more than 4e-3 (outputs are O(0.1)) */
-    fprintf(stderr, "attn v%d n=%d pos0=%d H=%d/%d hd=%d%s: rel_l2=%.2e max_abs=%.2e\n",
-            krn_cuda_attn_variant(g_dev, 0), n, pos0, H, Hkv, hd, in_place ? " in place" : "",
-            sqrt(err2 / ref2), maxe);
+    fprintf(stderr, "attn v%d bq %d n=%d pos0=%d H=%d/%d hd=%d%s: rel_l2=%.2e max_abs=%.2e\n",
+            krn_cuda_attn_variant(g_dev, 0), krn_cuda_attn_block(g_dev, -1), n, pos0, H, Hkv,
+            hd, in_place ? " in place" : "", sqrt(err2 / ref2), maxe);
     ck_assert_double_lt(sqrt(err2 / ref2), 2e-3);
     ck_assert_double_lt(maxe, 4e-3);
     krn_cuda_free(dq_), krn_cuda_free(dkc), krn_cuda_free(dvc);
@@ -217,6 +217,15 @@ START_TEST(test_attn)
         check_attn(3, 9, 2, 2, 96);     /* short batch, odd head size */
         check_attn(20, 5, 2, 1, 96);    /* plain path (hd 96, n >= 16) */
     }
+    /* variant 2 with each block size forced (the default: 64 for hd 128, 128 for hd 64) */
+    for (int bq = 64; bq <= 128; bq += 64) {
+        krn_cuda_attn_block(g_dev, bq);
+        check_attn(200, 0, 4, 2, 128);
+        check_attn(130, 70, 6, 2, 64);
+        check_attn(300, 0, 2, 1, 128);
+        check_attn_v(150, 10, 4, 2, 64, 1);
+    }
+    ck_assert_int_eq(krn_cuda_attn_block(g_dev, 0), 128);
     /* variant 2 only: split-KV decode over many splits, a batch of queries, every head size */
     check_attn(1, 5000, 4, 2, 128);
     check_attn(7, 1000, 6, 3, 64);
