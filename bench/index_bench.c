@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_passages.h"
 #include "s3.h"
 #include "idx.h"
 #include "index_int.h"
@@ -136,16 +137,7 @@ int main(int argc, char **argv)
         const int n = n_tok - next < chunk ? (int)(n_tok - next) : chunk;
         const int64_t nn = next + n;
         const size_t pool = (size_t)(n_chunk % n_pool) * per_chunk;
-        size_t np = 0;
-        while (pass_tok + 128 <= nn || (nn == n_tok && pass_tok < nn)) {
-            const int64_t e = pass_tok + 128 <= nn ? pass_tok + 128 : nn;
-            const size_t si = (size_t)(pass_tok / 128);
-            sent_t[si] = pass_tok + (e - pass_tok) / 2;
-            sent_c[si] = off[sent_t[si]];
-            pas[np++] = (struct idx_passage){pass_tok, e, off[pass_tok], off[e],
-                                             text + off[pass_tok], 1, sent_t + si, sent_c + si};
-            pass_tok = e;
-        }
+        const size_t np = bench_passages(&pass_tok, nn, n_tok, off, text, sent_t, sent_c, pas);
         struct idx_chunk ch = {.tok0 = next, .n_tok = n, .n_slot = n_slot, .slots = slots,
                                .k = ki, .feat = feat + pool, .act = act + pool,
                                .n_passages = np,

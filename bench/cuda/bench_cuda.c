@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../bench_passages.h"
 #include "cli.h"
 #include "cuda.h"
 #include "cuda_forward.h"
@@ -597,16 +598,7 @@ static int cmd_ingest(int argc, char **argv)
         wait_ms += dt_ms(&t0);
         for (size_t i = 0; i < (size_t)n_slot * n_out * ki; i++)
             feat[i] = rid[i];
-        size_t np = 0;
-        while (pass_tok + 128 <= nn || (nn == n_tok && pass_tok < nn)) {
-            const int64_t e = pass_tok + 128 <= nn ? pass_tok + 128 : nn;
-            const size_t si = (size_t)(pass_tok / 128);
-            sent_t[si] = pass_tok + (e - pass_tok) / 2;
-            sent_c[si] = off[sent_t[si]];
-            pas[np++] = (struct idx_passage){pass_tok, e, off[pass_tok], off[e],
-                                             text + off[pass_tok], 1, sent_t + si, sent_c + si};
-            pass_tok = e;
-        }
+        const size_t np = bench_passages(&pass_tok, nn, n_tok, off, text, sent_t, sent_c, pas);
         struct idx_chunk ch = {.tok0 = next, .n_tok = n, .n_slot = n_slot, .slots = slots,
                                .k = ki, .feat = feat, .act = ract, .n_passages = np,
                                .passages = pas};

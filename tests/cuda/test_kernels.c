@@ -59,38 +59,78 @@ static void *dev_poisoned(size_t bytes)
     return d;
 }
 
-/* d: 576 and 4096 take the register-cached float4 path, 130 and 9000 the plain loop */
-static void check_rmsnorm(int d)
+/* Expected q8-rounded fp16 of rows x (n, d) f32: the CPU path's own quantiser (krn_qact). */
+static void q8_ref(const float *x, int n, int d, uint16_t *out)
+{
+    struct krn_qact a;
+    ck_assert_int_eq(krn_qact_init(&a, n, d), 0);
+    krn_qact_quantize(&a, x, 0, n);
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < d; i++)
+            out[t * d + i] = krn_f32_to_fp16(a.d[t * a.nb + i / 32] *
+                                             (float)a.qs[(size_t)t * a.nb * 32 + i]);
+    krn_qact_deinit(&a);
+}
+
+/* got vs want: every value within one quantisation step of its block (the f32 inputs may
+ * differ in their last bit: sum order, expf), at least 99% bit-identical. */
+static void q8_close(const uint16_t *got, const uint16_t *want, int n, int d)
+{
+    long same = 0;
+    for (int t = 0; t < n; t++)
+        for (int b = 0; b < d / 32; b++) {
+            float amax = 0.0f;
+            for (int j = 0; j < 32; j++)
+                amax = fmaxf(amax, fabsf(h2f(want[t * d + b * 32 + j])));
+            for (int j = 0; j < 32; j++) {
+                const int i = t * d + b * 32 + j;
+                same += got[i] == want[i];
+                ck_assert_float_le(fabsf(h2f(got[i]) - h2f(want[i])), amax / 127.0f * 1.01f);
+            }
+        }
+    ck_assert_int_ge(100 * same, 99L * n * d);
+}
+
+/* d: 576 and 4096 take the register-cached float4 path, 130 and 9000 the plain loop. q8: the
+ * krn_cuda_rmsnorm_q8 flavour, against the CPU's quantiser on the reference rows. */
+static void check_rmsnorm(int d, int q8)
 {
     const int rows = 7;
     float *x = malloc(sizeof(float) * rows * d), *w = malloc(sizeof(float) * d);
-    float *ref = malloc(sizeof(float) * d);
-    uint16_t *y = malloc(2u * rows * d);
+    float *ref = malloc(sizeof(float) * rows * d);
+    uint16_t *y = malloc(2u * rows * d), *yw = malloc(2u * rows * d);
     for (int i = 0; i < rows * d; i++)
         x[i] = frand() * (1 + i % 5);
     for (int i = 0; i < d; i++)
         w[i] = frand() * 2;
     float *dx = dup_to_dev(x, sizeof(float) * rows * d), *dw = dup_to_dev(w, sizeof(float) * d);
     uint16_t *dy = dev_poisoned(2u * rows * d);
-    ck_assert_int_eq(krn_cuda_rmsnorm(g_dev, dx, dw, rows, d, 1e-5f, dy), 0);
+    ck_assert_int_eq((q8 ? krn_cuda_rmsnorm_q8 : krn_cuda_rmsnorm)(g_dev, dx, dw, rows, d, 1e-5f,
+                                                                    dy),
+                     0);
     ck_assert_int_eq(krn_cuda_download(g_dev, y, dy, 2u * rows * d), 0);
-    for (int r = 0; r < rows; r++) {
-        krn_rmsnorm(ref, x + r * d, w, d, 1e-5f);
-        for (int i = 0; i < d; i++) /* fp16 output: half an ulp plus f32 sum order */
-            ck_assert_float_le(fabsf(h2f(y[r * d + i]) - ref[i]), 1e-3f * fabsf(ref[i]) + 1e-6f);
+    for (int r = 0; r < rows; r++)
+        krn_rmsnorm(ref + r * d, x + r * d, w, d, 1e-5f);
+    if (q8) {
+        q8_ref(ref, rows, d, yw);
+        q8_close(y, yw, rows, d);
+        ck_assert_int_eq(krn_cuda_rmsnorm_q8(g_dev, dx, dw, rows, 130, 1e-5f, dy), S3_EINVAL);
+    } else {
+        for (int i = 0; i < rows * d; i++) /* fp16 output: half an ulp plus f32 sum order */
+            ck_assert_float_le(fabsf(h2f(y[i]) - ref[i]), 1e-3f * fabsf(ref[i]) + 1e-6f);
     }
     krn_cuda_free(dx), krn_cuda_free(dw), krn_cuda_free(dy);
-    free(x), free(w), free(ref), free(y);
+    free(x), free(w), free(ref), free(y), free(yw);
 }
 
 START_TEST(test_rmsnorm)
 {
     if (!have_gpu())
         return;
-    check_rmsnorm(576);
-    check_rmsnorm(4096);
-    check_rmsnorm(130);
-    check_rmsnorm(9000);
+    check_rmsnorm(576, 0);
+    check_rmsnorm(4096, 0);
+    check_rmsnorm(130, 0);
+    check_rmsnorm(9000, 0);
 }
 END_TEST
 
@@ -297,38 +337,6 @@ END_TEST
 
 /* ---- 8-bit activation rounding (the CPU path's GEMM inputs) ------------------------------- */
 
-/* Expected q8-rounded fp16 of rows x (n, d) f32: the CPU path's own quantiser (krn_qact). */
-static void q8_ref(const float *x, int n, int d, uint16_t *out)
-{
-    struct krn_qact a;
-    ck_assert_int_eq(krn_qact_init(&a, n, d), 0);
-    krn_qact_quantize(&a, x, 0, n);
-    for (int t = 0; t < n; t++)
-        for (int i = 0; i < d; i++)
-            out[t * d + i] = krn_f32_to_fp16(a.d[t * a.nb + i / 32] *
-                                             (float)a.qs[(size_t)t * a.nb * 32 + i]);
-    krn_qact_deinit(&a);
-}
-
-/* got vs want: every value within one quantisation step of its block (the f32 inputs may
- * differ in their last bit: sum order, expf), at least 99% bit-identical. */
-static void q8_close(const uint16_t *got, const uint16_t *want, int n, int d)
-{
-    long same = 0;
-    for (int t = 0; t < n; t++)
-        for (int b = 0; b < d / 32; b++) {
-            float amax = 0.0f;
-            for (int j = 0; j < 32; j++)
-                amax = fmaxf(amax, fabsf(h2f(want[t * d + b * 32 + j])));
-            for (int j = 0; j < 32; j++) {
-                const int i = t * d + b * 32 + j;
-                same += got[i] == want[i];
-                ck_assert_float_le(fabsf(h2f(got[i]) - h2f(want[i])), amax / 127.0f * 1.01f);
-            }
-        }
-    ck_assert_int_ge(100 * same, 99L * n * d);
-}
-
 START_TEST(test_q8_act)
 {
     if (!have_gpu())
@@ -357,28 +365,9 @@ START_TEST(test_q8_act)
 
     /* RMSNorm then rounding from its f32 values: the float4 path (576, 4096) and the plain
        loop (9024); widths that are no multiple of 32 are refused */
-    const int widths[3] = {576, 4096, 9024};
-    for (int k = 0; k < 3; k++) {
-        const int w_ = widths[k], rows = 7;
-        float *x = malloc(sizeof(float) * rows * w_), *w = malloc(sizeof(float) * w_);
-        float *ref = malloc(sizeof(float) * rows * w_);
-        uint16_t *y = malloc(2u * rows * w_), *yw = malloc(2u * rows * w_);
-        for (int i = 0; i < rows * w_; i++)
-            x[i] = frand() * (1 + i % 5);
-        for (int i = 0; i < w_; i++)
-            w[i] = frand() * 2;
-        float *dx = dup_to_dev(x, sizeof(float) * rows * w_), *dw = dup_to_dev(w, sizeof(float) * w_);
-        uint16_t *dy = dev_poisoned(2u * rows * w_);
-        ck_assert_int_eq(krn_cuda_rmsnorm_q8(g_dev, dx, dw, rows, w_, 1e-5f, dy), 0);
-        ck_assert_int_eq(krn_cuda_download(g_dev, y, dy, 2u * rows * w_), 0);
-        for (int r = 0; r < rows; r++)
-            krn_rmsnorm(ref + r * w_, x + r * w_, w, w_, 1e-5f);
-        q8_ref(ref, rows, w_, yw);
-        q8_close(y, yw, rows, w_);
-        ck_assert_int_eq(krn_cuda_rmsnorm_q8(g_dev, dx, dw, rows, 130, 1e-5f, dy), S3_EINVAL);
-        krn_cuda_free(dx), krn_cuda_free(dw), krn_cuda_free(dy);
-        free(x), free(w), free(ref), free(y), free(yw);
-    }
+    check_rmsnorm(576, 1);
+    check_rmsnorm(4096, 1);
+    check_rmsnorm(9024, 1);
 
     /* SwiGLU in place over the gate half, rounded from its f32 products */
     const int rows = 3, ff = 320;
