@@ -844,7 +844,7 @@ static int64_t committed_tokens(struct idx_db *db, int64_t doc)
 
 /* Chunks are committed per segment, per commit interval and at flush; a writer freed without
  * a flush loses what it held since the last commit, and a resumed one continues from there
- * (segment blobs and pending rows) to exactly the postings of an uninterrupted scan. */
+ * (segments' rows and pending rows) to exactly the postings of an uninterrupted scan. */
 START_TEST(test_commit_resume)
 {
     struct s3_errinfo err = {0};
