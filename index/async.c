@@ -52,7 +52,7 @@ struct idx_async {
     /* under mu */
     struct qchunk *q;          /* ring of depth entries */
     int depth, head, count;    /* count includes the chunk being written */
-    size_t bytes;              /* held by the queued chunks; at most IDX_ASYNC_BYTES unless
+    size_t bytes;              /* held by the queued chunks; at most idx__async_bytes unless
                                   one chunk alone is larger */
     int end;
     int rc;                    /* the first error; later chunks are dropped */
@@ -90,6 +90,7 @@ static void *async_main(void *arg)
 }
 
 int idx__async_encoders = -1;
+size_t idx__async_bytes = IDX_ASYNC_BYTES;
 
 /* Take and encode slots of the posted chunk until none is left. Called with emu held;
  * returns with it held. */
@@ -372,7 +373,7 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
     /* wait for room; the entry after the queued ones is then this caller's alone (one
        producer) until it is published below */
     pthread_mutex_lock(&a->mu);
-    while ((a->count == a->depth || (a->count && a->bytes + l.total > IDX_ASYNC_BYTES)) &&
+    while ((a->count == a->depth || (a->count && a->bytes + l.total > idx__async_bytes)) &&
            a->rc == 0)
         pthread_cond_wait(&a->cv, &a->mu);
     rc = a->rc;

@@ -120,6 +120,7 @@ extern int idx__scan_cache_kib;         /* IDX_SCAN_CACHE_KIB; benchmarks vary i
 extern int idx__merge_thread;           /* 1: a segment's slots merged on a thread of their
                                            own while the writer inserts (0: tests) */
 extern int idx__async_encoders;         /* encoder threads of idx_async; -1: by core count */
+extern size_t idx__async_bytes;         /* IDX_ASYNC_BYTES; tests lower it */
 #define IDX_SCAN_WAL_BYTES (64LL << 20) /* WAL auto-checkpoint while a writer is open (no
                                            checkpointer thread: an in-memory database) */
 #define IDX_WAL_BYTES      (4LL << 20)  /* WAL auto-checkpoint otherwise */

@@ -970,6 +970,11 @@ START_TEST(test_async_encoders)
     const int64_t sync = write_multislot(db, -1);
     same_postings(db, sync, write_multislot(db, 0));
     same_postings(db, sync, write_multislot(db, 3));
+    /* a byte budget smaller than one chunk: each add waits for the queue to empty, a lone
+       chunk is still taken */
+    idx__async_bytes = 1;
+    same_postings(db, sync, write_multislot(db, 3));
+    idx__async_bytes = IDX_ASYNC_BYTES;
     struct idx_writer *w;
     struct idx_async *aw;
     struct idx_doc_meta m = {.name = "bad"};
