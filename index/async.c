@@ -43,9 +43,6 @@ struct enc_pool {
 struct idx_async {
     struct idx_writer *w;      /* the writer thread's while it runs */
     struct enc_pool ep;        /* the writer thread's: encoding the queued chunks */
-    struct idx_buf blobs;      /* the writer thread's: a chunk's slot blobs, one after another */
-    size_t *off;               /* the writer thread's: (2 n_slot) offsets and lengths */
-    int off_cap;
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;         /* a chunk queued, a slot freed, the end asked */
@@ -192,7 +189,8 @@ static int enc_pool_init(struct enc_pool *p)
     return 0;
 }
 
-/* Encode every slot of c into p->out[0..n_slot); the first error, or 0. */
+/* Encode every slot of c into p->out[0..n_slot) (empty blobs when c has no feature pairs);
+ * the first error, or 0. */
 static int enc_chunk(struct enc_pool *p, const struct idx_chunk *c, struct s3_errinfo *err)
 {
     if (c->n_slot > p->out_cap) {
@@ -202,6 +200,11 @@ static int enc_chunk(struct enc_pool *p, const struct idx_chunk *c, struct s3_er
         memset(o + p->out_cap, 0, sizeof *o * (size_t)(c->n_slot - p->out_cap));
         p->out = o;
         p->out_cap = c->n_slot;
+    }
+    if ((size_t)c->n_tok * (size_t)c->k == 0) {
+        for (int s = 0; s < c->n_slot; s++)
+            p->out[s].n = 0;
+        return 0;
     }
     pthread_mutex_lock(&p->emu);
     p->c = c;
@@ -224,31 +227,11 @@ static int enc_chunk(struct enc_pool *p, const struct idx_chunk *c, struct s3_er
 static int write_chunk(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err)
 {
     const double t0 = s3_now_ms();
-    const size_t n_pairs = (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k;
-    int rc = n_pairs ? enc_chunk(&a->ep, c, err) : 0;
-    if (rc == 0 && c->n_slot > a->off_cap) {
-        size_t *o = realloc(a->off, sizeof *o * 2 * (size_t)c->n_slot);
-        if (!o)
-            return s3_errf(err, S3_ENOMEM, "index: out of memory");
-        a->off = o;
-        a->off_cap = c->n_slot;
-    }
-    a->blobs.n = 0;
-    for (int s = 0; s < c->n_slot && rc == 0; s++) {
-        const size_t bn = n_pairs ? a->ep.out[s].n : 0;
-        if (idx__buf_reserve(&a->blobs, bn) < 0)
-            return s3_errf(err, S3_ENOMEM, "index: out of memory");
-        a->off[s] = a->blobs.n;
-        a->off[c->n_slot + s] = bn;
-        if (bn)
-            memcpy(a->blobs.p + a->blobs.n, a->ep.out[s].p, bn);
-        a->blobs.n += bn;
-    }
+    const int rc = enc_chunk(&a->ep, c, err);
     if (rc < 0)
         return rc;
     idx__writer_add_encode_ms(a->w, s3_now_ms() - t0);
-    return idx__writer_add_encoded(a->w, c, a->blobs.p ? a->blobs.p : (const uint8_t *)"",
-                                   a->off, a->off + c->n_slot, err);
+    return idx__writer_add_encoded(a->w, c, a->ep.out, err);
 }
 
 int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
@@ -408,8 +391,6 @@ int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->mu);
     enc_pool_free(&a->ep);
-    free(a->blobs.p);
-    free(a->off);
     for (int i = 0; i < a->depth; i++)
         free(a->q[i].mem);
     free(a->q);

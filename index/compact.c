@@ -64,8 +64,8 @@ int idx__grp_next(struct idx_grp_rd *r)
     return 0;
 }
 
-/* Copy (out != NULL) or skip the current group's entries, the first gap re-based so that the
- * entries continue after position prev (-1: relative to out_base). */
+/* Append the current group's entries to out, the first gap re-based so that the entries
+ * continue after position prev (-1: relative to out_base). */
 static int grp_take(struct idx_grp_rd *r, struct idx_buf *out, int64_t out_base, int64_t prev)
 {
     uint64_t g0;
@@ -79,23 +79,21 @@ static int grp_take(struct idx_grp_rd *r, struct idx_buf *out, int64_t out_base,
     int64_t first = r->base + (int64_t)g0;
     if (first <= prev || first < out_base)
         return S3_EFORMAT;
-    if (out && idx__buf_varint(out, (uint64_t)(prev >= 0 ? first - prev - 1 : first - out_base)) < 0)
+    if (idx__buf_varint(out, (uint64_t)(prev >= 0 ? first - prev - 1 : first - out_base)) < 0)
         return S3_ENOMEM;
     const size_t left = (size_t)r->nbytes - k;
     if ((size_t)(r->e - r->p) < left)
         return S3_EFORMAT; /* the blob ends inside the group */
-    if (out) {
-        if (idx__buf_reserve(out, left) < 0)
-            return S3_ENOMEM;
-        memcpy(out->p + out->n, r->p, left);
-        out->n += left;
-    }
+    if (idx__buf_reserve(out, left) < 0)
+        return S3_ENOMEM;
+    memcpy(out->p + out->n, r->p, left);
+    out->n += left;
     r->p += left;
     return 0;
 }
 
 int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base,
-                    int64_t stop_n, idx_grp_emit_fn emit, void *ud, struct idx_buf *scratch)
+                    idx_grp_emit_fn emit, void *ud, struct idx_buf *scratch)
 {
     int rc = 0;
     for (size_t i = 0; i < n_parts && rc == 0; i++) {
@@ -104,28 +102,24 @@ int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base,
     }
     while (rc == 0) {
         int32_t f = -1;
-        int64_t n = 0;
         for (size_t i = 0; i < n_parts; i++)
             if (parts[i].have && (f < 0 || parts[i].feat < f))
                 f = parts[i].feat;
         if (f < 0)
             break;
-        for (size_t i = 0; i < n_parts; i++)
-            if (parts[i].have && parts[i].feat == f)
-                n += parts[i].n;
-        const int keep = stop_n <= 0 || n <= stop_n;
-        int64_t prev = -1;
+        int64_t n = 0, prev = -1;
         scratch->n = 0;
         for (size_t i = 0; i < n_parts && rc == 0; i++) {
             if (!parts[i].have || parts[i].feat != f)
                 continue;
-            rc = grp_take(&parts[i], keep ? scratch : NULL, out_base, prev);
+            n += parts[i].n;
+            rc = grp_take(&parts[i], scratch, out_base, prev);
             prev = parts[i].last;
             if (rc == 0)
                 rc = idx__grp_next(&parts[i]);
         }
-        if (rc == 0 && keep)
-            rc = emit(ud, f, n, prev, scratch->p, scratch->n);
+        if (rc == 0)
+            rc = emit(ud, f, n, scratch->p, scratch->n);
     }
     return rc;
 }

@@ -166,9 +166,9 @@ int idx__sqlerr(struct idx_db *db, int rc, const char *what, struct s3_errinfo *
 int idx__exec(struct idx_db *db, const char *sql, struct s3_errinfo *err);
 int idx__prepare(struct idx_db *db, const char *sql, sqlite3_stmt **st, struct s3_errinfo *err);
 /* Run n statements, each bound with ?1..?2 = doc's rowid range (IDX_PASSAGE_ID(doc, 0 ..
- * 0xffffffff)), ?3 = doc, ?4 = v; a failure is reported as "what: ...". */
+ * 0xffffffff)), ?3 = doc, ?4 = v, ?5 = v2; a failure is reported as "what: ...". */
 int idx__exec_doc(struct idx_db *db, const char *const *sql, size_t n, int64_t doc, int64_t v,
-                  const char *what, struct s3_errinfo *err);
+                  int64_t v2, const char *what, struct s3_errinfo *err);
 
 /* ---- varints and activation codes (posting.c) ---- */
 /* Append v to buf (at most 10 bytes); returns bytes written. */
@@ -230,15 +230,14 @@ struct idx_grp_rd {
 };
 /* Read the next group header (r->have = 0 at the end). S3_EFORMAT. */
 int idx__grp_next(struct idx_grp_rd *r);
-/* Called per feature with its concatenated entries (relative to out_base), count and last
- * position; a non-zero return stops idx__grp_concat, which returns it. */
-typedef int (*idx_grp_emit_fn)(void *ud, int32_t feat, int64_t n, int64_t last,
-                               const uint8_t *entries, size_t nbytes);
+/* Called per feature with its concatenated entries (relative to out_base) and their count;
+ * a non-zero return stops idx__grp_concat, which returns it. */
+typedef int (*idx_grp_emit_fn)(void *ud, int32_t feat, int64_t n, const uint8_t *entries,
+                               size_t nbytes);
 /* Concatenate parts (group blobs of consecutive position ranges, in position order; their
- * readers positioned at the start, feat = -1) feature by feature; features with more than
- * stop_n entries (stop_n > 0) are skipped. scratch holds one feature's entries. Returns 0,
- * S3_EFORMAT, S3_ENOMEM, or what emit returned. */
-int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base, int64_t stop_n,
+ * readers positioned at the start, feat = -1) feature by feature. scratch holds one feature's
+ * entries. Returns 0, S3_EFORMAT, S3_ENOMEM, or what emit returned. */
+int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base,
                     idx_grp_emit_fn emit, void *ud, struct idx_buf *scratch);
 /* Append one group to b. S3_ENOMEM. */
 int idx__grp_put(struct idx_buf *b, int32_t prev_feat, int32_t feat, int64_t n, int64_t last_rel,
@@ -272,13 +271,12 @@ struct idx_enc {
  * e->blob. S3_EINVAL (a feature id out of range), S3_ENOMEM. Any thread (e its own). */
 int idx__enc_slot(struct idx_enc *e, const struct idx_chunk *c, int si, struct s3_errinfo *err);
 void idx__enc_free(struct idx_enc *e);
-/* idx_writer_add for a chunk whose slot s is already encoded (idx__enc_slot) as
- * blobs[off[s], off[s] + len[s]); c->feat and c->act are not read. */
+/* idx_writer_add for a chunk whose slot s is already encoded (idx__enc_slot) as blobs[s]
+ * (n_slot, borrowed); c->feat and c->act are not read. */
+int idx__writer_add_encoded(struct idx_writer *w, const struct idx_chunk *c,
+                            const struct idx_buf *blobs, struct s3_errinfo *err);
 /* idx_async's encoding time, counted in the writer's times. */
 void idx__writer_add_encode_ms(struct idx_writer *w, double ms);
-int idx__writer_add_encoded(struct idx_writer *w, const struct idx_chunk *c,
-                            const uint8_t *blobs, const size_t *off, const size_t *len,
-                            struct s3_errinfo *err);
 
 /* ---- finishing (compact.c) ---- */
 /* Write the docmap row of doc from its passages. Call inside a transaction. */

@@ -110,7 +110,7 @@ int idx__exec(struct idx_db *db, const char *sql, struct s3_errinfo *err)
 }
 
 int idx__exec_doc(struct idx_db *db, const char *const *sql, size_t n, int64_t doc, int64_t v,
-                  const char *what, struct s3_errinfo *err)
+                  int64_t v2, const char *what, struct s3_errinfo *err)
 {
     for (size_t i = 0; i < n; i++) {
         sqlite3_stmt *st = NULL;
@@ -121,6 +121,7 @@ int idx__exec_doc(struct idx_db *db, const char *const *sql, size_t n, int64_t d
         sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(doc, 0xffffffffLL));
         sqlite3_bind_int64(st, 3, doc);
         sqlite3_bind_int64(st, 4, v);
+        sqlite3_bind_int64(st, 5, v2);
         int src = sqlite3_step(st);
         sqlite3_finalize(st);
         if (src != SQLITE_DONE)
@@ -446,7 +447,7 @@ int idx_doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err)
         "DELETE FROM docmap WHERE doc = ?3",
         "DELETE FROM documents WHERE id = ?3",
     };
-    rc = idx__exec_doc(db, dels, sizeof dels / sizeof dels[0], id, 0, "index: delete document",
+    rc = idx__exec_doc(db, dels, sizeof dels / sizeof dels[0], id, 0, 0, "index: delete document",
                        err);
     if (rc < 0)
         goto out;

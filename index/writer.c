@@ -558,11 +558,9 @@ struct slot_out {
     int rc;                  /* 0, S3_ENOMEM or S3_EFORMAT */
 };
 
-static int emit_record(void *ud, int32_t feat, int64_t n, int64_t last, const uint8_t *entries,
-                       size_t nbytes)
+static int emit_record(void *ud, int32_t feat, int64_t n, const uint8_t *entries, size_t nbytes)
 {
     struct idx_buf *b = ud;
-    (void)last;
     if (idx__buf_varint(b, (uint64_t)feat) < 0 || idx__buf_varint(b, (uint64_t)n) < 0 ||
         idx__buf_varint(b, (uint64_t)nbytes) < 0 || idx__buf_reserve(b, nbytes) < 0)
         return S3_ENOMEM;
@@ -581,7 +579,7 @@ static void merge_slot(const struct idx_writer *w, size_t i, size_t j, struct id
                                         .base = m->tok0, .lim = m->end};
     }
     o->rec.n = 0;
-    o->rc = idx__grp_concat(rd, j - i, w->seg_start, 0, emit_record, &o->rec, &o->scratch);
+    o->rc = idx__grp_concat(rd, j - i, w->seg_start, emit_record, &o->rec, &o->scratch);
     if (o->rc < 0 && o->rc != S3_ENOMEM)
         o->rc = S3_EFORMAT;
 }
@@ -682,12 +680,12 @@ static int load_df(struct idx_writer *w, struct s3_errinfo *err)
 /* Merge the pending blobs [seg_start, end) (their copies in memory) into postings rows of
  * segment seg_start, one per (slot, feature), and record the segment; inside the caller's
  * transaction. stop_n > 0 (finishing): features with more entries in the whole document are
- * left out. Where the machine has a second core a merging thread concatenates the next slot
- * while this one's rows are inserted (the inserts are SQLite's, one thread's). */
+ * left out. Unless idx__merge_thread is 0, a merging thread concatenates the next slot while
+ * this one's rows are inserted (the inserts are SQLite's, one thread's). */
 static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
                          struct s3_errinfo *err)
 {
-    sqlite3_stmt *ins = NULL, *st = NULL;
+    sqlite3_stmt *ins = NULL;
     size_t *first = NULL, n_slots = 0;
     struct merger g = {.w = w};
     int threaded = 0;
@@ -759,19 +757,9 @@ static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
         "DELETE FROM pending WHERE doc = ?3",
         "INSERT INTO segments(doc, seg, end) VALUES(?3, ?4, ?5)",
     };
-    for (size_t q = 0; q < 2 && rc == 0; q++) {
-        rc = idx__prepare(w->db, fin[q], &st, err);
-        if (rc < 0)
-            break;
-        sqlite3_bind_int64(st, 3, w->doc);
-        sqlite3_bind_int64(st, 4, w->seg_start);
-        sqlite3_bind_int64(st, 5, end);
-        int src = sqlite3_step(st);
-        if (src != SQLITE_DONE)
-            rc = idx__sqlerr(w->db, src, "index: merge postings", err);
-        sqlite3_finalize(st);
-        st = NULL;
-    }
+    if (rc == 0)
+        rc = idx__exec_doc(w->db, fin, sizeof fin / sizeof fin[0], w->doc, w->seg_start, end,
+                           "index: merge postings", err);
 out:
     sqlite3_finalize(ins);
     for (int b = 0; b < 2; b++) {
@@ -1025,10 +1013,10 @@ static int near_end(const struct idx_writer *w)
     return 2 * left <= (double)pending;
 }
 
-/* Accept chunk c whose slot s is encoded as blobs[off[s], off[s] + len[s]) (blobs NULL:
- * encode c's feature arrays here). */
-static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t *blobs,
-                  const size_t *off, const size_t *len, struct s3_errinfo *err)
+/* Accept chunk c whose slot s is encoded as blobs[s] (blobs NULL: encode c's feature arrays
+ * here). */
+static int accept(struct idx_writer *w, const struct idx_chunk *c, const struct idx_buf *blobs,
+                  struct s3_errinfo *err)
 {
     if (!c)
         return s3_errf(err, S3_EINVAL, "index: no chunk");
@@ -1039,8 +1027,8 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t
     /* what this chunk appends (undone if it is refused before any commit) */
     const size_t n_parts0 = w->n_parts, mem0 = w->mem.n, n_hp0 = w->n_hp, held0 = w->held.n;
     for (int s = 0; s < c->n_slot && rc == 0; s++) {
-        const uint8_t *b = blobs ? blobs + off[s] : NULL;
-        size_t n = blobs ? len[s] : 0;
+        const uint8_t *b = blobs ? blobs[s].p : NULL;
+        size_t n = blobs ? blobs[s].n : 0;
         if (!blobs) {
             rc = idx__enc_slot(&w->enc, c, s, err);
             b = w->enc.blob.p;
@@ -1077,14 +1065,13 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const uint8_t
 
 int idx_writer_add(struct idx_writer *w, const struct idx_chunk *c, struct s3_errinfo *err)
 {
-    return accept(w, c, NULL, NULL, NULL, err);
+    return accept(w, c, NULL, err);
 }
 
 int idx__writer_add_encoded(struct idx_writer *w, const struct idx_chunk *c,
-                            const uint8_t *blobs, const size_t *off, const size_t *len,
-                            struct s3_errinfo *err)
+                            const struct idx_buf *blobs, struct s3_errinfo *err)
 {
-    return accept(w, c, blobs ? blobs : (const uint8_t *)"", off, len, err);
+    return accept(w, c, blobs, err);
 }
 
 int idx_writer_flush(struct idx_writer *w, struct s3_errinfo *err)
