@@ -176,10 +176,12 @@ static struct idx_db *open_mem(void)
     return db;
 }
 
+/* A database path of this test run, with no database (or -wal, -shm) left there. */
 static void tmp_path(char *buf, size_t n, const char *tag)
 {
     snprintf(buf, n, "%s/s3idx-%s-%d.db", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", tag,
              (int)getpid());
+    idx_remove_files(buf);
 }
 
 /* ---- posting format ------------------------------------------------------------------------ */
@@ -1131,7 +1133,6 @@ START_TEST(test_migrate_v3)
     struct s3_errinfo err = {0};
     struct idx_db *db;
     tmp_path(path, sizeof path, "mig3");
-    idx_remove_files(path);
     ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
     struct idx_writer *w;
     struct idx_doc_meta m = {.name = "pending only"};
@@ -1251,7 +1252,6 @@ START_TEST(test_crash_resume)
     struct s3_errinfo err = {0};
     struct idx_db *db;
     tmp_path(path, sizeof path, "crash");
-    idx_remove_files(path);
     static const int64_t plant[] = {20000, 100000};
     /* 69 chunks; killed after 40, past the first segment merges (segments of 16384 positions
      * = 8 chunks here) */
@@ -1428,7 +1428,6 @@ START_TEST(test_migrate_v2)
     struct s3_errinfo err = {0};
     struct idx_db *db;
     tmp_path(path, sizeof path, "mig");
-    idx_remove_files(path);
     ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
     struct syn s = syn70k();
     int64_t ready = syn_new(db, &s);
@@ -1476,7 +1475,6 @@ START_TEST(test_locked_db)
     struct s3_errinfo err = {0};
     struct idx_db *db;
     tmp_path(path, sizeof path, "lock");
-    idx_remove_files(path);
     struct idx_open_opts o = {.busy_ms = 50};
     ck_assert_int_eq(idx_open(path, &o, &db, &err), 0);
     sqlite3 *other;
@@ -1534,7 +1532,6 @@ START_TEST(test_checkpointer_outlives_writer)
     struct s3_errinfo err = {0};
     struct idx_db *db;
     tmp_path(path, sizeof path, "ckpt");
-    idx_remove_files(path);
     ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
     struct syn s = syn70k();
     const int64_t a = syn_new(db, &s);
@@ -1572,7 +1569,6 @@ START_TEST(test_corrupt_db)
     struct s3_errinfo err = {0};
     struct idx_db *db = (struct idx_db *)1;
     tmp_path(path, sizeof path, "corrupt");
-    idx_remove_files(path);
     char junk[8192];
     for (size_t i = 0; i < sizeof junk; i++)
         junk[i] = (char)("not a database, just text\n"[i % 26]);
