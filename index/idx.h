@@ -180,7 +180,7 @@ void idx_writer_state(const struct idx_writer *w, struct idx_scan_state *st);
 /* Wall time a writer spent in each phase so far, in ms (on the thread that drove it; for
  * benchmarks): accepting chunks (copying their postings, encoding them when not encoded
  * already), writing passages with their full-text index, merging segments into their
- * postings rows, committing (the WAL writes), and finishing (stop features, docmap). */
+ * rows (one per slot), committing (the WAL writes), and finishing (stop features, docmap). */
 struct idx_writer_times {
     double accept, passages, segments, commit, finish;
     double encode;           /* idx_async: encoding the queued chunks on the writer's thread */

@@ -20,16 +20,18 @@
  *       document being scanned, one row per (chunk, slot), appended in key order (cheap: a
  *       chunk writes n_slot rows at the end of the tree). blob = a group blob (below) with
  *       base = tok0. The writer keeps a copy in memory (a resumed one reads them back).
- *   postings(doc, seg, layer, head, feature, n, blob) WITHOUT ROWID (schema 4: seg = the
- *       first position of a segment): the postings of a segment [seg, end) of a document,
- *       one row per (slot, feature), blob = the entries relative to base seg (below), n =
- *       their count (df without decoding). When the pending chunks reach idx__seg_tokens
- *       (IDX_SEG_TOKENS) positions, when a long document is about to end (at most half the
- *       unmerged positions left by its source bytes; at least IDX_TAIL_MIN unmerged), and at
- *       finish, the chunk that crosses the mark concatenates their blobs (from memory)
- *       feature by feature into these rows, in its own transaction; rows are appended in key
- *       order. Schema 3 wrote segment blobs
- *       (segblobs, one per slot) and rewrote them all as rows of seg 0 at finish.
+ *   segslots(id INTEGER PRIMARY KEY, seg, layer, head, blob) (schema 5): the postings of a
+ *       segment [seg, end) of a document, one row per slot: id = IDX_PASSAGE_ID(doc, i), i
+ *       counting the document's rows in the order written; blob = a segment slot blob
+ *       (below). When the pending chunks reach idx__seg_tokens (IDX_SEG_TOKENS) positions,
+ *       when the document is about to end (at most half the unmerged positions left by its
+ *       source bytes; at least IDX_TAIL_MIN unmerged), and at finish, the chunk that crosses
+ *       the mark concatenates their blobs (from memory) feature by feature into these rows,
+ *       in its own transaction.
+ *   postings(doc, seg, layer, head, feature, n, blob) WITHOUT ROWID: schema 4 wrote a segment
+ *       as one row per (slot, feature), blob = the entries relative to base seg, n = their
+ *       count. Documents finished before schema 5 are read from these rows; nothing writes
+ *       them any more. (Schema 3 wrote segment blobs, segblobs, and rewrote them at finish.)
  *   segments(doc, seg, end) WITHOUT ROWID: the segments written, one row each.
  *   docmap(doc, blob) (schema 2): the passage and sentence boundaries of a finished document
  *       in one blob, so that a query reads one row instead of every passage row: per passage
@@ -39,15 +41,25 @@
  *
  * ## Finishing
  *
- * idx_writer_finish() writes the last pending chunks as a segment, then, in the same
- * transaction, deletes the rows of the stop features from every segment (the writer counts
- * each (slot, feature)'s entries as it writes them: the last segment never writes those
- * rows; queries skip stop features anyway: the same scores, a smaller index) and writes its
- * docmap row. Nothing written earlier is read back or rewritten, so finishing costs about one
- * segment's merge whatever the document's length. A query reads one postings row per query
- * feature and segment (a document of n positions has ceil(n / IDX_SEG_TOKENS) segments) and
- * one docmap row.
+ * idx_writer_finish() writes the last pending chunks as a segment, leaving out the stop
+ * features (counted per (slot, feature) by the writer as it writes segments), then, in the
+ * same transaction, sets the count of each stop feature to 0 in the directories of the
+ * earlier segments (a 4-byte write in place; its entries stay in the blob, unread) and writes
+ * the docmap row. Nothing written earlier is read back or rewritten, so finishing costs about
+ * one segment's merge whatever the document's length, and a segment costs one row per slot.
+ * A query reads, per slot of its features and segment, the blob's directory and the entries
+ * of its features, and one docmap row.
  *
+ * ## Segment slot blobs (segslots rows)
+ *
+ *   the entries of each feature in turn (features increasing), relative to base seg
+ *   the directory: per feature IDX_SEGDIR_ENTRY = 12 bytes, little-endian u32s:
+ *       feature, n (its entry count; 0: a stop feature dropped at finish), end (the byte
+ *       offset just past its entries; a feature's entries start where the previous one's end)
+ *   u32 n_feat, the directory's length (little endian)
+ *
+ * The directory at the end lets the writer append it after the entries without copying them.
+
  * ## Group blobs (pending rows, a segment's chunks in memory)
  *
  * The postings of one slot over [base, lim), one group per feature, features increasing:
@@ -102,7 +114,7 @@
 
 #include "idx.h"
 
-#define IDX_SCHEMA_VERSION 4
+#define IDX_SCHEMA_VERSION 5
 #define IDX_SEG_TOKENS     131072       /* a segment's postings rows cover this many positions */
 extern int64_t idx__seg_tokens;         /* IDX_SEG_TOKENS; tests lower it */
 #define IDX_TAIL_MIN       8192         /* the shortest segment cut early near the end */
@@ -117,8 +129,8 @@ extern int64_t idx__seg_tokens;         /* IDX_SEG_TOKENS; tests lower it */
 #define IDX_QUERY_CACHE    "-16384"     /* page cache (KiB) outside a scan (store.c) */
 #define IDX_SCAN_CACHE_KIB 8192         /* page cache (KiB) while a writer is open */
 extern int idx__scan_cache_kib;         /* IDX_SCAN_CACHE_KIB; benchmarks vary it */
-extern int idx__merge_thread;           /* 1: a segment's slots merged on a thread of their
-                                           own while the writer inserts (0: tests) */
+extern int idx__merge_threads;          /* threads merging a segment's slots while the writer
+                                           inserts (-1: by core count; 0: none, tests) */
 extern int idx__async_encoders;         /* encoder threads of idx_async; -1: by core count */
 extern size_t idx__async_bytes;         /* IDX_ASYNC_BYTES; tests lower it */
 #define IDX_SCAN_WAL_BYTES (64LL << 20) /* WAL auto-checkpoint while a writer is open (no
@@ -245,6 +257,30 @@ int idx__grp_put(struct idx_buf *b, int32_t prev_feat, int32_t feat, int64_t n, 
 
 /* Order of (layer, head, position) triples, as a qsort comparator's result. */
 int idx__cmp_slot_pos(int l1, int h1, int64_t p1, int l2, int h2, int64_t p2);
+
+/* ---- segment slot blobs (segslot.c) ---- */
+#define IDX_SEGDIR_ENTRY 12
+uint32_t idx__le32(const uint8_t *p);
+void idx__le32_put(uint8_t *p, uint32_t v);
+/* Where the directory of n_feat entries (the blob's last 4 bytes) of a blob of blob_bytes
+ * starts: *dir_off = the byte count of the entries. S3_EFORMAT if it cannot fit. */
+int idx__segdir_locate(uint64_t blob_bytes, uint32_t n_feat, uint64_t *dir_off);
+/* Whether a directory is well formed over data_bytes bytes of entries: features increasing,
+ * ends increasing within the entries, 2..6 bytes per entry counted. 0 or S3_EFORMAT. */
+int idx__segdir_check(const uint8_t *dir, uint32_t n_feat, uint64_t data_bytes);
+/* The index of feat in a checked directory (binary search), -1 if absent. */
+int64_t idx__segdir_find(const uint8_t *dir, uint32_t n_feat, int32_t feat);
+/* Entry i of a checked directory: its count (0: a dropped stop feature) and byte range
+ * [*start, *end) of the entries. */
+uint32_t idx__segdir_range(const uint8_t *dir, uint32_t i, uint32_t *start, uint32_t *end);
+/* Called per feature of a segment slot blob whose count is not 0, with its entries (relative
+ * to seg); a non-zero return stops the walk and is returned. */
+typedef int (*idx_segslot_fn)(void *ud, int64_t seg, int layer, int head, int32_t feat,
+                              int64_t n, const uint8_t *entries, size_t nbytes);
+/* Every segment slot row of doc in the order written. S3_EFORMAT (a malformed directory),
+ * a SQLite error, or what fn returned. */
+int idx__segslot_walk(struct idx_db *db, int64_t doc, idx_segslot_fn fn, void *ud,
+                      struct s3_errinfo *err);
 
 /* ---- the chunk encoder (writer.c) ---- */
 /* What can be checked of a chunk without the document: shape, slots, arrays (feat and act

@@ -58,8 +58,8 @@ static int vec_append(struct vec *v, const void *x, size_t n)
         v->p = np;
         v->cap = nc;
     }
-    if (n)
-        memcpy((char *)v->p + v->n, x, n);
+    if (n && x)
+        memcpy((char *)v->p + v->n, x, n); /* x NULL: n bytes of room, left as they are */
     v->n += n;
     return 0;
 }
@@ -336,69 +336,171 @@ static int accumulate(int64_t base, int64_t lim, const uint8_t *p, size_t nb, co
     return 0;
 }
 
-int idx__score_positions(struct idx_db *db, int64_t doc, int64_t n_tokens,
-                         const struct idx_qfeat *f, size_t n, float *S, struct s3_errinfo *err)
+/* A document's segments (seg, end) and, schema 5, its segment slot rows. */
+struct qseg {
+    int64_t seg, end;
+};
+struct qrow {
+    int64_t id, seg, end;
+    int layer, head;
+};
+/* A query feature found in one row: its byte range there. */
+struct qhit {
+    size_t f, row;
+    uint32_t start, end;
+};
+
+/* A query feature in slot order. */
+struct qord {
+    int layer, head;
+    size_t i;
+};
+
+static int cmp_qord(const void *a, const void *b)
 {
-    sqlite3_stmt *st = NULL, *sg = NULL;
-    struct vec buf = {0};      /* copied blobs of one feature */
-    struct vec blk = {0};      /* (segment index, offset, size) triples */
-    struct vec segs = {0};     /* (start, end) pairs */
+    const struct qord *x = a, *y = b;
+    if (x->layer != y->layer)
+        return x->layer < y->layer ? -1 : 1;
+    if (x->head != y->head)
+        return x->head < y->head ? -1 : 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* Open (or move) bl to row id of segslots and read its directory into dir; *dir_off = the
+ * entries' byte count, *n_feat its length. A SQLite code; SQLITE_CORRUPT if malformed. */
+static int read_dir(struct idx_db *db, sqlite3_blob **bl, int64_t id, struct vec *dir,
+                    uint64_t *dir_off, uint32_t *n_feat)
+{
+    int src = *bl ? sqlite3_blob_reopen(*bl, id)
+                  : sqlite3_blob_open(db->db, "main", "segslots", "blob", id, 0, bl);
+    if (src != SQLITE_OK)
+        return src;
+    const uint64_t nb = (uint64_t)sqlite3_blob_bytes(*bl);
+    uint8_t tail[4];
+    if (nb < 4)
+        return SQLITE_CORRUPT;
+    if ((src = sqlite3_blob_read(*bl, tail, 4, (int)(nb - 4))) != SQLITE_OK)
+        return src;
+    *n_feat = idx__le32(tail);
+    if (idx__segdir_locate(nb, *n_feat, dir_off) < 0)
+        return SQLITE_CORRUPT;
+    const size_t bytes = (size_t)*n_feat * IDX_SEGDIR_ENTRY;
+    dir->n = 0;
+    if (vec_append(dir, NULL, bytes) < 0)
+        return SQLITE_NOMEM;
+    if (bytes && (src = sqlite3_blob_read(*bl, dir->p, (int)bytes, (int)*dir_off)) != SQLITE_OK)
+        return src;
+    if (idx__segdir_check(dir->p, *n_feat, *dir_off) < 0)
+        return SQLITE_CORRUPT;
+    return SQLITE_OK;
+}
+
+/* S from segment slot rows: per slot of the query features, each row's directory gives the
+ * features' counts (df over the document) and byte ranges; then the ranges are read and
+ * accumulated. A SQLite code, SQLITE_CORRUPT (malformed) or SQLITE_NOMEM. */
+static int score_slots(struct idx_db *db, const struct qrow *rows, size_t n_rows,
+                       int64_t n_tokens, const struct idx_qfeat *f, size_t n, float *S)
+{
+    sqlite3_blob *bl = NULL;
+    struct vec dir = {0}, hits = {0}, buf = {0};
+    struct qord *order = malloc((n ? n : 1) * sizeof *order);
+    int64_t *df = calloc(n ? n : 1, sizeof *df);
     float lut[256];
+    int src = SQLITE_OK;
+    size_t m = 0;
     idx__act_lut(lut);
-    memset(S, 0, (size_t)n_tokens * sizeof *S);
-    int rc = idx__prepare(db, "SELECT seg, end FROM segments WHERE doc = ? ORDER BY seg", &sg,
-                          err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_int64(sg, 1, doc);
-    int src;
-    while ((src = sqlite3_step(sg)) == SQLITE_ROW) {
-        int64_t se[2] = {sqlite3_column_int64(sg, 0), sqlite3_column_int64(sg, 1)};
-        if (se[1] > n_tokens)
-            se[1] = n_tokens;
-        if (vec_push(&segs, se, sizeof se) < 0)
-            goto oom;
-    }
-    if (src != SQLITE_DONE) {
-        rc = idx__sqlerr(db, src, "index: read segments", err);
+    if (!order || !df) {
+        src = SQLITE_NOMEM;
         goto out;
     }
-    rc = idx__prepare(db,
+    for (size_t i = 0; i < n; i++)
+        if (f[i].weight > 0 && f[i].feature >= 0)
+            order[m++] = (struct qord){f[i].layer, f[i].kv_head, i};
+    qsort(order, m, sizeof *order, cmp_qord);
+    for (size_t g = 0; g < m && src == SQLITE_OK;) {
+        size_t ge = g + 1;
+        const int layer = order[g].layer, head = order[g].head;
+        while (ge < m && order[ge].layer == layer && order[ge].head == head)
+            ge++;
+        hits.n = 0;
+        for (size_t r = 0; r < n_rows && src == SQLITE_OK; r++) {
+            if (rows[r].layer != layer || rows[r].head != head)
+                continue;
+            uint64_t dir_off;
+            uint32_t n_feat;
+            src = read_dir(db, &bl, rows[r].id, &dir, &dir_off, &n_feat);
+            for (size_t k = g; k < ge && src == SQLITE_OK; k++) {
+                const int64_t i = idx__segdir_find(dir.p, n_feat, f[order[k].i].feature);
+                struct qhit h = {order[k].i, r, 0, 0};
+                if (i < 0)
+                    continue;
+                const uint32_t cnt = idx__segdir_range(dir.p, (uint32_t)i, &h.start, &h.end);
+                if (!cnt)
+                    continue;
+                df[h.f] += cnt;
+                if (vec_push(&hits, &h, sizeof h) < 0)
+                    src = SQLITE_NOMEM;
+            }
+        }
+        const struct qhit *h = hits.p;
+        size_t open_row = (size_t)-1;
+        for (size_t k = 0; k < hits.n && src == SQLITE_OK; k++) {
+            const int64_t d = df[h[k].f];
+            if (d > n_tokens / IDX_STOP_FRAC + 1)
+                continue;
+            const float w = (float)(f[h[k].f].weight / (log1p((double)d) + 1.0));
+            const struct qrow *r = &rows[h[k].row];
+            const uint32_t nb = h[k].end - h[k].start;
+            if (h[k].row != open_row && (src = sqlite3_blob_reopen(bl, r->id)) != SQLITE_OK)
+                break;
+            open_row = h[k].row;
+            buf.n = 0;
+            if (vec_append(&buf, NULL, nb) < 0) {
+                src = SQLITE_NOMEM;
+                break;
+            }
+            if ((src = sqlite3_blob_read(bl, buf.p, (int)nb, (int)h[k].start)) != SQLITE_OK)
+                break;
+            if (accumulate(r->seg, r->end, buf.p, nb, lut, w, S, n_tokens) < 0)
+                src = SQLITE_CORRUPT;
+        }
+        g = ge;
+    }
+out:
+    sqlite3_blob_close(bl);
+    free(dir.p);
+    free(hits.p);
+    free(buf.p);
+    free(order);
+    free(df);
+    return src;
+}
+
+/* S from postings rows (documents finished before schema 5): one row per (segment, slot,
+ * feature). */
+static int score_rows(struct idx_db *db, int64_t doc, const struct qseg *se, size_t n_segs,
+                      int64_t n_tokens, const struct idx_qfeat *f, size_t n, float *S,
+                      struct s3_errinfo *err)
+{
+    sqlite3_stmt *st = NULL;
+    struct vec buf = {0};      /* copied blobs of one feature */
+    struct vec blk = {0};      /* (segment index, offset, size) triples */
+    float lut[256];
+    idx__act_lut(lut);
+    int src;
+    int rc = idx__prepare(db,
                       "SELECT n, blob FROM postings WHERE doc = ? AND seg = ? AND layer = ?"
                       " AND head = ? AND feature = ?",
                       &st, err);
     if (rc < 0)
         goto out;
-    const int64_t *se = segs.p;
     for (size_t i = 0; i < n; i++) {
         if (!(f[i].weight > 0) || f[i].feature < 0)
             continue;
-        if (segs.n == 1) {
-            /* a document of one segment: decode the row in place */
-            src = step_posting(st, doc, se[0], &f[i]);
-            if (src == SQLITE_DONE)
-                continue;
-            if (src != SQLITE_ROW) {
-                rc = idx__sqlerr(db, src, "index: read postings", err);
-                goto out;
-            }
-            int64_t df = sqlite3_column_int64(st, 0);
-            if (!df || df > n_tokens / IDX_STOP_FRAC + 1)
-                continue;
-            float w = (float)(f[i].weight / (log1p((double)df) + 1.0));
-            const uint8_t *b = sqlite3_column_blob(st, 1);
-            int nb = sqlite3_column_bytes(st, 1);
-            if (b && accumulate(se[0], se[1], b, (size_t)nb, lut, w, S, n_tokens) < 0) {
-                rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
-                             (long long)doc);
-                goto out;
-            }
-            continue;
-        }
         buf.n = blk.n = 0;
         int64_t df = 0;
-        for (size_t k = 0; k < segs.n; k++) {
-            src = step_posting(st, doc, se[2 * k], &f[i]);
+        for (size_t k = 0; k < n_segs; k++) {
+            src = step_posting(st, doc, se[k].seg, &f[i]);
             if (src == SQLITE_DONE)
                 continue;
             if (src != SQLITE_ROW) {
@@ -418,7 +520,7 @@ int idx__score_positions(struct idx_db *db, int64_t doc, int64_t n_tokens,
         float w = (float)(f[i].weight / (log1p((double)df) + 1.0));
         const int64_t *t = blk.p;
         for (size_t j = 0; j < blk.n; j++)
-            if (accumulate(se[2 * t[3 * j]], se[2 * t[3 * j] + 1],
+            if (accumulate(se[t[3 * j]].seg, se[t[3 * j]].end,
                            (const uint8_t *)buf.p + t[3 * j + 1], (size_t)t[3 * j + 2], lut, w,
                            S, n_tokens) < 0) {
                 rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
@@ -428,13 +530,82 @@ int idx__score_positions(struct idx_db *db, int64_t doc, int64_t n_tokens,
     }
 out:
     sqlite3_finalize(st);
-    sqlite3_finalize(sg);
     free(buf.p);
     free(blk.p);
-    free(segs.p);
     return rc;
 oom:
     rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+    goto out;
+}
+
+int idx__score_positions(struct idx_db *db, int64_t doc, int64_t n_tokens,
+                         const struct idx_qfeat *f, size_t n, float *S, struct s3_errinfo *err)
+{
+    sqlite3_stmt *sg = NULL, *rs = NULL;
+    struct vec segs = {0}, rows = {0};
+    memset(S, 0, (size_t)n_tokens * sizeof *S);
+    int rc = idx__prepare(db, "SELECT seg, end FROM segments WHERE doc = ? ORDER BY seg", &sg,
+                          err);
+    if (rc == 0)
+        rc = idx__prepare(db,
+                          "SELECT id, seg, layer, head FROM segslots WHERE id BETWEEN ? AND ?"
+                          " ORDER BY id",
+                          &rs, err);
+    if (rc < 0)
+        goto out;
+    sqlite3_bind_int64(sg, 1, doc);
+    int src;
+    while ((src = sqlite3_step(sg)) == SQLITE_ROW) {
+        struct qseg q = {sqlite3_column_int64(sg, 0), sqlite3_column_int64(sg, 1)};
+        if (q.end > n_tokens)
+            q.end = n_tokens;
+        if (vec_push(&segs, &q, sizeof q) < 0)
+            goto oom;
+    }
+    if (src != SQLITE_DONE) {
+        rc = idx__sqlerr(db, src, "index: read segments", err);
+        goto out;
+    }
+    sqlite3_bind_int64(rs, 1, IDX_PASSAGE_ID(doc, 0));
+    sqlite3_bind_int64(rs, 2, IDX_PASSAGE_ID(doc, 0xffffffffLL));
+    const struct qseg *se = segs.p;
+    while ((src = sqlite3_step(rs)) == SQLITE_ROW) {
+        struct qrow r = {sqlite3_column_int64(rs, 0), sqlite3_column_int64(rs, 1), -1,
+                         sqlite3_column_int(rs, 2), sqlite3_column_int(rs, 3)};
+        for (size_t k = 0; k < segs.n; k++)
+            if (se[k].seg == r.seg)
+                r.end = se[k].end;
+        if (r.end < 0)
+            goto corrupt; /* a row of no segment */
+        if (vec_push(&rows, &r, sizeof r) < 0)
+            goto oom;
+    }
+    if (src != SQLITE_DONE) {
+        rc = idx__sqlerr(db, src, "index: read postings", err);
+        goto out;
+    }
+    if (!rows.n) {
+        rc = score_rows(db, doc, se, segs.n, n_tokens, f, n, S, err);
+        goto out;
+    }
+    src = score_slots(db, rows.p, rows.n, n_tokens, f, n, S);
+    if (src == SQLITE_NOMEM)
+        goto oom;
+    if (src == SQLITE_CORRUPT)
+        goto corrupt;
+    if (src != SQLITE_OK)
+        rc = idx__sqlerr(db, src, "index: read postings", err);
+out:
+    sqlite3_finalize(sg);
+    sqlite3_finalize(rs);
+    free(segs.p);
+    free(rows.p);
+    return rc;
+oom:
+    rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+    goto out;
+corrupt:
+    rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld", (long long)doc);
     goto out;
 }
 

@@ -72,6 +72,16 @@ static const char *const migrations[] = {
     /* FTS5 keeps a transaction's new terms in memory up to hashsize bytes (default 1 MiB),
      * flushing and merging when it overflows: a segment's transaction holds ~1000 passages */
     "INSERT INTO passages_fts(passages_fts, rank) VALUES('hashsize', 4194304);",
+    /* 4 -> 5: a segment is one row per slot (segslots) instead of one per (slot, feature);
+     * finished documents keep their postings rows (queries read both); a scan that wrote
+     * segments cannot be resumed, one that did not resumes */
+    "CREATE TABLE segslots(id INTEGER PRIMARY KEY, seg INTEGER NOT NULL,"
+    " layer INTEGER NOT NULL, head INTEGER NOT NULL, blob BLOB NOT NULL);"
+    "UPDATE documents SET status = 'failed', finished = CAST(strftime('%s', 'now') AS INTEGER),"
+    " error = 'the scan was started by an older version of the index and cannot be resumed;"
+    " add the document again' WHERE status = 'scanning'"
+    " AND id IN (SELECT DISTINCT doc FROM segments);"
+    "DELETE FROM pending WHERE doc IN (SELECT id FROM documents WHERE status = 'failed');",
 };
 
 int idx__sqlerr(struct idx_db *db, int rc, const char *what, struct s3_errinfo *err)
@@ -442,6 +452,7 @@ int idx_doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err)
     static const char *const dels[] = {
         "DELETE FROM passages WHERE id BETWEEN ?1 AND ?2",
         "DELETE FROM postings WHERE doc = ?3",
+        "DELETE FROM segslots WHERE id BETWEEN ?1 AND ?2",
         "DELETE FROM pending WHERE doc = ?3",
         "DELETE FROM segments WHERE doc = ?3",
         "DELETE FROM docmap WHERE doc = ?3",

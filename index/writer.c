@@ -1,5 +1,5 @@
 /* index/writer.c - writing a document chunk by chunk. Chunks are encoded as they come and
- * committed together: when a segment is full (its postings go straight into postings rows of
+ * committed together: when a segment is full (its postings go straight into segslots rows of
  * that segment, never into pending rows), when IDX_COMMIT_MS have passed since the last
  * commit (as pending rows), at idx_writer_flush() and at finish, which writes the last segment
  * and drops the stop features of every segment. The document is visible only once finished. */
@@ -7,12 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "index_int.h"
 
 int64_t idx__seg_tokens = IDX_SEG_TOKENS;
 int idx__scan_cache_kib = IDX_SCAN_CACHE_KIB;
-int idx__merge_thread = 1;
+int idx__merge_threads = -1;
 
 /* One pending blob of the current segment, in w->mem. */
 struct mpart {
@@ -107,7 +108,7 @@ struct idx_writer {
     struct mpart *parts;
     size_t n_parts, parts_cap;
     /* entries per (slot, feature) in the segments written so far (stale: reload from the
-     * postings rows before use, after a resume or a rolled back segment) */
+     * segment directories before use, after a resume or a rolled back segment) */
     struct df_map df;
     int df_stale;            /* 1: stale; 2: include rows not yet committed */
     /* passages accepted since the last commit */
@@ -551,25 +552,32 @@ static int cmp_part(const void *a, const void *b)
     return idx__cmp_slot_pos(x->layer, x->head, x->tok0, y->layer, y->head, y->tok0);
 }
 
-/* A slot's segment merged feature by feature (merge_slot): records of varint feature,
- * varint count, varint byte length, then the entries relative to the segment start. */
+/* A slot's segment merged feature by feature (merge_slot): the entries (relative to the
+ * segment start) of each feature in turn, and its directory (format in index_int.h). */
 struct slot_out {
-    struct idx_buf rec, scratch;
-    int rc;                  /* 0, S3_ENOMEM or S3_EFORMAT */
+    struct idx_buf data, dir, scratch;
+    int rc;                  /* 0, S3_ENOMEM, S3_ETOOBIG or S3_EFORMAT */
 };
 
 static int emit_record(void *ud, int32_t feat, int64_t n, const uint8_t *entries, size_t nbytes)
 {
-    struct idx_buf *b = ud;
-    if (idx__buf_varint(b, (uint64_t)feat) < 0 || idx__buf_varint(b, (uint64_t)n) < 0 ||
-        idx__buf_varint(b, (uint64_t)nbytes) < 0 || idx__buf_reserve(b, nbytes) < 0)
+    struct slot_out *o = ud;
+    if (o->data.n + nbytes > UINT32_MAX || n > UINT32_MAX)
+        return S3_ETOOBIG;
+    if (idx__buf_reserve(&o->data, nbytes) < 0 || idx__buf_reserve(&o->dir, IDX_SEGDIR_ENTRY) < 0)
         return S3_ENOMEM;
-    memcpy(b->p + b->n, entries, nbytes);
-    b->n += nbytes;
+    memcpy(o->data.p + o->data.n, entries, nbytes);
+    o->data.n += nbytes;
+    uint8_t *d = o->dir.p + o->dir.n;
+    idx__le32_put(d, (uint32_t)feat);
+    idx__le32_put(d + 4, (uint32_t)n);
+    idx__le32_put(d + 8, (uint32_t)o->data.n);
+    o->dir.n += IDX_SEGDIR_ENTRY;
     return 0;
 }
 
-/* Concatenate the pending blobs parts[i, j) of one slot (position order) into o->rec. */
+/* Concatenate the pending blobs parts[i, j) of one slot (position order) into o, reading them
+ * through rd[0, j - i). */
 static void merge_slot(const struct idx_writer *w, size_t i, size_t j, struct idx_grp_rd *rd,
                        struct slot_out *o)
 {
@@ -578,122 +586,175 @@ static void merge_slot(const struct idx_writer *w, size_t i, size_t j, struct id
         rd[k - i] = (struct idx_grp_rd){.p = w->mem.p + m->off, .e = w->mem.p + m->off + m->len,
                                         .base = m->tok0, .lim = m->end};
     }
-    o->rec.n = 0;
-    o->rc = idx__grp_concat(rd, j - i, w->seg_start, emit_record, &o->rec, &o->scratch);
-    if (o->rc < 0 && o->rc != S3_ENOMEM)
+    o->data.n = o->dir.n = 0;
+    o->rc = idx__grp_concat(rd, j - i, w->seg_start, emit_record, o, &o->scratch);
+    if (o->rc < 0 && o->rc != S3_ENOMEM && o->rc != S3_ETOOBIG)
         o->rc = S3_EFORMAT;
 }
 
-/* The merging thread of one segment: slot k of the segment's n_slots (parts[first[k],
- * first[k + 1])) into out[k % 2], slot by slot, while the writer inserts the previous one. */
+/* The merging threads of one segment: each takes the next slot k of the segment's n_slots
+ * (parts[first[k], first[k + 1]), read through rd + first[k]) and merges it into
+ * out[k % n_out] once the writer has taken slot k - n_out, while the writer inserts the rows of
+ * the slots merged before. */
 struct merger {
     const struct idx_writer *w;
     const size_t *first;
     size_t n_slots;
     struct idx_grp_rd *rd;
-    struct slot_out out[2];
+    struct slot_out *out;
+    size_t *ready;           /* ready[b] = k + 1: out[b] holds slot k merged */
+    size_t n_out;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    size_t done, taken;      /* slots merged; slots whose buffer the writer gave back */
+    size_t next, taken;      /* the next slot to merge; slots whose buffer the writer gave back */
     int stop;
-    pthread_t th;
+    pthread_t *th;
+    int n_th;
 };
 
 static void *merger_main(void *arg)
 {
     struct merger *g = arg;
-    for (size_t k = 0; k < g->n_slots; k++) {
-        pthread_mutex_lock(&g->mu);
-        while (k >= g->taken + 2 && !g->stop)
+    pthread_mutex_lock(&g->mu);
+    for (;;) {
+        while (!g->stop && g->next < g->n_slots && g->next >= g->taken + g->n_out)
             pthread_cond_wait(&g->cv, &g->mu);
-        const int stop = g->stop;
-        pthread_mutex_unlock(&g->mu);
-        if (stop)
+        if (g->stop || g->next >= g->n_slots)
             break;
-        merge_slot(g->w, g->first[k], g->first[k + 1], g->rd, &g->out[k % 2]);
-        pthread_mutex_lock(&g->mu);
-        g->done = k + 1;
-        pthread_cond_broadcast(&g->cv);
+        const size_t k = g->next++;
         pthread_mutex_unlock(&g->mu);
+        merge_slot(g->w, g->first[k], g->first[k + 1], g->rd + g->first[k],
+                   &g->out[k % g->n_out]);
+        pthread_mutex_lock(&g->mu);
+        g->ready[k % g->n_out] = k + 1;
+        pthread_cond_broadcast(&g->cv);
     }
+    pthread_mutex_unlock(&g->mu);
     return NULL;
 }
 
-/* Insert the rows of one merged slot; stop_n as merge_segment. A SQLite code or S3_ENOMEM. */
-static int insert_slot(struct idx_writer *w, sqlite3_stmt *ins, const struct mpart *slot,
-                       const struct idx_buf *rec, int64_t stop_n)
+/* Merging threads for a segment of n_slots: idx__merge_threads if set, else half the cores less
+ * one, at least 1 and at most 7 (none for a single slot). */
+static int merge_threads(size_t n_slots)
 {
-    const uint8_t *p = rec->p, *e = rec->p + rec->n;
-    while (p < e) {
-        uint64_t feat, n, nb;
-        p += idx__varint_get(p, e, &feat);
-        p += idx__varint_get(p, e, &n);
-        p += idx__varint_get(p, e, &nb);
-        int64_t total;
-        if (df_add(&w->df, df_key(slot->layer, slot->head, (int32_t)feat), (int64_t)n, &total) < 0)
-            return S3_ENOMEM;
-        if (!(stop_n > 0 && total > stop_n)) {
-            sqlite3_reset(ins);
-            sqlite3_bind_int64(ins, 1, w->doc);
-            sqlite3_bind_int64(ins, 2, w->seg_start);
-            sqlite3_bind_int(ins, 3, slot->layer);
-            sqlite3_bind_int(ins, 4, slot->head);
-            sqlite3_bind_int(ins, 5, (int)feat);
-            sqlite3_bind_int64(ins, 6, (int64_t)n);
-            sqlite3_bind_blob(ins, 7, p, (int)nb, SQLITE_STATIC);
-            const int src = sqlite3_step(ins);
-            if (src != SQLITE_DONE)
-                return src;
-        }
-        p += nb;
+    long t = idx__merge_threads;
+    if (t < 0) {
+        t = sysconf(_SC_NPROCESSORS_ONLN) / 2 - 1;
+        t = t < 1 ? 1 : t > 7 ? 7 : t;
     }
-    return 0;
+    return n_slots < 2 ? 0 : (size_t)t > n_slots ? (int)n_slots : (int)t;
 }
 
-/* The entry counts of the segments already written, from their postings rows (a resumed
+/* Insert the row (id) of one merged slot: count its features, leave out those with more than
+ * stop_n entries in the whole document (stop_n > 0, finishing), append the directory. A
+ * SQLite code or S3_ENOMEM. */
+static int insert_slot(struct idx_writer *w, sqlite3_stmt *ins, int64_t id,
+                       const struct mpart *slot, struct slot_out *o, int64_t stop_n)
+{
+    uint8_t *dir = o->dir.p;
+    const uint32_t n_feat = (uint32_t)(o->dir.n / IDX_SEGDIR_ENTRY);
+    uint32_t kept = 0, wdata = 0;
+    for (uint32_t i = 0; i < n_feat; i++) {
+        uint32_t start, end;
+        const uint32_t n = idx__segdir_range(dir, i, &start, &end);
+        const int32_t feat = (int32_t)idx__le32(dir + (size_t)i * IDX_SEGDIR_ENTRY);
+        int64_t total;
+        if (df_add(&w->df, df_key(slot->layer, slot->head, feat), n, &total) < 0)
+            return S3_ENOMEM;
+        if (stop_n > 0 && total > stop_n)
+            continue;
+        /* keep it, moved down over the stop features left out before it */
+        if (wdata != start)
+            memmove(o->data.p + wdata, o->data.p + start, end - start);
+        wdata += end - start;
+        uint8_t *d = dir + (size_t)kept++ * IDX_SEGDIR_ENTRY;
+        idx__le32_put(d, (uint32_t)feat);
+        idx__le32_put(d + 4, n);
+        idx__le32_put(d + 8, wdata);
+    }
+    if (!kept)
+        return 0;
+    o->data.n = wdata;
+    if (idx__buf_reserve(&o->data, (size_t)kept * IDX_SEGDIR_ENTRY + 4) < 0)
+        return S3_ENOMEM;
+    memcpy(o->data.p + o->data.n, dir, (size_t)kept * IDX_SEGDIR_ENTRY);
+    o->data.n += (size_t)kept * IDX_SEGDIR_ENTRY;
+    idx__le32_put(o->data.p + o->data.n, kept);
+    o->data.n += 4;
+    sqlite3_reset(ins);
+    sqlite3_bind_int64(ins, 1, id);
+    sqlite3_bind_int64(ins, 2, w->seg_start);
+    sqlite3_bind_int(ins, 3, slot->layer);
+    sqlite3_bind_int(ins, 4, slot->head);
+    sqlite3_bind_blob64(ins, 5, o->data.p, o->data.n, SQLITE_STATIC);
+    const int src = sqlite3_step(ins);
+    return src == SQLITE_DONE ? 0 : src;
+}
+
+static int count_entries(void *ud, int64_t seg, int layer, int head, int32_t feat, int64_t n,
+                         const uint8_t *entries, size_t nbytes)
+{
+    (void)seg;
+    (void)entries;
+    (void)nbytes;
+    int64_t total;
+    return df_add(ud, df_key(layer, head, feat), n, &total);
+}
+
+/* The entry counts of the segments already written, from their directories (a resumed
  * writer, or one whose segment was rolled back). */
 static int load_df(struct idx_writer *w, struct s3_errinfo *err)
 {
-    sqlite3_stmt *st = NULL;
     df_clear(&w->df);
-    int rc = idx__prepare(w->db,
-                          "SELECT layer, head, feature, n FROM postings WHERE doc = ?", &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_int64(st, 1, w->doc);
-    int src;
-    int64_t total;
-    while (rc == 0 && (src = sqlite3_step(st)) == SQLITE_ROW)
-        if (df_add(&w->df,
-                   df_key(sqlite3_column_int(st, 0), sqlite3_column_int(st, 1),
-                          sqlite3_column_int(st, 2)),
-                   sqlite3_column_int64(st, 3), &total) < 0)
-            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-    if (rc == 0 && src != SQLITE_DONE)
-        rc = idx__sqlerr(w->db, src, "index: read postings counts", err);
-    sqlite3_finalize(st);
+    int rc = idx__segslot_walk(w->db, w->doc, count_entries, &w->df, err);
+    if (rc == S3_ENOMEM)
+        rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
     if (rc == 0)
         w->df_stale = 0;
     return rc;
 }
 
-/* Merge the pending blobs [seg_start, end) (their copies in memory) into postings rows of
- * segment seg_start, one per (slot, feature), and record the segment; inside the caller's
+/* The id of the document's next segslots row. */
+static int next_row_id(struct idx_writer *w, int64_t *id, struct s3_errinfo *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = idx__prepare(w->db,
+                          "SELECT coalesce(max(id) + 1, ?1) FROM segslots WHERE id BETWEEN ?1 AND ?2",
+                          &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(w->doc, 0));
+    sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(w->doc, 0xffffffffLL));
+    const int src = sqlite3_step(st);
+    if (src == SQLITE_ROW)
+        *id = sqlite3_column_int64(st, 0);
+    else
+        rc = idx__sqlerr(w->db, src, "index: write segment postings", err);
+    sqlite3_finalize(st);
+    if (rc == 0 && *id + IDX_MAX_SLOTS > IDX_PASSAGE_ID(w->doc, 0xffffffffLL))
+        rc = s3_errf(err, S3_ETOOBIG, "index: document %lld has too many segments",
+                     (long long)w->doc);
+    return rc;
+}
+
+/* Merge the pending blobs [seg_start, end) (their copies in memory) into segslots rows of
+ * segment seg_start, one per slot, and record the segment; inside the caller's
  * transaction. stop_n > 0 (finishing): features with more entries in the whole document are
- * left out. Unless idx__merge_thread is 0, a merging thread concatenates the next slot while
- * this one's rows are inserted (the inserts are SQLite's, one thread's). */
+ * left out. Merging threads (merge_threads) concatenate the next slots while this one's row
+ * is inserted (the inserts are SQLite's, one thread's). */
 static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
                          struct s3_errinfo *err)
 {
     sqlite3_stmt *ins = NULL;
     size_t *first = NULL, n_slots = 0;
     struct merger g = {.w = w};
-    int threaded = 0;
+    int64_t id = 0;
     int rc = w->df_stale ? load_df(w, err) : 0;
     if (rc == 0)
+        rc = next_row_id(w, &id, err);
+    if (rc == 0)
         rc = idx__prepare(w->db,
-                          "INSERT INTO postings(doc, seg, layer, head, feature, n, blob)"
-                          " VALUES(?,?,?,?,?,?,?)",
+                          "INSERT INTO segslots(id, seg, layer, head, blob) VALUES(?,?,?,?,?)",
                           &ins, err);
     if (rc < 0)
         return rc;
@@ -714,42 +775,56 @@ static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
     first[n_slots] = w->n_parts;
     g.first = first;
     g.n_slots = n_slots;
+    const int want = merge_threads(n_slots);
+    g.n_out = (size_t)want + 1;
+    g.out = calloc(g.n_out, sizeof *g.out);
+    g.ready = calloc(g.n_out, sizeof *g.ready);
+    g.th = want ? malloc((size_t)want * sizeof *g.th) : NULL;
+    if (!g.out || !g.ready || (want && !g.th))
+        goto oom;
     pthread_mutex_init(&g.mu, NULL);
     pthread_cond_init(&g.cv, NULL);
-    threaded = n_slots > 1 && idx__merge_thread && pthread_create(&g.th, NULL, merger_main, &g) == 0;
+    while (g.n_th < want && pthread_create(&g.th[g.n_th], NULL, merger_main, &g) == 0)
+        g.n_th++;
     for (size_t k = 0; k < n_slots && rc == 0; k++) {
-        struct slot_out *o = &g.out[k % 2];
-        if (threaded) {
+        struct slot_out *o = &g.out[k % g.n_out];
+        if (g.n_th) {
             pthread_mutex_lock(&g.mu);
-            while (g.done <= k)
+            while (g.ready[k % g.n_out] != k + 1)
                 pthread_cond_wait(&g.cv, &g.mu);
             pthread_mutex_unlock(&g.mu);
         } else {
-            merge_slot(w, first[k], first[k + 1], g.rd, o);
+            merge_slot(w, first[k], first[k + 1], g.rd + first[k], o);
         }
         if (o->rc == S3_ENOMEM)
             rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+        else if (o->rc == S3_ETOOBIG)
+            rc = s3_errf(err, S3_ETOOBIG, "index: a segment of one slot over 4 GiB; lower the"
+                         " segment size");
         else if (o->rc < 0)
             rc = s3_errf(err, S3_EFORMAT, "index: corrupt pending postings of document %lld",
                          (long long)w->doc);
-        const int src = rc == 0 ? insert_slot(w, ins, &w->parts[first[k]], &o->rec, stop_n) : 0;
+        const int src = rc == 0 ? insert_slot(w, ins, id + (int64_t)k, &w->parts[first[k]], o,
+                                              stop_n)
+                                : 0;
         if (src == S3_ENOMEM)
             rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
         else if (src > 0)
             rc = idx__sqlerr(w->db, src, "index: write segment postings", err);
-        if (threaded) {
+        if (g.n_th) {
             pthread_mutex_lock(&g.mu);
             g.taken = k + 1;
             pthread_cond_broadcast(&g.cv);
             pthread_mutex_unlock(&g.mu);
         }
     }
-    if (threaded) {
+    if (g.n_th) {
         pthread_mutex_lock(&g.mu);
         g.stop = 1;
         pthread_cond_broadcast(&g.cv);
         pthread_mutex_unlock(&g.mu);
-        pthread_join(g.th, NULL);
+        for (int t = 0; t < g.n_th; t++)
+            pthread_join(g.th[t], NULL);
     }
     pthread_cond_destroy(&g.cv);
     pthread_mutex_destroy(&g.mu);
@@ -762,10 +837,14 @@ static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
                            "index: merge postings", err);
 out:
     sqlite3_finalize(ins);
-    for (int b = 0; b < 2; b++) {
-        free(g.out[b].rec.p);
+    for (size_t b = 0; g.out && b < g.n_out; b++) {
+        free(g.out[b].data.p);
+        free(g.out[b].dir.p);
         free(g.out[b].scratch.p);
     }
+    free(g.out);
+    free(g.ready);
+    free(g.th);
     free(g.rd);
     free(first);
     return rc;
@@ -774,31 +853,129 @@ oom:
     goto out;
 }
 
-/* Finishing: delete the rows of the features with more than stop_n entries in the whole
- * document from every segment (the last one never wrote them). */
+struct stop_key {
+    int layer, head;
+    int32_t feat;
+};
+
+static int cmp_stop_key(const void *a, const void *b)
+{
+    const struct stop_key *x = a, *y = b;
+    if (x->layer != y->layer)
+        return x->layer < y->layer ? -1 : 1;
+    if (x->head != y->head)
+        return x->head < y->head ? -1 : 1;
+    return (x->feat > y->feat) - (x->feat < y->feat);
+}
+
+/* Set the count of each stop feature in the slot blob of row id (its keys [k, e)) to 0. */
+static int zero_stop(sqlite3_blob **bl, struct idx_db *db, int64_t id, const struct stop_key *k,
+                     const struct stop_key *e, struct idx_buf *dir)
+{
+    int src = *bl ? sqlite3_blob_reopen(*bl, id)
+                  : sqlite3_blob_open(db->db, "main", "segslots", "blob", id, 1, bl);
+    if (src != SQLITE_OK)
+        return src;
+    const uint64_t nb = (uint64_t)sqlite3_blob_bytes(*bl);
+    uint8_t tail[4];
+    uint64_t dir_off = 0;
+    if (nb < 4 || (src = sqlite3_blob_read(*bl, tail, 4, (int)(nb - 4))) != SQLITE_OK)
+        return src ? src : SQLITE_CORRUPT;
+    const uint32_t n_feat = idx__le32(tail);
+    if (idx__segdir_locate(nb, n_feat, &dir_off) < 0)
+        return SQLITE_CORRUPT;
+    dir->n = 0;
+    if (idx__buf_reserve(dir, (size_t)n_feat * IDX_SEGDIR_ENTRY) < 0)
+        return SQLITE_NOMEM;
+    if ((src = sqlite3_blob_read(*bl, dir->p, (int)n_feat * IDX_SEGDIR_ENTRY, (int)dir_off)) !=
+        SQLITE_OK)
+        return src;
+    if (idx__segdir_check(dir->p, n_feat, dir_off) < 0)
+        return SQLITE_CORRUPT;
+    static const uint8_t zero[4];
+    for (; k < e; k++) {
+        const int64_t i = idx__segdir_find(dir->p, n_feat, k->feat);
+        if (i >= 0 && (src = sqlite3_blob_write(*bl, zero, 4,
+                                                (int)(dir_off + (uint64_t)i * IDX_SEGDIR_ENTRY +
+                                                      4))) != SQLITE_OK)
+            return src;
+    }
+    return SQLITE_OK;
+}
+
+/* Finishing: the features with more than stop_n entries in the whole document are dropped
+ * from the directories of the segments written before the last (which left them out). */
 static int drop_stop_features(struct idx_writer *w, int64_t stop_n, struct s3_errinfo *err)
 {
+    struct stop_key *keys = NULL;
+    size_t n_keys = 0, cap = 0;
+    int64_t *rows = NULL;        /* (id, layer, head) triples */
+    size_t n_rows = 0, rows_cap = 0;
     sqlite3_stmt *st = NULL;
-    int rc = idx__prepare(w->db,
-                          "DELETE FROM postings WHERE doc = ?1 AND seg IN (SELECT seg FROM"
-                          " segments WHERE doc = ?1) AND layer = ?2 AND head = ?3"
-                          " AND feature = ?4",
-                          &st, err);
-    for (size_t i = 0; rc == 0 && i < w->df.cap; i++) {
+    sqlite3_blob *bl = NULL;
+    struct idx_buf dir = {0};
+    int rc = 0, src = SQLITE_OK;
+    for (size_t i = 0; i < w->df.cap; i++) {
         const uint64_t k = w->df.key[i] - 1;
         if (!w->df.key[i] || w->df.n[i] <= stop_n)
             continue;
-        sqlite3_reset(st);
-        sqlite3_bind_int64(st, 1, w->doc);
-        sqlite3_bind_int(st, 2, (int)(k >> 40));
-        sqlite3_bind_int(st, 3, (int)(k >> 24 & 0xffff));
-        sqlite3_bind_int(st, 4, (int)(k & 0xffffff));
-        const int src = sqlite3_step(st);
-        if (src != SQLITE_DONE)
-            rc = idx__sqlerr(w->db, src, "index: drop stop features", err);
+        if (grow((void **)&keys, &cap, n_keys + 1, sizeof *keys) < 0)
+            goto oom;
+        keys[n_keys++] = (struct stop_key){(int)(k >> 40), (int)(k >> 24 & 0xffff),
+                                           (int32_t)(k & 0xffffff)};
+    }
+    if (!n_keys)
+        return 0;
+    qsort(keys, n_keys, sizeof *keys, cmp_stop_key);
+    rc = idx__prepare(w->db, "SELECT id, layer, head FROM segslots WHERE id BETWEEN ? AND ?",
+                      &st, err);
+    if (rc < 0)
+        goto out;
+    sqlite3_bind_int64(st, 1, IDX_PASSAGE_ID(w->doc, 0));
+    sqlite3_bind_int64(st, 2, IDX_PASSAGE_ID(w->doc, 0xffffffffLL));
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (grow((void **)&rows, &rows_cap, 3 * (n_rows + 1), sizeof *rows) < 0)
+            goto oom;
+        for (int c = 0; c < 3; c++)
+            rows[3 * n_rows + (size_t)c] = sqlite3_column_int64(st, c);
+        n_rows++;
     }
     sqlite3_finalize(st);
+    st = NULL;
+    src = src == SQLITE_DONE ? SQLITE_OK : src;
+    for (size_t r = 0; r < n_rows && src == SQLITE_OK; r++) {
+        const struct stop_key probe = {(int)rows[3 * r + 1], (int)rows[3 * r + 2], -1};
+        size_t lo = 0, hi = n_keys;
+        while (lo < hi) {
+            const size_t mid = lo + (hi - lo) / 2;
+            if (cmp_stop_key(&keys[mid], &probe) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        size_t e = lo;
+        while (e < n_keys && keys[e].layer == probe.layer && keys[e].head == probe.head)
+            e++;
+        if (e > lo)
+            src = zero_stop(&bl, w->db, rows[3 * r], keys + lo, keys + e, &dir);
+    }
+    if (src == SQLITE_NOMEM)
+        goto oom;
+    if (src == SQLITE_CORRUPT)
+        rc = s3_errf(err, S3_EFORMAT, "index: corrupt postings in document %lld",
+                     (long long)w->doc);
+    else if (src != SQLITE_OK)
+        rc = idx__sqlerr(w->db, src, "index: drop stop features", err);
+out:
+    sqlite3_finalize(st);
+    sqlite3_blob_close(bl);
+    free(dir.p);
+    free(rows);
+    free(keys);
     return rc;
+oom:
+    rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
+    goto out;
 }
 
 /* Hold a chunk's passages (text and encoded sentence starts copied) until the next commit. */
@@ -995,16 +1172,17 @@ void idx_writer_set_commit_ms(struct idx_writer *w, int ms)
     w->commit_ms = ms < 0 ? 0 : ms;
 }
 
-/* Whether to cut the segment before it is full because the document is about to end: a long
- * document (a segment written already), at least IDX_TAIL_MIN positions unmerged and at most
- * half that many left, estimated from the source bytes not yet in passages at the tokens per
- * byte so far. The merge then runs while the last chunks are still being computed (merging a
- * position costs the writer less than half what computing it costs the GPU), and cuts that
- * follow one another shrink the last segment, the one finishing writes, geometrically. */
+/* Whether to cut the segment before it is full because the document is about to end: at
+ * least IDX_TAIL_MIN positions unmerged and at most half that many left, estimated from the
+ * source bytes not yet in passages at the tokens per byte so far. The merge then runs while
+ * the last chunks are still being computed (merging a position costs the writer less than half
+ * what computing it costs the GPU), and cuts that follow one another shrink the last segment,
+ * the one finishing writes, geometrically: a document of 32k positions is written as segments
+ * of about 22k, 8k and 2k. */
 static int near_end(const struct idx_writer *w)
 {
     const int64_t pending = w->st.next_tok - w->seg_start;
-    if (w->seg_start == 0 || pending < IDX_TAIL_MIN || w->n_bytes <= 0 ||
+    if (pending < IDX_TAIL_MIN || w->n_bytes <= 0 ||
         w->st.pass_char <= 0 || w->st.pass_char >= w->n_bytes)
         return 0;
     const double left = (double)(w->n_bytes - w->st.pass_char) * (double)w->st.pass_tok /

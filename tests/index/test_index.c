@@ -176,6 +176,39 @@ static struct idx_db *open_mem(void)
     return db;
 }
 
+static int xpost_row(void *ud, int64_t seg, int layer, int head, int32_t feat, int64_t n,
+                     const uint8_t *entries, size_t nbytes)
+{
+    sqlite3_stmt *st = ud;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 2, seg);
+    sqlite3_bind_int(st, 3, layer);
+    sqlite3_bind_int(st, 4, head);
+    sqlite3_bind_int(st, 5, feat);
+    sqlite3_bind_int64(st, 6, n);
+    sqlite3_bind_blob(st, 7, entries, (int)nbytes, SQLITE_TRANSIENT);
+    return sqlite3_step(st) == SQLITE_DONE ? 0 : S3_EDB;
+}
+
+/* The segment slot rows of doc as one row per (segment, slot, feature) of the temporary table
+ * xpost(doc, seg, layer, head, feature, n, blob) (the features a finished document has: not
+ * the dropped stop features), through idx__segslot_walk. */
+static void xpost(struct idx_db *db, int64_t doc)
+{
+    struct s3_errinfo err = {0};
+    sqlite3_stmt *st;
+    char sql[128];
+    snprintf(sql, sizeof sql, "DELETE FROM xpost WHERE doc = %lld", (long long)doc);
+    ck_assert_int_eq(sqlite3_exec(db->db, "CREATE TEMP TABLE IF NOT EXISTS xpost(doc, seg, layer,"
+                                  " head, feature, n, blob)", NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db->db, sql, NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "INSERT INTO xpost VALUES(?,?,?,?,?,?,?)", -1,
+                                        &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, doc);
+    ck_assert_msg(idx__segslot_walk(db, doc, xpost_row, st, &err) == 0, "%s", err.msg);
+    sqlite3_finalize(st);
+}
+
 /* A database path of this test run, with no database (or -wal, -shm) left there. */
 static void tmp_path(char *buf, size_t n, const char *tag)
 {
@@ -344,8 +377,8 @@ START_TEST(test_scores_exact)
     struct s3_errinfo err = {0};
     struct idx_db *db = open_mem();
     struct syn s = syn70k();
-    /* _i = 1: segments of 16384 positions, so the document is five segments of postings rows
-     * (the default: one) */
+    /* _i = 1: segments of 16384 positions, so the document is five segments (the default:
+     * three, cut as the end nears) */
     idx__seg_tokens = _i ? 16384 : IDX_SEG_TOKENS;
     int64_t id = syn_new(db, &s);
     idx__seg_tokens = IDX_SEG_TOKENS;
@@ -355,16 +388,17 @@ START_TEST(test_scores_exact)
     ck_assert_int_eq(info.n_tokens, 70000);
     ck_assert_int_eq(info.n_passages, (70000 + 63) / 64);
     ck_assert_int_eq(info.n_chunks, (70000 + 2047) / 2048);
-    /* finished: its segments, one postings row per (segment, feature) it has, one docmap row,
-     * no pending rows */
+    /* finished: its segments, one directory entry per (segment, feature) it has, one docmap
+     * row, no pending rows */
     sqlite3_stmt *st;
+    xpost(db, id);
     ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT (SELECT group_concat(seg || ':' || end)"
                                         " FROM (SELECT seg, end FROM segments WHERE doc = ?1"
                                         " ORDER BY seg)), (SELECT count(*) FROM"
-                                        " postings WHERE doc = ?1 AND feature = 105),"
+                                        " xpost WHERE doc = ?1 AND feature = 105),"
                                         " (SELECT count(*) FROM docmap WHERE doc = ?1),"
-                                        " (SELECT count(*) FROM postings WHERE doc = ?1),"
-                                        " (SELECT count(*) FROM postings WHERE doc = ?1"
+                                        " (SELECT count(*) FROM xpost WHERE doc = ?1),"
+                                        " (SELECT count(*) FROM xpost WHERE doc = ?1"
                                         " AND seg <> 0), (SELECT count(*) FROM pending)",
                                         -1, &st, NULL), SQLITE_OK);
     sqlite3_bind_int64(st, 1, id);
@@ -372,11 +406,15 @@ START_TEST(test_scores_exact)
     ck_assert_int_eq(sqlite3_column_int(st, 2), 1);
     ck_assert_int_eq(sqlite3_column_int(st, 5), 0);
     if (_i == 0) {
-        ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "0:70000");
-        ck_assert_int_eq(sqlite3_column_int(st, 1), 1);
-        /* features 100..149 and the planted one, each one row */
-        ck_assert_int_eq(sqlite3_column_int(st, 3), 51);
-        ck_assert_int_eq(sqlite3_column_int(st, 4), 0);
+        /* cut at 47104 (22896 positions left by the source bytes, 4 per token: at most half of
+         * the 47104 unmerged) and at 63488 (6512 left of 16384) */
+        ck_assert_str_eq((const char *)sqlite3_column_text(st, 0),
+                         "0:47104,47104:63488,63488:70000");
+        ck_assert_int_eq(sqlite3_column_int(st, 1), 3);
+        /* features 100..149 in each segment; the planted one in segments 0 (5000..5002) and
+         * 2 (65535, 65536) */
+        ck_assert_int_eq(sqlite3_column_int(st, 3), 50 * 3 + 2);
+        ck_assert_int_eq(sqlite3_column_int(st, 4), 50 * 2 + 1);
     } else {
         /* the fourth segment is cut early at 63488: 14336 positions unmerged, 6512 left by the
            source bytes (4 per token), at most half */
@@ -752,8 +790,8 @@ START_TEST(test_multi_doc)
     ck_assert_uint_eq(r.n_spans, 1);
     idx_result_deinit(&r);
     sqlite3_stmt *st;
-    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT (SELECT count(*) FROM postings WHERE"
-                                        " doc = ?1) + (SELECT count(*) FROM passages WHERE"
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT (SELECT count(*) FROM segslots WHERE"
+                                        " id >> 32 = ?1) + (SELECT count(*) FROM passages WHERE"
                                         " doc = ?1) + (SELECT count(*) FROM docmap WHERE"
                                         " doc = ?1)", -1, &st, NULL), SQLITE_OK);
     sqlite3_bind_int64(st, 1, ids[0]);
@@ -808,14 +846,16 @@ static void same_spans_of_docs(struct idx_db *db, int64_t a, int64_t b)
     idx_result_deinit(&rb);
 }
 
-/* Every postings row of doc a equals doc b's (same slot, feature, count and bytes). */
+/* Every (segment, slot, feature) of doc a equals doc b's (same count and bytes). */
 static void same_postings(struct idx_db *db, int64_t a, int64_t b)
 {
     sqlite3_stmt *st;
+    xpost(db, a);
+    xpost(db, b);
     ck_assert_int_eq(sqlite3_prepare_v2(db->db,
-                                        "SELECT (SELECT count(*) FROM postings WHERE doc = ?1),"
-                                        " (SELECT count(*) FROM postings WHERE doc = ?2),"
-                                        " (SELECT count(*) FROM postings x JOIN postings y ON"
+                                        "SELECT (SELECT count(*) FROM xpost WHERE doc = ?1),"
+                                        " (SELECT count(*) FROM xpost WHERE doc = ?2),"
+                                        " (SELECT count(*) FROM xpost x JOIN xpost y ON"
                                         " x.layer = y.layer AND x.head = y.head AND"
                                         " x.feature = y.feature AND x.n = y.n AND"
                                         " x.blob = y.blob AND x.seg = y.seg"
@@ -834,6 +874,27 @@ static void same_postings(struct idx_db *db, int64_t a, int64_t b)
     ck_assert_int_eq(sqlite3_column_int(st, 3), 0);
     ck_assert_int_eq(sqlite3_column_int(st, 4), 0);
     sqlite3_finalize(st);
+}
+
+/* Rewrite the database as schema 4 wrote it: every document's segment slot rows as postings
+ * rows (one per segment, slot and feature; stop features already dropped, as schema 4 did at
+ * finish), no segslots table, user_version 4. */
+static void to_schema4(struct idx_db *db)
+{
+    sqlite3_stmt *st;
+    int64_t docs[16];
+    int n = 0;
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT DISTINCT id >> 32 FROM segslots", -1,
+                                        &st, NULL), SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW && n < 16)
+        docs[n++] = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    for (int i = 0; i < n; i++)
+        xpost(db, docs[i]);
+    ck_assert_int_eq(sqlite3_exec(db->db, "CREATE TEMP TABLE IF NOT EXISTS xpost(doc, seg, layer,"
+                                  " head, feature, n, blob); INSERT INTO postings SELECT * FROM"
+                                  " xpost; DROP TABLE segslots; PRAGMA user_version = 4", NULL,
+                                  NULL, NULL), SQLITE_OK);
 }
 
 static int64_t committed_tokens(struct idx_db *db, int64_t doc)
@@ -972,6 +1033,10 @@ START_TEST(test_async_encoders)
     const int64_t sync = write_multislot(db, -1);
     same_postings(db, sync, write_multislot(db, 0));
     same_postings(db, sync, write_multislot(db, 3));
+    /* five merging threads for the 7 slots of a segment: the same rows */
+    idx__merge_threads = 5;
+    same_postings(db, sync, write_multislot(db, 0));
+    idx__merge_threads = -1;
     /* a byte budget smaller than one chunk: each add waits for the queue to empty, a lone
        chunk is still taken */
     idx__async_bytes = 1;
@@ -1068,7 +1133,7 @@ START_TEST(test_stop_features)
     struct idx_doc_meta m = {.name = "stop"};
     enum { N = 40000, CH = 2048 };
     idx__seg_tokens = _i & 1 ? 16384 : IDX_SEG_TOKENS;
-    idx__merge_thread = !(_i & 2); /* slots merged on the writer's thread or a second one */
+    idx__merge_threads = _i & 2 ? 0 : 3; /* slots merged on the writer's thread or three others */
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     const struct idx_slot sl = {2, 1};
     int32_t *feat = malloc(sizeof(int32_t) * CH * 4);
@@ -1094,9 +1159,10 @@ START_TEST(test_stop_features)
     const int64_t doc = idx_writer_doc(w);
     idx_writer_free(w);
     idx__seg_tokens = IDX_SEG_TOKENS;
-    idx__merge_thread = 1;
+    idx__merge_threads = -1;
     sqlite3_stmt *st;
-    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT feature, sum(n), count(*) FROM postings"
+    xpost(db, doc);
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT feature, sum(n), count(*) FROM xpost"
                                         " WHERE doc = ? GROUP BY feature ORDER BY feature",
                                         -1, &st, NULL), SQLITE_OK);
     sqlite3_bind_int64(st, 1, doc);
@@ -1145,6 +1211,7 @@ START_TEST(test_migrate_v3)
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     const int64_t lost = idx_writer_doc(w);
     idx_writer_free(w);
+    to_schema4(db);
     char sql[512];
     snprintf(sql, sizeof sql,
              "CREATE TABLE segblobs(id INTEGER PRIMARY KEY, layer INTEGER NOT NULL,"
@@ -1179,6 +1246,170 @@ START_TEST(test_migrate_v3)
     idx_writer_free(w);
     const int64_t fresh = write_multislot(db, -1);
     same_postings(db, fresh, keep);
+    idx_close(db);
+    idx_remove_files(path);
+}
+END_TEST
+
+/* Damage the first segment slot row of doc (in its order of writing) as variant v does:
+ * 0 a directory length past the blob, 1 a blob of one byte, 2 two directory features out of
+ * order, 3 a feature's entries ending past the entries, 4 every entry byte 0xff (varints that
+ * never end). */
+static void damage_segslot(struct idx_db *db, int64_t doc, int v)
+{
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT id, blob FROM segslots WHERE id >> 32 = ?"
+                                        " ORDER BY id LIMIT 1", -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, doc);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    const int64_t id = sqlite3_column_int64(st, 0);
+    size_t nb = (size_t)sqlite3_column_bytes(st, 1);
+    uint8_t *b = malloc(nb);
+    memcpy(b, sqlite3_column_blob(st, 1), nb);
+    sqlite3_finalize(st);
+    const uint32_t n_feat = idx__le32(b + nb - 4);
+    uint8_t *dir = b + nb - 4 - (size_t)n_feat * IDX_SEGDIR_ENTRY;
+    ck_assert_uint_ge(n_feat, 2);
+    switch (v) {
+    case 0: idx__le32_put(b + nb - 4, 0xffffffffu); break;
+    case 1: nb = 1; break;
+    case 2: {
+        uint8_t tmp[4];
+        memcpy(tmp, dir, 4);
+        memcpy(dir, dir + IDX_SEGDIR_ENTRY, 4);
+        memcpy(dir + IDX_SEGDIR_ENTRY, tmp, 4);
+        break;
+    }
+    case 3: idx__le32_put(dir + 8, (uint32_t)(dir - b) + 1); break;
+    default: memset(b, 0xff, (size_t)(dir - b)); break;
+    }
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "UPDATE segslots SET blob = ? WHERE id = ?", -1,
+                                        &st, NULL), SQLITE_OK);
+    sqlite3_bind_blob(st, 1, b, (int)nb, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, id);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    free(b);
+}
+
+/* A damaged segment slot blob (the index file damaged) fails the query that reads it, the
+ * resumed scan that counts its entries and the finish that drops stop features in it with
+ * "corrupt postings", never a crash or a read outside it; the other documents still answer. */
+START_TEST(test_corrupt_segslot)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    struct syn s = syn70k();
+    const int64_t good = syn_new(db, &s);
+    idx__seg_tokens = 16384;
+    const int64_t bad = syn_new(db, &s);
+    damage_segslot(db, bad, _i);
+    float *S = malloc(70000 * sizeof *S);
+    const struct idx_qfeat q[] = {{SYN_LAYER, SYN_HEAD, SYN_FEAT, 1.0f},
+                                  {SYN_LAYER, SYN_HEAD, 105, 0.5f},
+                                  {SYN_LAYER, SYN_HEAD, 100, 0.5f}};
+    ck_assert_int_eq(idx__score_positions(db, bad, 70000, q, 3, S, &err), S3_EFORMAT);
+    ck_assert_msg(strstr(err.msg, "corrupt postings"), "%s", err.msg);
+    ck_assert_int_eq(idx__score_positions(db, good, 70000, q, 3, S, &err), 0);
+    free(S);
+    /* a scan with a segment written, then damaged: resumed, it cannot count its entries */
+    struct idx_writer *w;
+    struct idx_doc_meta m = {.name = "damaged scan"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    idx__seg_tokens = 4096;
+    add_multislot(w, NULL, 3 * MS_CHUNK);
+    ck_assert_int_eq(idx_writer_flush(w, &err), 0);
+    const int64_t scan = idx_writer_doc(w);
+    idx_writer_free(w);
+    if (_i != 4) { /* entry bytes are not read back by a writer */
+        damage_segslot(db, scan, _i);
+        ck_assert_int_eq(idx_writer_resume(db, scan, &w, &err), 0);
+        add_multislot(w, NULL, 0);
+        ck_assert_int_eq(idx_writer_finish(w, &err), S3_EFORMAT);
+        ck_assert_msg(strstr(err.msg, "corrupt postings"), "%s", err.msg);
+        idx_writer_free(w);
+    }
+    idx__seg_tokens = IDX_SEG_TOKENS;
+    idx_close(db);
+}
+END_TEST
+
+/* A schema-4 database: a finished document's postings rows (one per segment, slot and
+ * feature) give the scores and spans of the same document written now; a scan that wrote
+ * segments cannot be resumed (failed, with what to do); one that had only pending rows resumes
+ * and finishes as segment slot rows. */
+START_TEST(test_migrate_v4)
+{
+    char path[256];
+    struct s3_errinfo err = {0};
+    struct idx_db *db;
+    tmp_path(path, sizeof path, "mig4");
+    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    struct syn s = syn70k();
+    idx__seg_tokens = 16384;
+    const int64_t old = syn_new(db, &s);
+    struct idx_writer *w;
+    struct idx_doc_meta m = {.name = "segments written"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    const int64_t lost = idx_writer_doc(w);
+    idx__seg_tokens = 4096;
+    add_multislot(w, NULL, 3 * MS_CHUNK);
+    idx__seg_tokens = IDX_SEG_TOKENS;
+    idx_writer_free(w);
+    m.name = "pending only";
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    add_multislot(w, NULL, MS_TOK);
+    ck_assert_int_eq(idx_writer_flush(w, &err), 0);
+    const int64_t keep = idx_writer_doc(w);
+    idx_writer_free(w);
+    to_schema4(db);
+    idx_close(db);
+    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    struct idx_doc_info info;
+    ck_assert_int_eq(idx_doc_get(db, old, &info, &err), 0);
+    ck_assert_int_eq(info.status, IDX_DOC_READY);
+    ck_assert_int_eq(idx_doc_get(db, lost, &info, &err), 0);
+    ck_assert_int_eq(info.status, IDX_DOC_FAILED);
+    ck_assert_int_eq(idx_writer_resume(db, lost, &w, &err), S3_EINVAL);
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT (SELECT count(*) FROM pending WHERE"
+                                        " doc = ?1), (SELECT error FROM documents WHERE id = ?1),"
+                                        " (SELECT count(*) FROM postings WHERE doc = ?2),"
+                                        " (SELECT count(*) FROM segslots)", -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_int64(st, 1, lost);
+    sqlite3_bind_int64(st, 2, old);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_int_eq(sqlite3_column_int(st, 0), 0);
+    ck_assert_ptr_nonnull(strstr((const char *)sqlite3_column_text(st, 1),
+                                 "older version of the index"));
+    ck_assert_int_gt(sqlite3_column_int(st, 2), 50);
+    ck_assert_int_eq(sqlite3_column_int(st, 3), 0);
+    sqlite3_finalize(st);
+    /* the old rows score exactly as the same document written now, in either layout's
+     * segments */
+    idx__seg_tokens = 16384;
+    const int64_t now = syn_new(db, &s);
+    idx__seg_tokens = IDX_SEG_TOKENS;
+    float *S = malloc(70000 * sizeof *S), *T = malloc(70000 * sizeof *T);
+    const struct idx_qfeat q[] = {{SYN_LAYER, SYN_HEAD, SYN_FEAT, 1.0f},
+                                  {SYN_LAYER, SYN_HEAD, 105, 0.5f},
+                                  {SYN_LAYER, SYN_HEAD, 120, 0.25f}};
+    ck_assert_int_eq(idx__score_positions(db, old, 70000, q, 3, S, &err), 0);
+    ck_assert_int_eq(idx__score_positions(db, now, 70000, q, 3, T, &err), 0);
+    int nz = 0;
+    for (int64_t t = 0; t < 70000; t++) {
+        ck_assert_msg(S[t] == T[t], "t=%lld %g vs %g", (long long)t, S[t], T[t]);
+        nz += S[t] != 0.0f;
+    }
+    ck_assert_int_gt(nz, 2000);
+    free(S), free(T);
+    same_spans_of_docs(db, old, now);
+    /* the pending-only scan resumes and finishes in the new layout */
+    ck_assert_int_eq(idx_writer_resume(db, keep, &w, &err), 0);
+    ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
+    idx_writer_free(w);
+    same_postings(db, write_multislot(db, -1), keep);
     idx_close(db);
     idx_remove_files(path);
 }
@@ -1436,6 +1667,7 @@ START_TEST(test_migrate_v2)
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     int64_t scanning = idx_writer_doc(w);
     idx_writer_free(w);
+    to_schema4(db);
     ck_assert_int_eq(sqlite3_exec(db->db, "INSERT INTO pending VALUES("
                                   "2, 0, 1, 1, x'00'); PRAGMA user_version = 2", NULL, NULL,
                                   NULL), SQLITE_OK);
@@ -1617,6 +1849,8 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_async_writer);
     tcase_add_test(tc, test_async_encoders);
     tcase_add_test(tc, test_corrupt_pending);
+    tcase_add_test(tc, test_migrate_v4);
+    tcase_add_loop_test(tc, test_corrupt_segslot, 0, 5);
     tcase_add_loop_test(tc, test_stop_features, 0, 4);
     tcase_add_test(tc, test_bad_queries);
     tcase_add_test(tc, test_locked_db);
