@@ -19,10 +19,11 @@ struct qchunk {
     size_t bytes, cap;
 };
 
-/* Encoder threads: for each chunk the writer's thread posts a job (generation gen) and takes
- * slots itself; every thread takes the next slot (next, under emu) until none is left,
+/* Encoder threads: the writer's thread posts a chunk (generation gen) with the set of blobs
+ * to encode it into; every thread takes the next slot (next, under emu) until none is left,
  * encodes it with its own scratch and keeps the blob in out[slot]; the last one to finish
- * signals. */
+ * signals. The writer's thread posts chunk i + 1 into the other set before it writes chunk i
+ * and takes slots itself only when it waits for a chunk, so encoding overlaps writing. */
 struct enc_pool {
     int n_th;                  /* threads besides the caller */
     pthread_t *th;
@@ -30,14 +31,15 @@ struct enc_pool {
     pthread_mutex_t emu;
     pthread_cond_t ecv;
     /* under emu */
-    const struct idx_chunk *c;
+    const struct idx_chunk *c; /* the chunk posted (NULL: none) */
     unsigned gen;
     int next, busy, stop;
     int ids;                   /* encoder scratch handed out to threads so far */
     int rc;
     struct s3_errinfo err;
-    struct idx_buf *out;       /* one blob per slot of the current chunk */
-    int out_cap;
+    struct idx_buf *out;       /* the set of the chunk posted */
+    struct idx_buf *sets[2];   /* one blob per slot, two chunks' worth */
+    int set_cap[2];
 };
 
 struct idx_async {
@@ -56,11 +58,16 @@ struct idx_async {
     struct s3_errinfo err;
 };
 
-static int write_chunk(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err);
+static int enc_post(struct enc_pool *p, const struct idx_chunk *c, int b, struct s3_errinfo *err);
+static int enc_wait(struct enc_pool *p, struct s3_errinfo *err);
 
+/* The writer's thread: each queued chunk in turn is encoded (posted when the previous one was
+ * written, or now), the next one posted, then this one written. After an error the chunks
+ * left are dropped (a posted one once encoded, its buffers being the queue's). */
 static void *async_main(void *arg)
 {
     struct idx_async *a = arg;
+    int set = 0, posted = 0;   /* posted: the head chunk is posted into sets[set] */
     pthread_mutex_lock(&a->mu);
     for (;;) {
         while (!a->count && !a->end)
@@ -68,10 +75,24 @@ static void *async_main(void *arg)
         if (!a->count)
             break; /* ended and drained */
         struct qchunk qc = a->q[a->head];
+        const struct idx_chunk *next = a->count > 1 ? &a->q[(a->head + 1) % a->depth].c : NULL;
         const int failed = a->rc < 0;
         pthread_mutex_unlock(&a->mu);
         struct s3_errinfo e = {0};
-        const int rc = failed ? 0 : write_chunk(a, &qc.c, &e);
+        const double t0 = s3_now_ms();
+        int rc = posted || failed ? 0 : enc_post(&a->ep, &qc.c, set, &e);
+        if (rc == 0)
+            rc = enc_wait(&a->ep, &e);
+        posted = 0;
+        if (rc == 0 && !failed && next) {
+            rc = enc_post(&a->ep, next, set ^ 1, &e);
+            posted = rc == 0;
+        }
+        if (rc == 0 && !failed) {
+            idx__writer_add_encode_ms(a->w, s3_now_ms() - t0);
+            rc = idx__writer_add_encoded(a->w, &qc.c, a->ep.sets[set], &e);
+        }
+        set ^= 1;
         pthread_mutex_lock(&a->mu);
         a->bytes -= qc.bytes;
         if (rc < 0 && a->rc == 0) {
@@ -161,9 +182,11 @@ static void enc_pool_free(struct enc_pool *p)
         for (int i = 0; i <= p->n_th; i++)
             idx__enc_free(&p->enc[i]);
     free(p->enc);
-    for (int i = 0; i < p->out_cap; i++)
-        free(p->out[i].p);
-    free(p->out);
+    for (int b = 0; b < 2; b++) {
+        for (int i = 0; i < p->set_cap[b]; i++)
+            free(p->sets[b][i].p);
+        free(p->sets[b]);
+    }
     pthread_cond_destroy(&p->ecv);
     pthread_mutex_destroy(&p->emu);
 }
@@ -189,49 +212,51 @@ static int enc_pool_init(struct enc_pool *p)
     return 0;
 }
 
-/* Encode every slot of c into p->out[0..n_slot) (empty blobs when c has no feature pairs);
- * the first error, or 0. */
-static int enc_chunk(struct enc_pool *p, const struct idx_chunk *c, struct s3_errinfo *err)
+/* Post c's slots for encoding into set b (empty blobs at once when c has no feature pairs);
+ * the encoder threads start on it. S3_ENOMEM. */
+static int enc_post(struct enc_pool *p, const struct idx_chunk *c, int b, struct s3_errinfo *err)
 {
-    if (c->n_slot > p->out_cap) {
-        struct idx_buf *o = realloc(p->out, sizeof *o * (size_t)c->n_slot);
+    if (c->n_slot > p->set_cap[b]) {
+        struct idx_buf *o = realloc(p->sets[b], sizeof *o * (size_t)c->n_slot);
         if (!o)
             return s3_errf(err, S3_ENOMEM, "index: out of memory");
-        memset(o + p->out_cap, 0, sizeof *o * (size_t)(c->n_slot - p->out_cap));
-        p->out = o;
-        p->out_cap = c->n_slot;
+        memset(o + p->set_cap[b], 0, sizeof *o * (size_t)(c->n_slot - p->set_cap[b]));
+        p->sets[b] = o;
+        p->set_cap[b] = c->n_slot;
     }
     if ((size_t)c->n_tok * (size_t)c->k == 0) {
         for (int s = 0; s < c->n_slot; s++)
-            p->out[s].n = 0;
+            p->sets[b][s].n = 0;
         return 0;
     }
     pthread_mutex_lock(&p->emu);
     p->c = c;
+    p->out = p->sets[b];
     p->next = 0;
     p->rc = 0;
     p->gen++;
     pthread_cond_broadcast(&p->ecv);
-    enc_take(p, 0);
-    while (p->busy > 0)
-        pthread_cond_wait(&p->ecv, &p->emu);
-    p->c = NULL;
-    const int rc = p->rc;
-    if (rc < 0 && err)
-        *err = p->err;
     pthread_mutex_unlock(&p->emu);
-    return rc;
+    return 0;
 }
 
-/* On the writer's thread: encode c's slots (the pool) and hand them to the writer. */
-static int write_chunk(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err)
+/* Take the posted chunk's slots left and wait until all are encoded (nothing posted: at
+ * once); the first error, or 0. */
+static int enc_wait(struct enc_pool *p, struct s3_errinfo *err)
 {
-    const double t0 = s3_now_ms();
-    const int rc = enc_chunk(&a->ep, c, err);
-    if (rc < 0)
-        return rc;
-    idx__writer_add_encode_ms(a->w, s3_now_ms() - t0);
-    return idx__writer_add_encoded(a->w, c, a->ep.out, err);
+    pthread_mutex_lock(&p->emu);
+    int rc = 0;
+    if (p->c) {
+        enc_take(p, 0);
+        while (p->busy > 0)
+            pthread_cond_wait(&p->ecv, &p->emu);
+        p->c = NULL;
+        rc = p->rc;
+        if (rc < 0 && err)
+            *err = p->err;
+    }
+    pthread_mutex_unlock(&p->emu);
+    return rc;
 }
 
 int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
