@@ -4,16 +4,19 @@
  * chunks, then questions answered from the finished document.
  *
  *   s3index_bench [--tokens 1048576] [--slots 12] [--index-k 4] [--dict 2048]
- *                 [--db /tmp/s3index_bench.db] [--queries 20]
+ *                 [--db /tmp/s3index_bench.db] [--queries 20] [--pace TOK_PER_S]
  *
  * Features per token and slot: index-k distinct ids from a Zipf-like law over the dictionary
  * (a few common features, a long tail, as trained SAEs give), activations in (0, 4], drawn
  * before the clock starts for 16 chunks that the scan cycles through; one passage of
- * generated words per 128 tokens. Prints one JSON line for the scan (tok/s, the
+ * generated words per 128 tokens. --pace hands chunks over no faster than a producer of that
+ * many tokens/s (a GPU's scan): drain_ms + finish_ms are then what the index adds after the
+ * producer's last chunk. Prints one JSON line for the scan (tok/s, the
  * writer's phases, bytes per token) and one for retrieval (S3 mode, budget 2048, 32 query
  * features per slot: median and max ms). */
 #include <getopt.h>
 #include <math.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,12 +55,13 @@ int main(int argc, char **argv)
 {
     long long n_tok = 1048576;
     int n_slot = 12, ki = 4, n_dict = 2048, n_q = 20;
+    double pace = 0;
     const int chunk = 2048, n_pool = 16;
     const char *db_path = "/tmp/s3index_bench.db";
     static const struct option lo[] = {{"tokens", 1, 0, 't'}, {"slots", 1, 0, 's'},
                                        {"index-k", 1, 0, 'k'}, {"dict", 1, 0, 'd'},
                                        {"db", 1, 0, 'b'},     {"queries", 1, 0, 'q'},
-                                       {0, 0, 0, 0}};
+                                       {"pace", 1, 0, 'p'},   {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
@@ -67,16 +71,17 @@ int main(int argc, char **argv)
         case 'd': n_dict = atoi(optarg); break;
         case 'b': db_path = optarg; break;
         case 'q': n_q = atoi(optarg); break;
+        case 'p': pace = strtod(optarg, NULL); break;
         default:
             fprintf(stderr, "usage: s3index_bench [--tokens N] [--slots S] [--index-k K]"
-                            " [--dict D] [--db PATH] [--queries Q]\n");
+                            " [--dict D] [--db PATH] [--queries Q] [--pace TOK_PER_S]\n");
             return 2;
         }
     }
     if (n_tok < chunk || n_slot < 1 || n_slot > 256 || ki < 1 || ki > 64 || n_dict < 4 * ki ||
-        n_q < 1) {
+        n_q < 1 || pace < 0) {
         fprintf(stderr, "s3index_bench: tokens >= %d, 1 <= slots <= 256, 1 <= index-k <= 64,"
-                        " dict >= 4 * index-k, queries >= 1\n", chunk);
+                        " dict >= 4 * index-k, queries >= 1, pace >= 0\n", chunk);
         return 2;
     }
     /* knobs for measuring the writer's internals (not product settings) */
@@ -136,6 +141,13 @@ int main(int argc, char **argv)
     for (int64_t next = 0; next < n_tok; n_chunk++) {
         const int n = n_tok - next < chunk ? (int)(n_tok - next) : chunk;
         const int64_t nn = next + n;
+        /* a paced producer has this chunk ready once its tokens are computed */
+        const double due = pace > 0 ? t0 + 1000.0 * (double)nn / pace : 0;
+        for (double now = s3_now_ms(); now < due; now = s3_now_ms()) {
+            const double ms = due - now;
+            nanosleep(&(struct timespec){(time_t)(ms / 1000), (long)(fmod(ms, 1000) * 1e6)},
+                      NULL);
+        }
         const size_t pool = (size_t)(n_chunk % n_pool) * per_chunk;
         const size_t np = bench_passages(&pass_tok, nn, n_tok, off, text, sent_t, sent_c, pas);
         struct idx_chunk ch = {.tok0 = next, .n_tok = n, .n_slot = n_slot, .slots = slots,
@@ -163,12 +175,12 @@ int main(int argc, char **argv)
     int64_t db_bytes = 0;
     idx_db_bytes(db, &db_bytes, &err);
     printf("{\"bench\":\"index_writer\",\"tokens\":%lld,\"slots\":%d,\"index_k\":%d,\"dict\":%d,"
-           "\"seg_tokens\":%lld,\"cache_kib\":%d,"
+           "\"seg_tokens\":%lld,\"cache_kib\":%d,\"pace\":%.0f,"
            "\"seconds\":%.3f,\"tok_per_s\":%.0f,\"fed_ms\":%.0f,\"drain_ms\":%.0f,"
            "\"finish_ms\":%.0f,\"writer_ms\":{\"accept\":%.0f,\"passages\":%.0f,"
            "\"segments\":%.0f,\"commit\":%.0f,\"finish_merge\":%.0f,\"encode\":%.0f},"
            "\"index_bytes_per_token\":%.1f}\n",
-           n_tok, n_slot, ki, n_dict, (long long)idx__seg_tokens, idx__scan_cache_kib,
+           n_tok, n_slot, ki, n_dict, (long long)idx__seg_tokens, idx__scan_cache_kib, pace,
            (t_end - t0) / 1000, n_tok / ((t_end - t0) / 1000),
            t_fed - t0, t_drained - t_fed, t_end - t_drained, wt.accept, wt.passages,
            wt.segments, wt.commit, wt.finish, wt.encode, (double)db_bytes / (double)n_tok);
