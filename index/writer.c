@@ -2,7 +2,8 @@
  * committed together: when a segment is full (its postings go straight into segslots rows of
  * that segment, never into pending rows), when IDX_COMMIT_MS have passed since the last
  * commit (as pending rows), at idx_writer_flush() and at finish, which writes the last segment
- * and drops the stop features of every segment. The document is visible only once finished. */
+ * and drops the stop features of every segment. Each chunk's passages are written at once, in
+ * the transaction that the next commit ends. The document is visible only once finished. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,7 +112,13 @@ struct idx_writer {
      * segment directories before use, after a resume or a rolled back segment) */
     struct df_map df;
     int df_stale;            /* 1: stale; 2: include rows not yet committed */
-    /* passages accepted since the last commit */
+    /* the write transaction holding what was accepted since the last commit: opened by the
+     * first chunk after a commit, which writes its passages there at once (so that the
+     * commit does not write them all in one go); txn_pass and txn_words: passages written in
+     * it and their FTS token count */
+    int txn;
+    int64_t txn_pass, txn_words;
+    /* passages accepted and not yet written */
     struct held_pass *hp;
     size_t n_hp, hp_cap;
     struct idx_buf held;
@@ -304,6 +311,8 @@ void idx_writer_free(struct idx_writer *w)
 {
     if (!w)
         return;
+    if (w->txn) /* freed without a flush: what it held since its last commit is lost */
+        sqlite3_exec(w->db->db, "ROLLBACK", NULL, NULL, NULL);
     char pragma[128];
     snprintf(pragma, sizeof pragma,
              "PRAGMA mmap_size=" IDX_MMAP_SIZE_STR "; PRAGMA wal_autocheckpoint=%d;"
@@ -1009,13 +1018,16 @@ static int hold_passages(struct idx_writer *w, const struct idx_chunk *c)
     return 0;
 }
 
-/* Write the held passages (rows and FTS terms); *words = their FTS token count. */
-static int write_passages(struct idx_writer *w, int64_t *words, struct s3_errinfo *err)
+/* Inside the transaction: write the held passages (rows and FTS terms), counting them and their
+ * FTS tokens in txn_pass and txn_words. */
+static int write_passages(struct idx_writer *w, struct s3_errinfo *err)
 {
-    *words = 0;
+    const double t = s3_now_ms();
+    const int64_t first = w->cst.n_passages + w->txn_pass;
+    int64_t words = 0;
     for (size_t i = 0; i < w->n_hp; i++) {
         const struct held_pass *h = &w->hp[i];
-        const int64_t id = IDX_PASSAGE_ID(w->doc, w->cst.n_passages + (int64_t)i);
+        const int64_t id = IDX_PASSAGE_ID(w->doc, first + (int64_t)i);
         const char *text = h->text_len ? (const char *)w->held.p + h->text_off : "";
         const void *sents = h->sents_len ? (const void *)(w->held.p + h->sents_off) : "";
         sqlite3_stmt *st = w->ins_pass;
@@ -1041,9 +1053,17 @@ static int write_passages(struct idx_writer *w, int64_t *words, struct s3_errinf
     }
     if (!w->n_hp)
         return 0;
-    return idx__fts_words(w->db, IDX_PASSAGE_ID(w->doc, w->cst.n_passages),
-                          IDX_PASSAGE_ID(w->doc, w->cst.n_passages + (int64_t)w->n_hp - 1), words,
-                          err);
+    const int rc = idx__fts_words(w->db, IDX_PASSAGE_ID(w->doc, first),
+                                  IDX_PASSAGE_ID(w->doc, first + (int64_t)w->n_hp - 1), &words,
+                                  err);
+    if (rc == 0) {
+        w->txn_pass += (int64_t)w->n_hp;
+        w->txn_words += words;
+        w->n_hp = 0;
+        w->held.n = 0;
+    }
+    w->tm.passages += s3_now_ms() - t;
+    return rc;
 }
 
 /* The parts not yet written as pending rows. */
@@ -1094,11 +1114,8 @@ static int update_doc(struct idx_writer *w, int64_t words, int64_t seg, struct s
 static int write_held(struct idx_writer *w, int merge, int64_t stop_n, int64_t *seg,
                       struct s3_errinfo *err)
 {
-    int64_t words = 0;
-    double t = s3_now_ms();
-    int rc = write_passages(w, &words, err);
-    w->tm.passages += s3_now_ms() - t;
-    t = s3_now_ms();
+    int rc = write_passages(w, err);
+    const double t = s3_now_ms();
     *seg = w->seg_start;
     if (rc == 0 && merge && w->st.next_tok > w->seg_start) {
         rc = merge_segment(w, w->st.next_tok, stop_n, err);
@@ -1108,7 +1125,7 @@ static int write_held(struct idx_writer *w, int merge, int64_t stop_n, int64_t *
     }
     w->tm.segments += s3_now_ms() - t;
     if (rc == 0)
-        rc = update_doc(w, words, *seg, err);
+        rc = update_doc(w, w->txn_words, *seg, err);
     return rc;
 }
 
@@ -1123,6 +1140,8 @@ static void committed(struct idx_writer *w, int64_t seg)
         w->parts[i].written = 1;
     w->n_hp = 0;
     w->held.n = 0;
+    w->txn = 0;
+    w->txn_pass = w->txn_words = 0;
     w->cst = w->st;
     w->seg_start = seg;
     if (w->df_stale == 2)
@@ -1131,9 +1150,13 @@ static void committed(struct idx_writer *w, int64_t seg)
     idx__ckpt_kick(w->db);
 }
 
-/* After a failed transaction (rolled back): drop what was accepted since the last commit. */
+/* Roll the transaction back (if open) and drop what was accepted since the last commit. */
 static void drop_held(struct idx_writer *w)
 {
+    if (w->txn)
+        sqlite3_exec(w->db->db, "ROLLBACK", NULL, NULL, NULL);
+    w->txn = 0;
+    w->txn_pass = w->txn_words = 0;
     size_t k = 0;
     for (size_t i = 0; i < w->n_parts; i++)
         if (w->parts[i].written)
@@ -1148,10 +1171,20 @@ static void drop_held(struct idx_writer *w)
         w->df_stale = 1; /* counts of rows rolled back */
 }
 
+/* Open the transaction unless it is. */
+static int txn_begin(struct idx_writer *w, struct s3_errinfo *err)
+{
+    if (w->txn)
+        return 0;
+    const int rc = idx__exec(w->db, "BEGIN IMMEDIATE", err);
+    w->txn = rc == 0;
+    return rc;
+}
+
 static int commit_held(struct idx_writer *w, int merge, struct s3_errinfo *err)
 {
     int64_t seg = w->seg_start;
-    int rc = idx__exec(w->db, "BEGIN IMMEDIATE", err);
+    int rc = txn_begin(w, err);
     if (rc == 0)
         rc = write_held(w, merge, 0, &seg, err);
     const double t = s3_now_ms();
@@ -1159,7 +1192,6 @@ static int commit_held(struct idx_writer *w, int merge, struct s3_errinfo *err)
         rc = idx__exec(w->db, "COMMIT", err);
     w->tm.commit += s3_now_ms() - t;
     if (rc < 0) {
-        sqlite3_exec(w->db->db, "ROLLBACK", NULL, NULL, NULL);
         drop_held(w);
         return rc;
     }
@@ -1173,12 +1205,13 @@ void idx_writer_set_commit_ms(struct idx_writer *w, int ms)
 }
 
 /* Whether to cut the segment before it is full because the document is about to end: at
- * least IDX_TAIL_MIN positions unmerged and at most half that many left, estimated from the
- * source bytes not yet in passages at the tokens per byte so far. The merge then runs while
+ * least IDX_TAIL_MIN positions unmerged and at most half that many left (but not fewer than
+ * IDX_TAIL_MIN / 2: a cut costs a commit, and one just before the end would hold up the
+ * finish), estimated from the source bytes not yet in passages at the tokens per byte so far. The merge then runs while
  * the last chunks are still being computed (merging a position costs the writer less than half
  * what computing it costs the GPU), and cuts that follow one another shrink the last segment,
  * the one finishing writes, geometrically: a document of 32k positions is written as segments
- * of about 22k, 8k and 2k. */
+ * of about 22k and 10k. */
 static int near_end(const struct idx_writer *w)
 {
     const int64_t pending = w->st.next_tok - w->seg_start;
@@ -1188,7 +1221,7 @@ static int near_end(const struct idx_writer *w)
     const double left = (double)(w->n_bytes - w->st.pass_char) * (double)w->st.pass_tok /
                             (double)w->st.pass_char +
                         (double)(w->st.pass_tok - w->st.next_tok);
-    return 2 * left <= (double)pending;
+    return 2 * left <= (double)pending && 2 * left >= IDX_TAIL_MIN;
 }
 
 /* Accept chunk c whose slot s is encoded as blobs[s] (blobs NULL: encode c's feature arrays
@@ -1234,6 +1267,10 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const struct 
         w->st.pass_char = c->passages[c->n_passages - 1].end_char;
     }
     w->tm.accept += s3_now_ms() - t0;
+    if (c->n_passages && ((rc = txn_begin(w, err)) < 0 || (rc = write_passages(w, err)) < 0)) {
+        drop_held(w);
+        return rc;
+    }
     if (w->st.next_tok - w->seg_start >= idx__seg_tokens || near_end(w))
         return commit_held(w, 1, err);
     if (w->commit_ms == 0 || s3_now_ms() - w->last_commit_ms >= w->commit_ms)
@@ -1299,7 +1336,7 @@ int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err)
                        (long long)w->st.pass_tok, (long long)w->st.next_tok, (long long)w->doc);
     const int64_t stop_n = w->st.next_tok / IDX_STOP_FRAC + 1;
     int64_t seg = w->seg_start;
-    int rc = idx__exec(w->db, "BEGIN IMMEDIATE", err);
+    int rc = txn_begin(w, err);
     if (rc == 0)
         rc = write_held(w, 1, stop_n, &seg, err);
     const double t = s3_now_ms();
@@ -1315,7 +1352,6 @@ int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err)
     if (rc == 0)
         rc = idx__exec(w->db, "COMMIT", err);
     if (rc < 0) {
-        sqlite3_exec(w->db->db, "ROLLBACK", NULL, NULL, NULL);
         drop_held(w);
         w->done = 0;
         return rc;
@@ -1326,5 +1362,6 @@ int idx_writer_finish(struct idx_writer *w, struct s3_errinfo *err)
 
 int idx_writer_fail(struct idx_writer *w, const char *why, struct s3_errinfo *err)
 {
+    drop_held(w); /* what was not committed goes with the scan */
     return set_status(w, "failed", why ? why : "", err);
 }

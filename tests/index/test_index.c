@@ -1701,6 +1701,47 @@ START_TEST(test_migrate_v2)
 }
 END_TEST
 
+/* A scan failed mid-document (idx_writer_fail) after chunks whose passages went into the open
+ * transaction: those are rolled back, the document is marked failed with the reason, and the
+ * write lock is free for another connection at once. */
+START_TEST(test_fail_open_txn)
+{
+    char path[256];
+    struct s3_errinfo err = {0};
+    struct idx_db *db;
+    tmp_path(path, sizeof path, "failtxn");
+    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    struct idx_writer *w;
+    struct idx_doc_meta m = {.name = "failing"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    add_multislot(w, NULL, 2 * MS_CHUNK); /* no commit due: two chunks' passages written */
+    const int64_t doc = idx_writer_doc(w);
+    ck_assert_int_eq(idx_writer_fail(w, "the model went away", &err), 0);
+    idx_writer_free(w);
+    sqlite3 *other;
+    ck_assert_int_eq(sqlite3_open(path, &other), SQLITE_OK);
+    sqlite3_busy_timeout(other, 0);
+    ck_assert_int_eq(sqlite3_exec(other, "BEGIN IMMEDIATE; ROLLBACK", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_prepare_v2(other, "SELECT status, error, (SELECT count(*) FROM"
+                                        " passages WHERE doc = ?1), n_tokens FROM documents"
+                                        " WHERE id = ?1", -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, doc);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "failed");
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 1), "the model went away");
+    ck_assert_int_eq(sqlite3_column_int(st, 2), 0);
+    ck_assert_int_eq(sqlite3_column_int(st, 3), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(other);
+    /* the connection goes on: a whole document after it */
+    same_postings(db, write_multislot(db, -1), write_multislot(db, 0));
+    idx_close(db);
+    idx_remove_files(path);
+}
+END_TEST
+
 START_TEST(test_locked_db)
 {
     char path[256];
@@ -1724,12 +1765,20 @@ START_TEST(test_locked_db)
     struct idx_passage p = {.start_tok = 0, .end_tok = 4, .start_char = 0, .end_char = 4,
                             .text = "abcd"};
     struct idx_chunk c = {.tok0 = 0, .n_tok = 4, .n_passages = 1, .passages = &p};
+    struct idx_chunk bare = {.tok0 = 0, .n_tok = 4};
     struct idx_scan_state st;
-    /* held (no commit due): accepted; the flush meets the lock and drops it */
-    ck_assert_int_eq(idx_writer_add(w, &c, &err), 0);
+    /* a chunk without passages is held (no commit due): accepted; the flush meets the lock
+     * and drops it */
+    ck_assert_int_eq(idx_writer_add(w, &bare, &err), 0);
     idx_writer_state(w, &st);
     ck_assert_int_eq(st.next_tok, 4);
     ck_assert_int_eq(idx_writer_flush(w, &err), S3_EBUSY);
+    idx_writer_state(w, &st);
+    ck_assert_int_eq(st.next_tok, 0);
+    /* passages are written at once, in the transaction the next commit ends: the add that
+     * opens it meets the lock */
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), S3_EBUSY);
+    ck_assert_ptr_nonnull(strstr(err.msg, "locked"));
     idx_writer_state(w, &st);
     ck_assert_int_eq(st.next_tok, 0);
     /* committed with each chunk: the add itself meets it */
@@ -1850,6 +1899,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_async_encoders);
     tcase_add_test(tc, test_corrupt_pending);
     tcase_add_test(tc, test_migrate_v4);
+    tcase_add_test(tc, test_fail_open_txn);
     tcase_add_loop_test(tc, test_corrupt_segslot, 0, 5);
     tcase_add_loop_test(tc, test_stop_features, 0, 4);
     tcase_add_test(tc, test_bad_queries);
