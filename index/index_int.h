@@ -25,9 +25,9 @@
  *       counting the document's rows in the order written; blob = a segment slot blob
  *       (below). When the pending chunks reach idx__seg_tokens (IDX_SEG_TOKENS) positions,
  *       when the document is about to end (at most half the unmerged positions left by its
- *       source bytes; at least IDX_TAIL_MIN unmerged), and at finish, the chunk that crosses
- *       the mark concatenates their blobs (from memory) feature by feature into these rows,
- *       in its own transaction.
+ *       source bytes; at least IDX_TAIL_MIN unmerged and IDX_TAIL_MIN / 2 left), and at
+ *       finish, the chunk that crosses the mark concatenates their blobs (from memory)
+ *       feature by feature into these rows, in the transaction it commits.
  *   postings(doc, seg, layer, head, feature, n, blob) WITHOUT ROWID: schema 4 wrote a segment
  *       as one row per (slot, feature), blob = the entries relative to base seg, n = their
  *       count. Documents finished before schema 5 are read from these rows; nothing writes
@@ -115,9 +115,10 @@
 #include "idx.h"
 
 #define IDX_SCHEMA_VERSION 5
-#define IDX_SEG_TOKENS     131072       /* a segment's postings rows cover this many positions */
+#define IDX_SEG_TOKENS     131072       /* a segment covers at most this many positions */
 extern int64_t idx__seg_tokens;         /* IDX_SEG_TOKENS; tests lower it */
-#define IDX_TAIL_MIN       8192         /* the shortest segment cut early near the end */
+#define IDX_TAIL_MIN       8192         /* the shortest segment cut early near the end; no
+                                           cut leaves fewer than half this many */
 #define IDX_MAX_SPAN       (1LL << 32)  /* positions of one blob lie in [base, base + this) */
 #define IDX_Q_ZERO         144
 #define IDX_Q_STEPS        12.0f
@@ -137,9 +138,9 @@ extern size_t idx__async_bytes;         /* IDX_ASYNC_BYTES; tests lower it */
                                            checkpointer thread: an in-memory database) */
 #define IDX_WAL_BYTES      (4LL << 20)  /* WAL auto-checkpoint otherwise */
 #ifndef IDX_PAGE_SIZE_STR
-#define IDX_PAGE_SIZE_STR  "65536"      /* new databases; with segments of postings rows 64 KiB
-                                           pages write faster and take less room than 4 KiB
-                                           ones (s3index_bench on the GPU machine's host:
+#define IDX_PAGE_SIZE_STR  "65536"      /* new databases; 64 KiB pages wrote faster and took
+                                           less room than 4 KiB ones (one row per feature,
+                                           s3index_bench on the GPU machine's host:
                                            writer 0.9-1.1 s against 1.2-1.5 s per 1M tokens,
                                            164 against 200 bytes/token) */
 #endif
