@@ -274,6 +274,11 @@ int64_t idx__segdir_find(const uint8_t *dir, uint32_t n_feat, int32_t feat);
 /* Entry i of a checked directory: its count (0: a dropped stop feature) and byte range
  * [*start, *end) of the entries. */
 uint32_t idx__segdir_range(const uint8_t *dir, uint32_t i, uint32_t *start, uint32_t *end);
+/* Open bl (or move it) to segslots row id and read its checked directory into dir (*dir_off =
+ * the entries' byte count = where the directory starts, *n_feat its length). A SQLite code:
+ * SQLITE_CORRUPT if malformed, SQLITE_NOMEM. */
+int idx__segdir_read(struct idx_db *db, sqlite3_blob **bl, int64_t id, int writable,
+                     struct idx_buf *dir, uint64_t *dir_off, uint32_t *n_feat);
 /* Called per feature of a segment slot blob whose count is not 0, with its entries (relative
  * to seg); a non-zero return stops the walk and is returned. */
 typedef int (*idx_segslot_fn)(void *ud, int64_t seg, int layer, int head, int32_t feat,

@@ -359,40 +359,7 @@ struct qord {
 static int cmp_qord(const void *a, const void *b)
 {
     const struct qord *x = a, *y = b;
-    if (x->layer != y->layer)
-        return x->layer < y->layer ? -1 : 1;
-    if (x->head != y->head)
-        return x->head < y->head ? -1 : 1;
-    return (x->i > y->i) - (x->i < y->i);
-}
-
-/* Open (or move) bl to row id of segslots and read its directory into dir; *dir_off = the
- * entries' byte count, *n_feat its length. A SQLite code; SQLITE_CORRUPT if malformed. */
-static int read_dir(struct idx_db *db, sqlite3_blob **bl, int64_t id, struct vec *dir,
-                    uint64_t *dir_off, uint32_t *n_feat)
-{
-    int src = *bl ? sqlite3_blob_reopen(*bl, id)
-                  : sqlite3_blob_open(db->db, "main", "segslots", "blob", id, 0, bl);
-    if (src != SQLITE_OK)
-        return src;
-    const uint64_t nb = (uint64_t)sqlite3_blob_bytes(*bl);
-    uint8_t tail[4];
-    if (nb < 4)
-        return SQLITE_CORRUPT;
-    if ((src = sqlite3_blob_read(*bl, tail, 4, (int)(nb - 4))) != SQLITE_OK)
-        return src;
-    *n_feat = idx__le32(tail);
-    if (idx__segdir_locate(nb, *n_feat, dir_off) < 0)
-        return SQLITE_CORRUPT;
-    const size_t bytes = (size_t)*n_feat * IDX_SEGDIR_ENTRY;
-    dir->n = 0;
-    if (vec_append(dir, NULL, bytes) < 0)
-        return SQLITE_NOMEM;
-    if (bytes && (src = sqlite3_blob_read(*bl, dir->p, (int)bytes, (int)*dir_off)) != SQLITE_OK)
-        return src;
-    if (idx__segdir_check(dir->p, *n_feat, *dir_off) < 0)
-        return SQLITE_CORRUPT;
-    return SQLITE_OK;
+    return idx__cmp_slot_pos(x->layer, x->head, (int64_t)x->i, y->layer, y->head, (int64_t)y->i);
 }
 
 /* S from segment slot rows: per slot of the query features, each row's directory gives the
@@ -402,7 +369,8 @@ static int score_slots(struct idx_db *db, const struct qrow *rows, size_t n_rows
                        int64_t n_tokens, const struct idx_qfeat *f, size_t n, float *S)
 {
     sqlite3_blob *bl = NULL;
-    struct vec dir = {0}, hits = {0}, buf = {0};
+    struct idx_buf dir = {0};
+    struct vec hits = {0}, buf = {0};
     struct qord *order = malloc((n ? n : 1) * sizeof *order);
     int64_t *df = calloc(n ? n : 1, sizeof *df);
     float lut[256];
@@ -428,7 +396,7 @@ static int score_slots(struct idx_db *db, const struct qrow *rows, size_t n_rows
                 continue;
             uint64_t dir_off;
             uint32_t n_feat;
-            src = read_dir(db, &bl, rows[r].id, &dir, &dir_off, &n_feat);
+            src = idx__segdir_read(db, &bl, rows[r].id, 0, &dir, &dir_off, &n_feat);
             for (size_t k = g; k < ge && src == SQLITE_OK; k++) {
                 const int64_t i = idx__segdir_find(dir.p, n_feat, f[order[k].i].feature);
                 struct qhit h = {order[k].i, r, 0, 0};

@@ -72,6 +72,32 @@ uint32_t idx__segdir_range(const uint8_t *dir, uint32_t i, uint32_t *start, uint
     return idx__le32(d + 4);
 }
 
+int idx__segdir_read(struct idx_db *db, sqlite3_blob **bl, int64_t id, int writable,
+                     struct idx_buf *dir, uint64_t *dir_off, uint32_t *n_feat)
+{
+    int src = *bl ? sqlite3_blob_reopen(*bl, id)
+                  : sqlite3_blob_open(db->db, "main", "segslots", "blob", id, writable, bl);
+    if (src != SQLITE_OK)
+        return src;
+    const uint64_t nb = (uint64_t)sqlite3_blob_bytes(*bl);
+    uint8_t tail[4];
+    if (nb < 4)
+        return SQLITE_CORRUPT;
+    if ((src = sqlite3_blob_read(*bl, tail, 4, (int)(nb - 4))) != SQLITE_OK)
+        return src;
+    *n_feat = idx__le32(tail);
+    if (idx__segdir_locate(nb, *n_feat, dir_off) < 0)
+        return SQLITE_CORRUPT;
+    const size_t bytes = (size_t)*n_feat * IDX_SEGDIR_ENTRY;
+    dir->n = 0;
+    if (idx__buf_reserve(dir, bytes) < 0)
+        return SQLITE_NOMEM;
+    if (bytes && (src = sqlite3_blob_read(*bl, dir->p, (int)bytes, (int)*dir_off)) != SQLITE_OK)
+        return src;
+    dir->n = bytes;
+    return idx__segdir_check(dir->p, *n_feat, *dir_off) < 0 ? SQLITE_CORRUPT : SQLITE_OK;
+}
+
 int idx__segslot_walk(struct idx_db *db, int64_t doc, idx_segslot_fn fn, void *ud,
                       struct s3_errinfo *err)
 {

@@ -870,37 +870,18 @@ struct stop_key {
 static int cmp_stop_key(const void *a, const void *b)
 {
     const struct stop_key *x = a, *y = b;
-    if (x->layer != y->layer)
-        return x->layer < y->layer ? -1 : 1;
-    if (x->head != y->head)
-        return x->head < y->head ? -1 : 1;
-    return (x->feat > y->feat) - (x->feat < y->feat);
+    return idx__cmp_slot_pos(x->layer, x->head, x->feat, y->layer, y->head, y->feat);
 }
 
 /* Set the count of each stop feature in the slot blob of row id (its keys [k, e)) to 0. */
 static int zero_stop(sqlite3_blob **bl, struct idx_db *db, int64_t id, const struct stop_key *k,
                      const struct stop_key *e, struct idx_buf *dir)
 {
-    int src = *bl ? sqlite3_blob_reopen(*bl, id)
-                  : sqlite3_blob_open(db->db, "main", "segslots", "blob", id, 1, bl);
+    uint64_t dir_off = 0;
+    uint32_t n_feat = 0;
+    int src = idx__segdir_read(db, bl, id, 1, dir, &dir_off, &n_feat);
     if (src != SQLITE_OK)
         return src;
-    const uint64_t nb = (uint64_t)sqlite3_blob_bytes(*bl);
-    uint8_t tail[4];
-    uint64_t dir_off = 0;
-    if (nb < 4 || (src = sqlite3_blob_read(*bl, tail, 4, (int)(nb - 4))) != SQLITE_OK)
-        return src ? src : SQLITE_CORRUPT;
-    const uint32_t n_feat = idx__le32(tail);
-    if (idx__segdir_locate(nb, n_feat, &dir_off) < 0)
-        return SQLITE_CORRUPT;
-    dir->n = 0;
-    if (idx__buf_reserve(dir, (size_t)n_feat * IDX_SEGDIR_ENTRY) < 0)
-        return SQLITE_NOMEM;
-    if ((src = sqlite3_blob_read(*bl, dir->p, (int)n_feat * IDX_SEGDIR_ENTRY, (int)dir_off)) !=
-        SQLITE_OK)
-        return src;
-    if (idx__segdir_check(dir->p, n_feat, dir_off) < 0)
-        return SQLITE_CORRUPT;
     static const uint8_t zero[4];
     for (; k < e; k++) {
         const int64_t i = idx__segdir_find(dir->p, n_feat, k->feat);
