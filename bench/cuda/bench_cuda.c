@@ -446,6 +446,33 @@ static int q_hook(void *ud, int layer, int pos0, int n, const float *q, const fl
 }
 /* ---- ingest: the product's scan pipeline over a long document, then a question ------------- */
 
+/* A /proc/self/status field in MiB ("VmRSS", "VmHWM"); -1 where there is none. */
+static double proc_mib(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double v = -1;
+    const size_t kl = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl) && line[kl] == ':') {
+            v = strtod(line + kl + 1, NULL) / 1024.0;
+            break;
+        }
+    if (f)
+        fclose(f);
+    return v;
+}
+
+/* Start counting the peak resident set (VmHWM) afresh from the current one. */
+static void reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
+}
+
 static double dt_ms(double *t)
 {
     const double now = s3_now_ms(), d = now - *t;
@@ -572,7 +599,10 @@ static int cmd_ingest(int argc, char **argv)
     }
     warm_ms = s3_now_ms() - warm_ms;
     size_t min_free = free0;
-    /* the pipeline */
+    /* the pipeline; the host memory it adds: the peak resident set during the scan against
+     * the resident set before it (model, token ids and passage text already in memory) */
+    reset_peak_rss();
+    const double rss0 = proc_mib("VmRSS");
     double submit_ms = 0, wait_ms = 0, write_ms = 0, finish_ms = 0, t0;
     int64_t n_pass = 0, pass_tok = 0;
     t = s3_now_ms();
@@ -627,6 +657,7 @@ static int cmd_ingest(int argc, char **argv)
     w = NULL;
     const double free_ms = dt_ms(&t0);
     const double scan_ms = s3_now_ms() - t_scan;
+    const double rss_peak = proc_mib("VmHWM");
     int64_t db_bytes = 0;
     idx_db_bytes(db, &db_bytes, &err);
     printf("{\"bench\":\"ingest\",\"label\":\"%s\",\"tokens\":%lld,\"chunk\":%d,\"hooked_layers\":%d,"
@@ -636,12 +667,13 @@ static int cmd_ingest(int argc, char **argv)
            "\"queue_chunk\":%.0f,\"finish\":%.0f,\"free\":%.0f},"
            "\"writer_ms\":{\"accept\":%.0f,\"passages\":%.0f,\"segments\":%.0f,"
            "\"commit\":%.0f,\"finish_merge\":%.0f,\"encode\":%.0f},"
-           "\"index_bytes_per_token\":%.1f,\"extra_device_gib\":%.3f}\n",
+           "\"index_bytes_per_token\":%.1f,\"extra_device_gib\":%.3f,"
+           "\"host_rss_mib\":{\"before\":%.1f,\"peak\":%.1f}}\n",
            label, n_tok, chunk, in.n_idx, sae_dict, sae_k, ki, load_ms, warm_ms, scan_ms / 1000,
            n_tok / (scan_ms / 1000), submit_ms, wait_ms, write_ms, finish_ms, free_ms, wt.accept,
            wt.passages, wt.segments, wt.commit, wt.finish, wt.encode,
            (double)db_bytes / n_tok,
-           (double)(free0 - min_free) / 1073741824.0);
+           (double)(free0 - min_free) / 1073741824.0, rss0, rss_peak);
     fflush(stdout);
     /* the question */
     const double tq = s3_now_ms();

@@ -43,6 +43,7 @@ log build
 cmake --build $B -j16 --target cuda_test_kernels cuda_test_backend cuda_test_forward cuda_test_scan s3cuda_bench s3serve s3index_bench \
   > $OUT/build.log 2>&1 || { grep -E "error|Error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
 ldd $B/cuda_test_kernels | grep "not found"
+SAE3=$ROOT/vendor-deb/slice3.s3sae; [ -f $SAE3 ] || SAE3=
 if [ "${TESTS:-1}" = 1 ]; then
 log tests
 S3_ROOT=$ROOT $B/cuda_test_kernels > $OUT/test_kernels.log 2>&1; KRC=$?
@@ -51,7 +52,6 @@ grep -E "attn|Checks|Failure|Error" $OUT/test_kernels.log | tail -30
 [ $KRC -ne 0 ] && { echo "kernel tests FAILED: benchmarks with S3_CUDA_ATTN=1"; export S3_CUDA_ATTN=1; }
 S3_ROOT=$ROOT $B/cuda_test_backend 2>&1 | tee $OUT/test_backend.log | grep -E "backend|Checks|Failure|Error"
 S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf $B/cuda_test_forward 2>&1 | tee $OUT/test_forward.log | tail -8
-SAE3=$ROOT/vendor-deb/slice3.s3sae; [ -f $SAE3 ] || SAE3=
 S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf S3_CUDA_SAE=$SAE3 $B/cuda_test_scan 2>&1 | tee $OUT/test_scan.log | tail -30
 fi
 if [ "${MEMCHECK:-1}" = 1 ]; then
