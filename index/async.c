@@ -284,7 +284,9 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
         pthread_mutex_destroy(&a->mu);
         goto fail;
     }
+    idx__writer_set_eager(w, 1);
     if (pthread_create(&a->th, NULL, async_main, a) != 0) {
+        idx__writer_set_eager(w, 0);
         pthread_cond_destroy(&a->cv);
         pthread_mutex_destroy(&a->mu);
         goto fail;
@@ -410,6 +412,7 @@ int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
     pthread_join(a->th, NULL);
+    idx__writer_set_eager(a->w, 0); /* an open transaction stays until the next commit */
     const int rc = a->rc;
     if (rc < 0 && err)
         *err = a->err;

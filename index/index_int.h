@@ -317,6 +317,9 @@ void idx__enc_free(struct idx_enc *e);
  * (n_slot, borrowed); c->feat and c->act are not read. */
 int idx__writer_add_encoded(struct idx_writer *w, const struct idx_chunk *c,
                             const struct idx_buf *blobs, struct s3_errinfo *err);
+/* Eager writing (idx_async, from start to end): passages written as each chunk comes, in a
+ * transaction kept open until the next commit. */
+void idx__writer_set_eager(struct idx_writer *w, int on);
 /* idx_async's encoding time, counted in the writer's times. */
 void idx__writer_add_encode_ms(struct idx_writer *w, double ms);
 

@@ -2,8 +2,9 @@
  * committed together: when a segment is full (its postings go straight into segslots rows of
  * that segment, never into pending rows), when IDX_COMMIT_MS have passed since the last
  * commit (as pending rows), at idx_writer_flush() and at finish, which writes the last segment
- * and drops the stop features of every segment. Each chunk's passages are written at once, in
- * the transaction that the next commit ends. The document is visible only once finished. */
+ * and drops the stop features of every segment. Driven by idx_async, each chunk's passages
+ * are written at once, in the transaction that the next commit ends. The document is visible
+ * only once finished. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,10 +113,13 @@ struct idx_writer {
      * segment directories before use, after a resume or a rolled back segment) */
     struct df_map df;
     int df_stale;            /* 1: stale; 2: include rows not yet committed */
-    /* the write transaction holding what was accepted since the last commit: opened by the
-     * first chunk after a commit, which writes its passages there at once (so that the
-     * commit does not write them all in one go); txn_pass and txn_words: passages written in
-     * it and their FTS token count */
+    /* eager (a writer driven by idx_async): the first chunk after a commit opens the write
+     * transaction and every chunk writes its passages there at once, so that the commit does
+     * not write them all in one go (the database is the writer thread's meanwhile; a writer
+     * driven by its caller holds them until the commit and no transaction between chunks, so
+     * that the caller may use the connection between chunks). txn: the transaction is open;
+     * txn_pass and txn_words: passages written in it and their FTS token count */
+    int eager;
     int txn;
     int64_t txn_pass, txn_words;
     /* passages accepted and not yet written */
@@ -300,6 +304,11 @@ void idx_writer_state(const struct idx_writer *w, struct idx_scan_state *st)
 void idx_writer_times(const struct idx_writer *w, struct idx_writer_times *t)
 {
     *t = w->tm;
+}
+
+void idx__writer_set_eager(struct idx_writer *w, int on)
+{
+    w->eager = on;
 }
 
 void idx__writer_add_encode_ms(struct idx_writer *w, double ms)
@@ -1248,7 +1257,8 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const struct 
         w->st.pass_char = c->passages[c->n_passages - 1].end_char;
     }
     w->tm.accept += s3_now_ms() - t0;
-    if (c->n_passages && ((rc = txn_begin(w, err)) < 0 || (rc = write_passages(w, err)) < 0)) {
+    if (w->eager && c->n_passages &&
+        ((rc = txn_begin(w, err)) < 0 || (rc = write_passages(w, err)) < 0)) {
         drop_held(w);
         return rc;
     }

@@ -9,7 +9,9 @@
  * cancel flag; the worker then removes its rows.
  *
  * Threads: handlers run on MHD threads and read the index through s->rdb (under r_mu); the
- * worker writes through s->wdb. The registry (s->d_head..) is under s->w_mu. */
+ * worker scans through s->wdb and runs its other jobs (retrieval, deletes), which may come
+ * between a scan's chunks, through s->jdb: a GPU scan's writer thread uses s->wdb until the
+ * scan ends. The registry (s->d_head..) is under s->w_mu. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -491,6 +493,9 @@ int srv__docs_open(struct srv *s, struct s3_errinfo *err)
     rc = idx_open(s->cfg->db, &oo, &s->rdb, err);
     if (rc < 0)
         return rc;
+    rc = idx_open(s->cfg->db, &oo, &s->jdb, err);
+    if (rc < 0)
+        return rc;
     /* scans a previous run left unfinished cannot continue: their text is gone */
     if ((rc = idx_doc_list(s->wdb, NULL, 0, &docs, &n, err)) < 0)
         return rc;
@@ -513,7 +518,8 @@ void srv__docs_close(struct srv *s)
 {
     idx_close(s->wdb);
     idx_close(s->rdb);
-    s->wdb = s->rdb = NULL;
+    idx_close(s->jdb);
+    s->wdb = s->rdb = s->jdb = NULL;
     struct srv_doc_job *d = s->d_head;
     while (d) {
         struct srv_doc_job *next = d->next;
@@ -805,7 +811,7 @@ void srv__run_retrieve(struct srv *s, struct srv_req *r)
         srv_req_reply_error(r, &e);
         return;
     }
-    if (srv__evidence(s, s->wdb, r->tenant, r->rq.docs, r->rq.n_docs, r->rq.query,
+    if (srv__evidence(s, s->jdb, r->tenant, r->rq.docs, r->rq.n_docs, r->rq.query,
                       r->rq.ret.mode, budget, &res, &info, &e) < 0) {
         srv_req_reply_error(r, &e);
         idx_result_deinit(&res);
@@ -843,7 +849,7 @@ void srv__run_doc_delete(struct srv *s, struct srv_req *r)
         __atomic_store_n(&d->cancel, 1, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&s->w_mu);
     if (!active) {
-        int rc = idx_doc_get(s->wdb, r->doc_id, &info, &err);
+        int rc = idx_doc_get(s->jdb, r->doc_id, &info, &err);
         if (rc == S3_ENOTFOUND || (rc == 0 && strcmp(info.tenant, r->tenant) != 0)) {
             srv_errorf(&e, 404, "invalid_request_error", "document_not_found", NULL,
                        "No document with id '%s'.", id);
@@ -851,7 +857,7 @@ void srv__run_doc_delete(struct srv *s, struct srv_req *r)
             return;
         }
         if (rc == 0)
-            rc = idx_doc_delete(s->wdb, r->doc_id, &err);
+            rc = idx_doc_delete(s->jdb, r->doc_id, &err);
         if (rc < 0) {
             srv_error_from_code(&e, S3_EDB, "The index is not available.");
             srv_req_reply_error(r, &e);

@@ -488,11 +488,14 @@ struct srv {
     struct s3_errinfo w_err;
     int w_nested;            /* worker: 1 while a job runs between the chunks of a scan */
 
-    /* documents: registry under w_mu; wdb worker thread only; rdb under r_mu (MHD threads) */
+    /* documents: registry under w_mu; wdb (scans) and jdb (the worker's other jobs) worker
+     * thread only; rdb under r_mu (MHD threads) */
     int docs_on;             /* read-only after start: the engine has the document ops */
     struct srv_doc_job *d_head, *d_tail;
     int d_queued, d_running;
     struct idx_db *wdb;
+    struct idx_db *jdb;      /* retrieval and deletes run between a scan's chunks (a GPU scan's
+                                writer thread holds wdb meanwhile, and its transaction) */
     struct srv_lcache *lcache; /* worker thread only: scanned middles of long prompts */
     pthread_mutex_t r_mu;
     struct idx_db *rdb;

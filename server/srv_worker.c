@@ -300,7 +300,7 @@ static int plan_documents(struct srv *s, struct srv_req *r, struct plan *pl,
                         s->info.n_ctx);
         goto out;
     }
-    if ((rc = srv__evidence(s, s->wdb, r->tenant, r->gen.docs, r->gen.n_docs, question,
+    if ((rc = srv__evidence(s, s->jdb, r->tenant, r->gen.docs, r->gen.n_docs, question,
                             r->gen.ret.mode, budget, &res, &info, e)) < 0)
         goto out;
     if (!(ev = join_spans(&res, "\n...\n", &evn))) {

@@ -209,7 +209,12 @@ check "delete another key's document" 404 '"code":"document_not_found"' "${AUTH2
 check "delete" 200 '"deleted":true' "${AUTH[@]}" -X DELETE "$D/$DOC2"
 check "deleted document is gone" 404 '"code":"document_not_found"' "${AUTH[@]}" "$D/$DOC2"
 check "delete twice" 404 '"code":"document_not_found"' "${AUTH[@]}" -X DELETE "$D/$DOC2"
-# cancel a scan by deleting the document while it runs
+# cancel a scan by deleting the document while it runs; retrieval and deletes of other
+# documents are served between its chunks (through the worker's own connection)
+"$PY" "$ROOT/tests/http/gen_text.py" 600 --seed 5 >"$WORK/doc5.txt"
+check "upload a short document" 202 '"id":"doc_' "${AUTH[@]}" --data-binary @"$WORK/doc5.txt" "$D?name=five.txt"
+DOC5="$(doc_id)"
+wait_ready "$DOC5"
 "$PY" "$ROOT/tests/http/gen_text.py" 30000 --seed 3 >"$WORK/doc3.txt"
 check "upload a longer document" 202 '"id":"doc_' "${AUTH[@]}" --data-binary @"$WORK/doc3.txt" "$D"
 DOC3="$(doc_id)"
@@ -218,6 +223,11 @@ for _ in $(seq 1 200); do
     sleep 0.05
 done
 check "chat is served while a document scans" 200 '"finish_reason"' "${AUTH[@]}" -d "{$MSG,\"max_tokens\":2}" "$C"
+check "retrieval is served while a document scans" 200 'PELICAN-4471' "${AUTH[@]}" -d "{\"documents\":[\"$DOC1\"],$Q,\"retrieval\":{\"mode\":\"bm25\",\"budget\":256}}" "$R"
+check "another document is deleted while one scans" 200 '"deleted":true' "${AUTH[@]}" -X DELETE "$D/$DOC5"
+check "it is gone" 404 '"code":"document_not_found"' "${AUTH[@]}" "$D/$DOC5"
+curl -s "${AUTH[@]}" "$D/$DOC3" | grep -q '"status":"scanning"' && echo "ok   the scan goes on" ||
+    { echo "FAIL the scan stopped: $(curl -s "${AUTH[@]}" "$D/$DOC3")"; FAILS=$((FAILS + 1)); }
 check "delete cancels the scan" 200 '"deleted":true' "${AUTH[@]}" -X DELETE "$D/$DOC3"
 gone=no
 for _ in $(seq 1 300); do

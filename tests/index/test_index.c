@@ -1701,9 +1701,9 @@ START_TEST(test_migrate_v2)
 }
 END_TEST
 
-/* A scan failed mid-document (idx_writer_fail) after chunks whose passages went into the open
- * transaction: those are rolled back, the document is marked failed with the reason, and the
- * write lock is free for another connection at once. */
+/* A scan failed mid-document (idx_writer_fail) after chunks whose passages idx_async wrote
+ * into the open transaction: those are rolled back, the document is marked failed with the
+ * reason, and the write lock is free for another connection at once. */
 START_TEST(test_fail_open_txn)
 {
     char path[256];
@@ -1714,7 +1714,10 @@ START_TEST(test_fail_open_txn)
     struct idx_writer *w;
     struct idx_doc_meta m = {.name = "failing"};
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
-    add_multislot(w, NULL, 2 * MS_CHUNK); /* no commit due: two chunks' passages written */
+    struct idx_async *aw;
+    ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
+    add_multislot(w, aw, 2 * MS_CHUNK); /* no commit due: two chunks' passages written */
+    ck_assert_int_eq(idx_async_end(aw, &err), 0);
     const int64_t doc = idx_writer_doc(w);
     ck_assert_int_eq(idx_writer_fail(w, "the model went away", &err), 0);
     idx_writer_free(w);
@@ -1765,19 +1768,20 @@ START_TEST(test_locked_db)
     struct idx_passage p = {.start_tok = 0, .end_tok = 4, .start_char = 0, .end_char = 4,
                             .text = "abcd"};
     struct idx_chunk c = {.tok0 = 0, .n_tok = 4, .n_passages = 1, .passages = &p};
-    struct idx_chunk bare = {.tok0 = 0, .n_tok = 4};
     struct idx_scan_state st;
-    /* a chunk without passages is held (no commit due): accepted; the flush meets the lock
-     * and drops it */
-    ck_assert_int_eq(idx_writer_add(w, &bare, &err), 0);
+    /* held (no commit due): accepted; the flush meets the lock and drops it */
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), 0);
     idx_writer_state(w, &st);
     ck_assert_int_eq(st.next_tok, 4);
     ck_assert_int_eq(idx_writer_flush(w, &err), S3_EBUSY);
     idx_writer_state(w, &st);
     ck_assert_int_eq(st.next_tok, 0);
-    /* passages are written at once, in the transaction the next commit ends: the add that
-     * opens it meets the lock */
-    ck_assert_int_eq(idx_writer_add(w, &c, &err), S3_EBUSY);
+    /* through idx_async a chunk's passages are written at once, in the transaction the next
+     * commit ends: the chunk that opens it meets the lock, reported by the end */
+    struct idx_async *aw;
+    ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
+    ck_assert_int_eq(idx_async_add(aw, &c, &err), 0);
+    ck_assert_int_eq(idx_async_end(aw, &err), S3_EBUSY);
     ck_assert_ptr_nonnull(strstr(err.msg, "locked"));
     idx_writer_state(w, &st);
     ck_assert_int_eq(st.next_tok, 0);
