@@ -32,65 +32,67 @@ struct held_pass {
     size_t text_off, text_len, sents_off, sents_len;
 };
 
-/* Entry counts keyed by (layer, head, feature), open addressing; key 0 = empty. */
-struct df_map {
-    uint64_t *key;
+/* Entry counts per (layer, head) slot, dense over the features (8 bytes per feature of the
+ * dictionary and slot: a segment's directory, features increasing, walks its slot's array in
+ * order). */
+struct df_slot {
+    int layer, head;
     int64_t *n;
-    size_t cap, used;       /* cap a power of two or 0 */
+    size_t cap;              /* features covered: n[0, cap) */
+};
+struct df_map {
+    struct df_slot *s;
+    size_t n_s, cap_s;
 };
 
-static uint64_t df_key(int layer, int head, int32_t feat)
+/* The slot (layer, head) of m, added if new; NULL when out of memory. */
+static struct df_slot *df_slot_of(struct df_map *m, int layer, int head)
 {
-    return ((uint64_t)layer << 40 | (uint64_t)head << 24 | (uint64_t)feat) + 1;
+    for (size_t i = m->n_s; i-- > 0;)
+        if (m->s[i].layer == layer && m->s[i].head == head)
+            return &m->s[i];
+    if (m->n_s == m->cap_s) {
+        const size_t nc = m->cap_s ? 2 * m->cap_s : 16;
+        struct df_slot *ns = realloc(m->s, nc * sizeof *ns);
+        if (!ns)
+            return NULL;
+        m->s = ns;
+        m->cap_s = nc;
+    }
+    m->s[m->n_s] = (struct df_slot){layer, head, NULL, 0};
+    return &m->s[m->n_s++];
 }
 
-static size_t df_slot(const struct df_map *m, uint64_t k)
+/* Add n to feat's count in slot d; *total = its new count. S3_ENOMEM. */
+static int df_add(struct df_slot *d, int32_t feat, int64_t n, int64_t *total)
 {
-    size_t i = (size_t)((k * 0x9e3779b97f4a7c15ULL) >> 20) & (m->cap - 1);
-    while (m->key[i] && m->key[i] != k)
-        i = (i + 1) & (m->cap - 1);
-    return i;
-}
-
-/* Add n to key k; *total = its new count. S3_ENOMEM. */
-static int df_add(struct df_map *m, uint64_t k, int64_t n, int64_t *total)
-{
-    if (2 * (m->used + 1) > m->cap) {
-        struct df_map g = {.cap = m->cap ? 2 * m->cap : 4096};
-        g.key = calloc(g.cap, sizeof *g.key);
-        g.n = malloc(g.cap * sizeof *g.n);
-        if (!g.key || !g.n) {
-            free(g.key);
-            free(g.n);
+    if ((size_t)feat >= d->cap) {
+        size_t nc = d->cap ? d->cap : 1024;
+        while (nc <= (size_t)feat)
+            nc *= 2;
+        int64_t *nn = realloc(d->n, nc * sizeof *nn);
+        if (!nn)
             return S3_ENOMEM;
-        }
-        for (size_t i = 0; i < m->cap; i++)
-            if (m->key[i]) {
-                size_t j = df_slot(&g, m->key[i]);
-                g.key[j] = m->key[i];
-                g.n[j] = m->n[i];
-            }
-        g.used = m->used;
-        free(m->key);
-        free(m->n);
-        *m = g;
+        memset(nn + d->cap, 0, (nc - d->cap) * sizeof *nn);
+        d->n = nn;
+        d->cap = nc;
     }
-    size_t i = df_slot(m, k);
-    if (!m->key[i]) {
-        m->key[i] = k;
-        m->n[i] = 0;
-        m->used++;
-    }
-    m->n[i] += n;
-    *total = m->n[i];
+    *total = d->n[feat] += n;
     return 0;
 }
 
 static void df_clear(struct df_map *m)
 {
-    if (m->cap)
-        memset(m->key, 0, m->cap * sizeof *m->key);
-    m->used = 0;
+    for (size_t i = 0; i < m->n_s; i++)
+        if (m->s[i].cap)
+            memset(m->s[i].n, 0, m->s[i].cap * sizeof *m->s[i].n);
+}
+
+static void df_free(struct df_map *m)
+{
+    for (size_t i = 0; i < m->n_s; i++)
+        free(m->s[i].n);
+    free(m->s);
 }
 
 struct idx_writer {
@@ -336,8 +338,7 @@ void idx_writer_free(struct idx_writer *w)
     free(w->parts);
     free(w->hp);
     free(w->held.p);
-    free(w->df.key);
-    free(w->df.n);
+    df_free(&w->df);
     free(w);
 }
 
@@ -672,12 +673,15 @@ static int insert_slot(struct idx_writer *w, sqlite3_stmt *ins, int64_t id,
     uint8_t *dir = o->dir.p;
     const uint32_t n_feat = (uint32_t)(o->dir.n / IDX_SEGDIR_ENTRY);
     uint32_t kept = 0, wdata = 0;
+    struct df_slot *ds = df_slot_of(&w->df, slot->layer, slot->head);
+    if (!ds)
+        return S3_ENOMEM;
     for (uint32_t i = 0; i < n_feat; i++) {
         uint32_t start, end;
         const uint32_t n = idx__segdir_range(dir, i, &start, &end);
         const int32_t feat = (int32_t)idx__le32(dir + (size_t)i * IDX_SEGDIR_ENTRY);
         int64_t total;
-        if (df_add(&w->df, df_key(slot->layer, slot->head, feat), n, &total) < 0)
+        if (df_add(ds, feat, n, &total) < 0)
             return S3_ENOMEM;
         if (stop_n > 0 && total > stop_n)
             continue;
@@ -716,7 +720,8 @@ static int count_entries(void *ud, int64_t seg, int layer, int head, int32_t fea
     (void)entries;
     (void)nbytes;
     int64_t total;
-    return df_add(ud, df_key(layer, head, feat), n, &total);
+    struct df_slot *ds = df_slot_of(ud, layer, head);
+    return ds ? df_add(ds, feat, n, &total) : S3_ENOMEM;
 }
 
 /* The entry counts of the segments already written, from their directories (a resumed
@@ -914,14 +919,15 @@ static int drop_stop_features(struct idx_writer *w, int64_t stop_n, struct s3_er
     sqlite3_blob *bl = NULL;
     struct idx_buf dir = {0};
     int rc = 0, src = SQLITE_OK;
-    for (size_t i = 0; i < w->df.cap; i++) {
-        const uint64_t k = w->df.key[i] - 1;
-        if (!w->df.key[i] || w->df.n[i] <= stop_n)
-            continue;
-        if (grow((void **)&keys, &cap, n_keys + 1, sizeof *keys) < 0)
-            goto oom;
-        keys[n_keys++] = (struct stop_key){(int)(k >> 40), (int)(k >> 24 & 0xffff),
-                                           (int32_t)(k & 0xffffff)};
+    for (size_t i = 0; i < w->df.n_s; i++) {
+        const struct df_slot *ds = &w->df.s[i];
+        for (size_t f = 0; f < ds->cap; f++) {
+            if (ds->n[f] <= stop_n)
+                continue;
+            if (grow((void **)&keys, &cap, n_keys + 1, sizeof *keys) < 0)
+                goto oom;
+            keys[n_keys++] = (struct stop_key){ds->layer, ds->head, (int32_t)f};
+        }
     }
     if (!n_keys)
         return 0;

@@ -1745,6 +1745,57 @@ START_TEST(test_fail_open_txn)
 }
 END_TEST
 
+/* The largest feature id the index takes (IDX_MAX_FEATURE - 1) beside a small one: counted,
+ * written, read and scored exactly (the writer's counts are dense over the features). */
+START_TEST(test_feature_range)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    struct idx_writer *w;
+    struct idx_doc_meta m = {.name = "range"};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    enum { N = 64 };
+    int32_t feat[2 * N];
+    float act[2 * N];
+    for (int t = 0; t < N; t++) {
+        feat[2 * t] = 3;
+        feat[2 * t + 1] = t % 16 == 0 ? IDX_MAX_FEATURE - 1 : -1;
+        act[2 * t] = 1.0f;
+        act[2 * t + 1] = 2.0f;
+    }
+    char text[N];
+    memset(text, 'a', sizeof text);
+    struct idx_passage p = {.start_tok = 0, .end_tok = N, .start_char = 0, .end_char = N,
+                            .text = text};
+    struct idx_slot slot = {2, 1};
+    struct idx_chunk c = {.tok0 = 0, .n_tok = N, .n_slot = 1, .slots = &slot, .k = 2,
+                          .feat = feat, .act = act, .n_passages = 1, .passages = &p};
+    ck_assert_int_eq(idx_writer_add(w, &c, &err), 0);
+    ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
+    const int64_t doc = idx_writer_doc(w);
+    idx_writer_free(w);
+    xpost(db, doc);
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT group_concat(feature || ':' || n) FROM"
+                                        " (SELECT feature, n FROM xpost WHERE doc = ?"
+                                        " ORDER BY feature)", -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, doc);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    char want[64];
+    snprintf(want, sizeof want, "3:64,%d:4", IDX_MAX_FEATURE - 1);
+    /* feature 3 is on every position: a stop feature (more than 64 / 8 + 1), dropped */
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), want + 5);
+    sqlite3_finalize(st);
+    float S[N];
+    const struct idx_qfeat q = {2, 1, IDX_MAX_FEATURE - 1, 1.0f};
+    ck_assert_int_eq(idx__score_positions(db, doc, N, &q, 1, S, &err), 0);
+    const float a = (float)(idx__act_decode(idx__act_encode(2.0f)) / (log(5.0) + 1.0));
+    for (int t = 0; t < N; t++)
+        ck_assert_msg(fabsf(S[t] - (t % 16 == 0 ? a : 0.0f)) < 1e-6f, "t=%d S=%g", t, S[t]);
+    idx_close(db);
+}
+END_TEST
+
 START_TEST(test_locked_db)
 {
     char path[256];
@@ -1904,6 +1955,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_corrupt_pending);
     tcase_add_test(tc, test_migrate_v4);
     tcase_add_test(tc, test_fail_open_txn);
+    tcase_add_test(tc, test_feature_range);
     tcase_add_loop_test(tc, test_corrupt_segslot, 0, 5);
     tcase_add_loop_test(tc, test_stop_features, 0, 4);
     tcase_add_test(tc, test_bad_queries);
