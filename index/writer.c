@@ -595,10 +595,12 @@ static int emit_record(void *ud, int32_t feat, int64_t n, const uint8_t *entries
     return 0;
 }
 
+static int seal_slot(struct df_slot *ds, struct slot_out *o, int64_t stop_n);
+
 /* Concatenate the pending blobs parts[i, j) of one slot (position order) into o, reading them
- * through rd[0, j - i). */
+ * through rd[0, j - i), and seal it (seal_slot: counts ds, stop_n). */
 static void merge_slot(const struct idx_writer *w, size_t i, size_t j, struct idx_grp_rd *rd,
-                       struct slot_out *o)
+                       struct df_slot *ds, int64_t stop_n, struct slot_out *o)
 {
     for (size_t k = i; k < j; k++) {
         const struct mpart *m = &w->parts[k];
@@ -609,6 +611,8 @@ static void merge_slot(const struct idx_writer *w, size_t i, size_t j, struct id
     o->rc = idx__grp_concat(rd, j - i, w->seg_start, emit_record, o, &o->scratch);
     if (o->rc < 0 && o->rc != S3_ENOMEM && o->rc != S3_ETOOBIG)
         o->rc = S3_EFORMAT;
+    if (o->rc == 0)
+        o->rc = seal_slot(ds, o, stop_n);
 }
 
 /* The merging threads of one segment: each takes the next slot k of the segment's n_slots
@@ -619,6 +623,8 @@ struct merger {
     const struct idx_writer *w;
     const size_t *first;
     size_t n_slots;
+    struct df_slot **ds;     /* each slot's counts */
+    int64_t stop_n;
     struct idx_grp_rd *rd;
     struct slot_out *out;
     size_t *ready;           /* ready[b] = k + 1: out[b] holds slot k merged */
@@ -642,7 +648,7 @@ static void *merger_main(void *arg)
             break;
         const size_t k = g->next++;
         pthread_mutex_unlock(&g->mu);
-        merge_slot(g->w, g->first[k], g->first[k + 1], g->rd + g->first[k],
+        merge_slot(g->w, g->first[k], g->first[k + 1], g->rd + g->first[k], g->ds[k], g->stop_n,
                    &g->out[k % g->n_out]);
         pthread_mutex_lock(&g->mu);
         g->ready[k % g->n_out] = k + 1;
@@ -664,18 +670,15 @@ static int merge_threads(size_t n_slots)
     return n_slots < 2 ? 0 : (size_t)t > n_slots ? (int)n_slots : (int)t;
 }
 
-/* Insert the row (id) of one merged slot: count its features, leave out those with more than
- * stop_n entries in the whole document (stop_n > 0, finishing), append the directory. A
- * SQLite code or S3_ENOMEM. */
-static int insert_slot(struct idx_writer *w, sqlite3_stmt *ins, int64_t id,
-                       const struct mpart *slot, struct slot_out *o, int64_t stop_n)
+/* Count a merged slot's features into its slot's counts ds, leave out those with more than
+ * stop_n entries in the whole document (stop_n > 0, finishing) and append the directory:
+ * o->data is then the row's blob (empty: no feature left). On the thread that merged it
+ * (each slot's counts are its own). S3_ENOMEM. */
+static int seal_slot(struct df_slot *ds, struct slot_out *o, int64_t stop_n)
 {
     uint8_t *dir = o->dir.p;
     const uint32_t n_feat = (uint32_t)(o->dir.n / IDX_SEGDIR_ENTRY);
     uint32_t kept = 0, wdata = 0;
-    struct df_slot *ds = df_slot_of(&w->df, slot->layer, slot->head);
-    if (!ds)
-        return S3_ENOMEM;
     for (uint32_t i = 0; i < n_feat; i++) {
         uint32_t start, end;
         const uint32_t n = idx__segdir_range(dir, i, &start, &end);
@@ -694,6 +697,7 @@ static int insert_slot(struct idx_writer *w, sqlite3_stmt *ins, int64_t id,
         idx__le32_put(d + 4, n);
         idx__le32_put(d + 8, wdata);
     }
+    o->data.n = 0;
     if (!kept)
         return 0;
     o->data.n = wdata;
@@ -703,6 +707,15 @@ static int insert_slot(struct idx_writer *w, sqlite3_stmt *ins, int64_t id,
     o->data.n += (size_t)kept * IDX_SEGDIR_ENTRY;
     idx__le32_put(o->data.p + o->data.n, kept);
     o->data.n += 4;
+    return 0;
+}
+
+/* Insert the row (id) of one sealed slot (nothing when no feature is left). A SQLite code. */
+static int insert_slot(struct idx_writer *w, sqlite3_stmt *ins, int64_t id,
+                       const struct mpart *slot, const struct slot_out *o)
+{
+    if (!o->data.n)
+        return 0;
     sqlite3_reset(ins);
     sqlite3_bind_int64(ins, 1, id);
     sqlite3_bind_int64(ins, 2, w->seg_start);
@@ -798,6 +811,16 @@ static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
     first[n_slots] = w->n_parts;
     g.first = first;
     g.n_slots = n_slots;
+    g.stop_n = stop_n;
+    /* every slot's counts first (adding one may move the others), then their addresses */
+    for (size_t k = 0; k < n_slots; k++)
+        if (!df_slot_of(&w->df, w->parts[first[k]].layer, w->parts[first[k]].head))
+            goto oom;
+    g.ds = malloc((n_slots ? n_slots : 1) * sizeof *g.ds);
+    if (!g.ds)
+        goto oom;
+    for (size_t k = 0; k < n_slots; k++)
+        g.ds[k] = df_slot_of(&w->df, w->parts[first[k]].layer, w->parts[first[k]].head);
     const int want = merge_threads(n_slots);
     g.n_out = (size_t)want + 1;
     g.out = calloc(g.n_out, sizeof *g.out);
@@ -817,7 +840,7 @@ static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
                 pthread_cond_wait(&g.cv, &g.mu);
             pthread_mutex_unlock(&g.mu);
         } else {
-            merge_slot(w, first[k], first[k + 1], g.rd + first[k], o);
+            merge_slot(w, first[k], first[k + 1], g.rd + first[k], g.ds[k], stop_n, o);
         }
         if (o->rc == S3_ENOMEM)
             rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
@@ -827,12 +850,8 @@ static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
         else if (o->rc < 0)
             rc = s3_errf(err, S3_EFORMAT, "index: corrupt pending postings of document %lld",
                          (long long)w->doc);
-        const int src = rc == 0 ? insert_slot(w, ins, id + (int64_t)k, &w->parts[first[k]], o,
-                                              stop_n)
-                                : 0;
-        if (src == S3_ENOMEM)
-            rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
-        else if (src > 0)
+        const int src = rc == 0 ? insert_slot(w, ins, id + (int64_t)k, &w->parts[first[k]], o) : 0;
+        if (src > 0)
             rc = idx__sqlerr(w->db, src, "index: write segment postings", err);
         if (g.n_th) {
             pthread_mutex_lock(&g.mu);
@@ -868,6 +887,7 @@ out:
     free(g.out);
     free(g.ready);
     free(g.th);
+    free(g.ds);
     free(g.rd);
     free(first);
     return rc;
