@@ -217,6 +217,16 @@ static void tmp_path(char *buf, size_t n, const char *tag)
     idx_remove_files(buf);
 }
 
+/* A new database at a path of this test run (tmp_path(path, n, tag)). */
+static struct idx_db *open_tmp(char *path, size_t n, const char *tag)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db;
+    tmp_path(path, n, tag);
+    ck_assert_msg(idx_open(path, NULL, &db, &err) == 0, "%s", err.msg);
+    return db;
+}
+
 /* ---- posting format ------------------------------------------------------------------------ */
 
 START_TEST(test_varint)
@@ -1197,9 +1207,7 @@ START_TEST(test_migrate_v3)
 {
     char path[256];
     struct s3_errinfo err = {0};
-    struct idx_db *db;
-    tmp_path(path, sizeof path, "mig3");
-    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    struct idx_db *db = open_tmp(path, sizeof path, "mig3");
     struct idx_writer *w;
     struct idx_doc_meta m = {.name = "pending only"};
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
@@ -1342,9 +1350,7 @@ START_TEST(test_migrate_v4)
 {
     char path[256];
     struct s3_errinfo err = {0};
-    struct idx_db *db;
-    tmp_path(path, sizeof path, "mig4");
-    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    struct idx_db *db = open_tmp(path, sizeof path, "mig4");
     struct syn s = syn70k();
     idx__seg_tokens = 16384;
     const int64_t old = syn_new(db, &s);
@@ -1657,9 +1663,7 @@ START_TEST(test_migrate_v2)
 {
     char path[256];
     struct s3_errinfo err = {0};
-    struct idx_db *db;
-    tmp_path(path, sizeof path, "mig");
-    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    struct idx_db *db = open_tmp(path, sizeof path, "mig");
     struct syn s = syn70k();
     int64_t ready = syn_new(db, &s);
     struct idx_writer *w;
@@ -1708,9 +1712,7 @@ START_TEST(test_fail_open_txn)
 {
     char path[256];
     struct s3_errinfo err = {0};
-    struct idx_db *db;
-    tmp_path(path, sizeof path, "failtxn");
-    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    struct idx_db *db = open_tmp(path, sizeof path, "failtxn");
     struct idx_writer *w;
     struct idx_doc_meta m = {.name = "failing"};
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
@@ -1866,9 +1868,7 @@ START_TEST(test_checkpointer_outlives_writer)
 {
     char path[256], wal[300];
     struct s3_errinfo err = {0};
-    struct idx_db *db;
-    tmp_path(path, sizeof path, "ckpt");
-    ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    struct idx_db *db = open_tmp(path, sizeof path, "ckpt");
     struct syn s = syn70k();
     const int64_t a = syn_new(db, &s);
     ck_assert(db->ck.on);
