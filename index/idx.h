@@ -195,7 +195,11 @@ void idx_writer_times(const struct idx_writer *w, struct idx_writer_times *t);
  * database belong to that thread: the caller must not use either. The first error of a queued
  * chunk is returned by the next idx_async_add() and by idx_async_end() (later chunks are
  * dropped); after idx_async_end() (which writes what is queued and stops the thread) the
- * writer is the caller's again: finish, flush or free it as usual. One thread adds chunks. */
+ * writer is the caller's again: finish, flush or free it as usual. One thread adds chunks.
+ * Through idx_async each chunk's passages are written as it comes, in a write transaction
+ * that the next commit ends (a segment, IDX_COMMIT_MS, finish, flush; free and
+ * idx_writer_fail() roll it back): other connections wait for that commit to write, and the
+ * writer's connection must not begin a transaction of its own before it. */
 struct idx_async;
 #define IDX_ASYNC_DEPTH 32
 #define IDX_ASYNC_BYTES (64u << 20)
