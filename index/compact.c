@@ -93,7 +93,7 @@ static int grp_take(struct idx_grp_rd *r, struct idx_buf *out, int64_t out_base,
 }
 
 int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base,
-                    idx_grp_emit_fn emit, void *ud, struct idx_buf *scratch)
+                    idx_grp_emit_fn emit, void *ud, struct idx_buf *out)
 {
     int rc = 0;
     for (size_t i = 0; i < n_parts && rc == 0; i++) {
@@ -108,18 +108,17 @@ int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base,
         if (f < 0)
             break;
         int64_t n = 0, prev = -1;
-        scratch->n = 0;
         for (size_t i = 0; i < n_parts && rc == 0; i++) {
             if (!parts[i].have || parts[i].feat != f)
                 continue;
             n += parts[i].n;
-            rc = grp_take(&parts[i], scratch, out_base, prev);
+            rc = grp_take(&parts[i], out, out_base, prev);
             prev = parts[i].last;
             if (rc == 0)
                 rc = idx__grp_next(&parts[i]);
         }
         if (rc == 0)
-            rc = emit(ud, f, n, scratch->p, scratch->n);
+            rc = emit(ud, f, n);
     }
     return rc;
 }

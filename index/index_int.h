@@ -243,15 +243,14 @@ struct idx_grp_rd {
 };
 /* Read the next group header (r->have = 0 at the end). S3_EFORMAT. */
 int idx__grp_next(struct idx_grp_rd *r);
-/* Called per feature with its concatenated entries (relative to out_base) and their count;
- * a non-zero return stops idx__grp_concat, which returns it. */
-typedef int (*idx_grp_emit_fn)(void *ud, int32_t feat, int64_t n, const uint8_t *entries,
-                               size_t nbytes);
+/* Called per feature once its concatenated entries (relative to out_base) end idx__grp_concat's
+ * out, with their count; a non-zero return stops idx__grp_concat, which returns it. */
+typedef int (*idx_grp_emit_fn)(void *ud, int32_t feat, int64_t n);
 /* Concatenate parts (group blobs of consecutive position ranges, in position order; their
- * readers positioned at the start, feat = -1) feature by feature. scratch holds one feature's
- * entries. Returns 0, S3_EFORMAT, S3_ENOMEM, or what emit returned. */
+ * readers positioned at the start, feat = -1) feature by feature, appending each feature's
+ * entries to out. Returns 0, S3_EFORMAT, S3_ENOMEM, or what emit returned. */
 int idx__grp_concat(struct idx_grp_rd *parts, size_t n_parts, int64_t out_base,
-                    idx_grp_emit_fn emit, void *ud, struct idx_buf *scratch);
+                    idx_grp_emit_fn emit, void *ud, struct idx_buf *out);
 /* Append one group to b. S3_ENOMEM. */
 int idx__grp_put(struct idx_buf *b, int32_t prev_feat, int32_t feat, int64_t n, int64_t last_rel,
                  const uint8_t *entries, size_t nbytes);

@@ -574,19 +574,18 @@ static int cmp_part(const void *a, const void *b)
 /* A slot's segment merged feature by feature (merge_slot): the entries (relative to the
  * segment start) of each feature in turn, and its directory (format in index_int.h). */
 struct slot_out {
-    struct idx_buf data, dir, scratch;
+    struct idx_buf data, dir;
     int rc;                  /* 0, S3_ENOMEM, S3_ETOOBIG or S3_EFORMAT */
 };
 
-static int emit_record(void *ud, int32_t feat, int64_t n, const uint8_t *entries, size_t nbytes)
+/* A feature's directory entry, its entries ending o->data. */
+static int emit_record(void *ud, int32_t feat, int64_t n)
 {
     struct slot_out *o = ud;
-    if (o->data.n + nbytes > UINT32_MAX || n > UINT32_MAX)
+    if (o->data.n > UINT32_MAX || n > UINT32_MAX)
         return S3_ETOOBIG;
-    if (idx__buf_reserve(&o->data, nbytes) < 0 || idx__buf_reserve(&o->dir, IDX_SEGDIR_ENTRY) < 0)
+    if (idx__buf_reserve(&o->dir, IDX_SEGDIR_ENTRY) < 0)
         return S3_ENOMEM;
-    memcpy(o->data.p + o->data.n, entries, nbytes);
-    o->data.n += nbytes;
     uint8_t *d = o->dir.p + o->dir.n;
     idx__le32_put(d, (uint32_t)feat);
     idx__le32_put(d + 4, (uint32_t)n);
@@ -608,7 +607,7 @@ static void merge_slot(const struct idx_writer *w, size_t i, size_t j, struct id
                                         .base = m->tok0, .lim = m->end};
     }
     o->data.n = o->dir.n = 0;
-    o->rc = idx__grp_concat(rd, j - i, w->seg_start, emit_record, o, &o->scratch);
+    o->rc = idx__grp_concat(rd, j - i, w->seg_start, emit_record, o, &o->data);
     if (o->rc < 0 && o->rc != S3_ENOMEM && o->rc != S3_ETOOBIG)
         o->rc = S3_EFORMAT;
     if (o->rc == 0)
@@ -882,7 +881,6 @@ out:
     for (size_t b = 0; g.out && b < g.n_out; b++) {
         free(g.out[b].data.p);
         free(g.out[b].dir.p);
-        free(g.out[b].scratch.p);
     }
     free(g.out);
     free(g.ready);
