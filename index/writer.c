@@ -894,62 +894,48 @@ oom:
     goto out;
 }
 
-struct stop_key {
-    int layer, head;
-    int32_t feat;
-};
-
-static int cmp_stop_key(const void *a, const void *b)
-{
-    const struct stop_key *x = a, *y = b;
-    return idx__cmp_slot_pos(x->layer, x->head, x->feat, y->layer, y->head, y->feat);
-}
-
-/* Set the count of each stop feature in the slot blob of row id (its keys [k, e)) to 0. */
-static int zero_stop(sqlite3_blob **bl, struct idx_db *db, int64_t id, const struct stop_key *k,
-                     const struct stop_key *e, struct idx_buf *dir)
+/* Set to 0, in the directory of the slot blob of row id, the count of every feature with more
+ * than stop_n entries in ds (its slot's counts over the whole document). */
+static int zero_stop(sqlite3_blob **bl, struct idx_db *db, int64_t id, const struct df_slot *ds,
+                     int64_t stop_n, struct idx_buf *dir)
 {
     uint64_t dir_off = 0;
     uint32_t n_feat = 0;
     int src = idx__segdir_read(db, bl, id, 1, dir, &dir_off, &n_feat);
-    if (src != SQLITE_OK)
-        return src;
     static const uint8_t zero[4];
-    for (; k < e; k++) {
-        const int64_t i = idx__segdir_find(dir->p, n_feat, k->feat);
-        if (i >= 0 && (src = sqlite3_blob_write(*bl, zero, 4,
-                                                (int)(dir_off + (uint64_t)i * IDX_SEGDIR_ENTRY +
-                                                      4))) != SQLITE_OK)
-            return src;
+    for (uint32_t i = 0; i < n_feat && src == SQLITE_OK; i++) {
+        const uint8_t *d = dir->p + (size_t)i * IDX_SEGDIR_ENTRY;
+        const uint32_t f = idx__le32(d);
+        if (idx__le32(d + 4) && f < ds->cap && ds->n[f] > stop_n)
+            src = sqlite3_blob_write(*bl, zero, 4,
+                                     (int)(dir_off + (uint64_t)i * IDX_SEGDIR_ENTRY + 4));
     }
-    return SQLITE_OK;
+    return src;
+}
+
+/* Whether slot ds has a feature with more than stop_n entries. */
+static int has_stop(const struct df_slot *ds, int64_t stop_n)
+{
+    for (size_t f = 0; f < ds->cap; f++)
+        if (ds->n[f] > stop_n)
+            return 1;
+    return 0;
 }
 
 /* Finishing: the features with more than stop_n entries in the whole document are dropped
  * from the directories of the segments written before the last (which left them out). */
 static int drop_stop_features(struct idx_writer *w, int64_t stop_n, struct s3_errinfo *err)
 {
-    struct stop_key *keys = NULL;
-    size_t n_keys = 0, cap = 0;
     int64_t *rows = NULL;        /* (id, layer, head) triples */
     size_t n_rows = 0, rows_cap = 0;
     sqlite3_stmt *st = NULL;
     sqlite3_blob *bl = NULL;
     struct idx_buf dir = {0};
-    int rc = 0, src = SQLITE_OK;
-    for (size_t i = 0; i < w->df.n_s; i++) {
-        const struct df_slot *ds = &w->df.s[i];
-        for (size_t f = 0; f < ds->cap; f++) {
-            if (ds->n[f] <= stop_n)
-                continue;
-            if (grow((void **)&keys, &cap, n_keys + 1, sizeof *keys) < 0)
-                goto oom;
-            keys[n_keys++] = (struct stop_key){ds->layer, ds->head, (int32_t)f};
-        }
-    }
-    if (!n_keys)
+    int rc = 0, src = SQLITE_OK, any = 0;
+    for (size_t i = 0; i < w->df.n_s && !any; i++)
+        any = has_stop(&w->df.s[i], stop_n);
+    if (!any)
         return 0;
-    qsort(keys, n_keys, sizeof *keys, cmp_stop_key);
     rc = idx__prepare(w->db, "SELECT id, layer, head FROM segslots WHERE id BETWEEN ? AND ?",
                       &st, err);
     if (rc < 0)
@@ -967,20 +953,11 @@ static int drop_stop_features(struct idx_writer *w, int64_t stop_n, struct s3_er
     st = NULL;
     src = src == SQLITE_DONE ? SQLITE_OK : src;
     for (size_t r = 0; r < n_rows && src == SQLITE_OK; r++) {
-        const struct stop_key probe = {(int)rows[3 * r + 1], (int)rows[3 * r + 2], -1};
-        size_t lo = 0, hi = n_keys;
-        while (lo < hi) {
-            const size_t mid = lo + (hi - lo) / 2;
-            if (cmp_stop_key(&keys[mid], &probe) < 0)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        size_t e = lo;
-        while (e < n_keys && keys[e].layer == probe.layer && keys[e].head == probe.head)
-            e++;
-        if (e > lo)
-            src = zero_stop(&bl, w->db, rows[3 * r], keys + lo, keys + e, &dir);
+        const struct df_slot *ds = df_slot_of(&w->df, (int)rows[3 * r + 1], (int)rows[3 * r + 2]);
+        if (!ds)
+            goto oom;
+        if (has_stop(ds, stop_n))
+            src = zero_stop(&bl, w->db, rows[3 * r], ds, stop_n, &dir);
     }
     if (src == SQLITE_NOMEM)
         goto oom;
@@ -994,7 +971,6 @@ out:
     sqlite3_blob_close(bl);
     free(dir.p);
     free(rows);
-    free(keys);
     return rc;
 oom:
     rc = s3_errf(err, S3_ENOMEM, "index: out of memory");
