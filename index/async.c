@@ -372,14 +372,10 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
 {
     if (!a || !c)
         return s3_errf(err, S3_EINVAL, "index: no async writer or chunk");
-    int rc = idx__chunk_shape(c, 0, err);
+    int rc = idx__chunk_shape(c, 0, err); /* feature ids included: refused before queueing */
     if (rc < 0)
         return rc;
-    /* what encoding would refuse, refused here, before anything is queued */
     const struct qlayout l = qlayout_of(c);
-    for (size_t i = 0; i < l.n_pairs; i++)
-        if (c->feat[i] >= IDX_MAX_FEATURE && c->act[i] > 0)
-            return s3_errf(err, S3_EINVAL, "index: feature id %d out of range", (int)c->feat[i]);
     /* wait for room; the entry after the queued ones is then this caller's alone (one
        producer) until it is published below */
     pthread_mutex_lock(&a->mu);

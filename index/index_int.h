@@ -288,8 +288,8 @@ int idx__segslot_walk(struct idx_db *db, int64_t doc, idx_segslot_fn fn, void *u
                       struct s3_errinfo *err);
 
 /* ---- the chunk encoder (writer.c) ---- */
-/* What can be checked of a chunk without the document: shape, slots, arrays (feat and act
- * not when encoded), passage arrays. S3_EINVAL with what is wrong. */
+/* What can be checked of a chunk without the document: shape, slots, arrays and feature ids
+ * (feat and act not when encoded), passage arrays. S3_EINVAL with what is wrong. */
 int idx__chunk_shape(const struct idx_chunk *c, int encoded, struct s3_errinfo *err);
 struct idx_hit {
     int32_t feat;
@@ -308,8 +308,8 @@ struct idx_enc {
     size_t posts_cap;
     struct idx_buf blob;     /* the result: one slot's group blob (empty: no hits) */
 };
-/* Encode slot si of c (features, activations) as a group blob with base c->tok0 into
- * e->blob. S3_EINVAL (a feature id out of range), S3_ENOMEM. Any thread (e its own). */
+/* Encode slot si of c (features, activations; its feature ids checked by idx__chunk_shape) as
+ * a group blob with base c->tok0 into e->blob. S3_ENOMEM. Any thread (e its own). */
 int idx__enc_slot(struct idx_enc *e, const struct idx_chunk *c, int si, struct s3_errinfo *err);
 void idx__enc_free(struct idx_enc *e);
 /* idx_writer_add for a chunk whose slot s is already encoded (idx__enc_slot) as blobs[s]

@@ -349,9 +349,12 @@ int idx__chunk_shape(const struct idx_chunk *c, int encoded, struct s3_errinfo *
                        c->n_tok, c->n_slot, c->k);
     if (c->n_slot && !c->slots)
         return s3_errf(err, S3_EINVAL, "index: chunk without its slot array");
-    if (!encoded && (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k > 0 &&
-        (!c->feat || !c->act))
+    const size_t n_pairs = encoded ? 0 : (size_t)c->n_tok * (size_t)c->n_slot * (size_t)c->k;
+    if (n_pairs && (!c->feat || !c->act))
         return s3_errf(err, S3_EINVAL, "index: chunk without feature arrays");
+    for (size_t i = 0; i < n_pairs; i++) /* a pair counts when its activation is positive */
+        if (c->feat[i] >= IDX_MAX_FEATURE && c->act[i] > 0)
+            return s3_errf(err, S3_EINVAL, "index: feature id %d out of range", (int)c->feat[i]);
     for (int s = 0; s < c->n_slot; s++) {
         for (int t = 0; t < s; t++)
             if (c->slots[t].layer == c->slots[s].layer &&
@@ -470,8 +473,6 @@ int idx__enc_slot(struct idx_enc *e, const struct idx_chunk *c, int si, struct s
             float a = act[o];
             if (f < 0 || !(a > 0))
                 continue;
-            if (f >= IDX_MAX_FEATURE)
-                return s3_errf(err, S3_EINVAL, "index: feature id %d out of range", (int)f);
             e->hits[n].feat = f;
             e->hits[n].pos = c->tok0 + i;
             e->hits[n].q = idx__act_encode(a);
