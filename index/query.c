@@ -336,6 +336,15 @@ static int accumulate(int64_t base, int64_t lim, const uint8_t *p, size_t nb, co
     return 0;
 }
 
+/* A query feature's weight w_q(f) * idf(f) for a feature on df of a document's n_tokens
+ * positions (index_int.h); 0 for an absent or a stop feature, which is skipped. */
+static float feat_weight(float weight, int64_t df, int64_t n_tokens)
+{
+    if (!df || df > n_tokens / IDX_STOP_FRAC + 1)
+        return 0.0f;
+    return (float)(weight / (log1p((double)df) + 1.0));
+}
+
 /* A document's segments (seg, end) and, schema 5, its segment slot rows. */
 struct qseg {
     int64_t seg, end;
@@ -413,10 +422,9 @@ static int score_slots(struct idx_db *db, const struct qrow *rows, size_t n_rows
         const struct qhit *h = hits.p;
         size_t open_row = (size_t)-1;
         for (size_t k = 0; k < hits.n && src == SQLITE_OK; k++) {
-            const int64_t d = df[h[k].f];
-            if (d > n_tokens / IDX_STOP_FRAC + 1)
+            const float w = feat_weight(f[h[k].f].weight, df[h[k].f], n_tokens);
+            if (w == 0.0f)
                 continue;
-            const float w = (float)(f[h[k].f].weight / (log1p((double)d) + 1.0));
             const struct qrow *r = &rows[h[k].row];
             const uint32_t nb = h[k].end - h[k].start;
             if (h[k].row != open_row && (src = sqlite3_blob_reopen(bl, r->id)) != SQLITE_OK)
@@ -483,9 +491,9 @@ static int score_rows(struct idx_db *db, int64_t doc, const struct qseg *se, siz
             if (vec_append(&buf, b, (size_t)nb) < 0 || vec_push(&blk, trip, sizeof trip) < 0)
                 goto oom;
         }
-        if (!df || df > n_tokens / IDX_STOP_FRAC + 1)
+        const float w = feat_weight(f[i].weight, df, n_tokens);
+        if (w == 0.0f)
             continue;
-        float w = (float)(f[i].weight / (log1p((double)df) + 1.0));
         const int64_t *t = blk.p;
         for (size_t j = 0; j < blk.n; j++)
             if (accumulate(se[t[3 * j]].seg, se[t[3 * j]].end,
