@@ -203,6 +203,7 @@ static int load_state(struct idx_writer *w, struct s3_errinfo *err)
 }
 
 static int load_pending(struct idx_writer *w, struct s3_errinfo *err);
+static void drop_held(struct idx_writer *w);
 
 /* Pages of this database's page size in bytes (at least 1). */
 static int wal_pages(struct idx_db *db, int64_t bytes)
@@ -322,8 +323,7 @@ void idx_writer_free(struct idx_writer *w)
 {
     if (!w)
         return;
-    if (w->txn) /* freed without a flush: what it held since its last commit is lost */
-        sqlite3_exec(w->db->db, "ROLLBACK", NULL, NULL, NULL);
+    drop_held(w); /* freed without a flush: what it held since its last commit is lost */
     char pragma[128];
     snprintf(pragma, sizeof pragma,
              "PRAGMA mmap_size=" IDX_MMAP_SIZE_STR "; PRAGMA wal_autocheckpoint=%d;"
@@ -1198,11 +1198,11 @@ void idx_writer_set_commit_ms(struct idx_writer *w, int ms)
 /* Whether to cut the segment before it is full because the document is about to end: at
  * least IDX_TAIL_MIN positions unmerged and at most half that many left (but not fewer than
  * IDX_TAIL_MIN / 2: a cut costs a commit, and one just before the end would hold up the
- * finish), estimated from the source bytes not yet in passages at the tokens per byte so far. The merge then runs while
- * the last chunks are still being computed (merging a position costs the writer less than half
- * what computing it costs the GPU), and cuts that follow one another shrink the last segment,
- * the one finishing writes, geometrically: a document of 32k positions is written as segments
- * of about 22k and 10k. */
+ * finish), estimated from the source bytes not yet in passages at the tokens per byte so
+ * far. The merge then runs while the last chunks are still being computed (merging a position
+ * costs the writer less than half what computing it costs the GPU), and cuts that follow one
+ * another shrink the last segment, the one finishing writes, geometrically: a document of 32k
+ * positions is written as segments of about 22k and 10k. */
 static int near_end(const struct idx_writer *w)
 {
     const int64_t pending = w->st.next_tok - w->seg_start;
