@@ -1034,6 +1034,21 @@ static int64_t write_multislot(struct idx_db *db, int encoders)
     return doc;
 }
 
+/* The multi-slot document's first n_tok tokens scanned and committed (idx_writer_flush: the
+ * chunks of no full segment as pending rows), the scan left unfinished; its document id. */
+static int64_t unfinished_multislot(struct idx_db *db, const char *name, int64_t n_tok)
+{
+    struct s3_errinfo err = {0};
+    struct idx_writer *w;
+    struct idx_doc_meta m = {.name = name};
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    add_multislot(w, NULL, n_tok);
+    ck_assert_int_eq(idx_writer_flush(w, &err), 0);
+    const int64_t doc = idx_writer_doc(w);
+    idx_writer_free(w);
+    return doc;
+}
+
 /* Slots encoded by encoder threads give the postings of the synchronous writer; a bad feature
  * in one slot is refused before queueing whichever thread met it. */
 START_TEST(test_async_encoders)
@@ -1087,13 +1102,8 @@ START_TEST(test_corrupt_pending)
 {
     struct s3_errinfo err = {0};
     struct idx_db *db = open_mem();
+    const int64_t doc = unfinished_multislot(db, "corrupt", MS_TOK); /* as pending rows */
     struct idx_writer *w;
-    struct idx_doc_meta m = {.name = "corrupt"};
-    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
-    add_multislot(w, NULL, MS_TOK);
-    ck_assert_int_eq(idx_writer_flush(w, &err), 0); /* as pending rows */
-    const int64_t doc = idx_writer_doc(w);
-    idx_writer_free(w);
     char sql[256];
     snprintf(sql, sizeof sql,
              "UPDATE pending SET blob = x'ffffffffffffffffff' WHERE doc = %lld AND tok0 = 2048"
@@ -1208,14 +1218,9 @@ START_TEST(test_migrate_v3)
     char path[256];
     struct s3_errinfo err = {0};
     struct idx_db *db = open_tmp(path, sizeof path, "mig3");
+    const int64_t keep = unfinished_multislot(db, "pending only", MS_TOK);
     struct idx_writer *w;
-    struct idx_doc_meta m = {.name = "pending only"};
-    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
-    add_multislot(w, NULL, MS_TOK);
-    ck_assert_int_eq(idx_writer_flush(w, &err), 0);
-    const int64_t keep = idx_writer_doc(w);
-    idx_writer_free(w);
-    m.name = "with segment blobs";
+    struct idx_doc_meta m = {.name = "with segment blobs"};
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     const int64_t lost = idx_writer_doc(w);
     idx_writer_free(w);
@@ -1321,14 +1326,9 @@ START_TEST(test_corrupt_segslot)
     ck_assert_int_eq(idx__score_positions(db, good, 70000, q, 3, S, &err), 0);
     free(S);
     /* a scan with a segment written, then damaged: resumed, it cannot count its entries */
-    struct idx_writer *w;
-    struct idx_doc_meta m = {.name = "damaged scan"};
-    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     idx__seg_tokens = 4096;
-    add_multislot(w, NULL, 3 * MS_CHUNK);
-    ck_assert_int_eq(idx_writer_flush(w, &err), 0);
-    const int64_t scan = idx_writer_doc(w);
-    idx_writer_free(w);
+    const int64_t scan = unfinished_multislot(db, "damaged scan", 3 * MS_CHUNK);
+    struct idx_writer *w;
     if (_i != 4) { /* entry bytes are not read back by a writer */
         damage_segslot(db, scan, _i);
         ck_assert_int_eq(idx_writer_resume(db, scan, &w, &err), 0);
@@ -1362,12 +1362,7 @@ START_TEST(test_migrate_v4)
     add_multislot(w, NULL, 3 * MS_CHUNK);
     idx__seg_tokens = IDX_SEG_TOKENS;
     idx_writer_free(w);
-    m.name = "pending only";
-    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
-    add_multislot(w, NULL, MS_TOK);
-    ck_assert_int_eq(idx_writer_flush(w, &err), 0);
-    const int64_t keep = idx_writer_doc(w);
-    idx_writer_free(w);
+    const int64_t keep = unfinished_multislot(db, "pending only", MS_TOK);
     to_schema4(db);
     idx_close(db);
     ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
