@@ -5,6 +5,14 @@
 
 #include "index_int.h"
 
+/* Marks the scans in progress (status 'scanning', narrowed by what follows it) failed: a scan
+ * an older version of the index started cannot be resumed. The migrations spell it through
+ * this macro; their SQL is the same as when they shipped. */
+#define FAIL_OLD_SCANS                                                                         \
+    "UPDATE documents SET status = 'failed', finished = CAST(strftime('%s', 'now') AS INTEGER)," \
+    " error = 'the scan was started by an older version of the index and cannot be resumed;"     \
+    " add the document again' WHERE status = 'scanning'"
+
 /* Migration i takes user_version i to i + 1. Append only; never edit a shipped entry. */
 static const char *const migrations[] = {
     /* 0 -> 1 */
@@ -58,14 +66,10 @@ static const char *const migrations[] = {
     "DELETE FROM pending;"
     "DELETE FROM postings WHERE doc IN (SELECT id FROM documents WHERE status = 'scanning');"
     "DELETE FROM segments WHERE doc IN (SELECT id FROM documents WHERE status = 'scanning');"
-    "UPDATE documents SET status = 'failed', finished = CAST(strftime('%s', 'now') AS INTEGER),"
-    " error = 'the scan was started by an older version of the index and cannot be resumed;"
-    " add the document again' WHERE status = 'scanning';",
+    FAIL_OLD_SCANS ";",
     /* 3 -> 4: segments are written as postings rows (seg = the segment's first position), no
      * segment blobs: a scan that wrote some cannot be resumed; one that did not resumes */
-    "UPDATE documents SET status = 'failed', finished = CAST(strftime('%s', 'now') AS INTEGER),"
-    " error = 'the scan was started by an older version of the index and cannot be resumed;"
-    " add the document again' WHERE status = 'scanning'"
+    FAIL_OLD_SCANS
     " AND id IN (SELECT DISTINCT id >> 32 FROM segblobs);"
     "DELETE FROM pending WHERE doc IN (SELECT id FROM documents WHERE status = 'failed');"
     "DROP TABLE segblobs;"
@@ -77,9 +81,7 @@ static const char *const migrations[] = {
      * segments cannot be resumed, one that did not resumes */
     "CREATE TABLE segslots(id INTEGER PRIMARY KEY, seg INTEGER NOT NULL,"
     " layer INTEGER NOT NULL, head INTEGER NOT NULL, blob BLOB NOT NULL);"
-    "UPDATE documents SET status = 'failed', finished = CAST(strftime('%s', 'now') AS INTEGER),"
-    " error = 'the scan was started by an older version of the index and cannot be resumed;"
-    " add the document again' WHERE status = 'scanning'"
+    FAIL_OLD_SCANS
     " AND id IN (SELECT DISTINCT doc FROM segments);"
     "DELETE FROM pending WHERE doc IN (SELECT id FROM documents WHERE status = 'failed');",
 };
