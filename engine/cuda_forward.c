@@ -731,9 +731,6 @@ static int run_hooks(struct eng_cuda_ctx *dc, int n, int pos0, const struct hook
     return 0;
 }
 
-/* Validate a ubatch and queue its token upload. h_pinned: the tokens already in pinned host
- * memory that stays untouched until the upload has run (the pipelined scan), or NULL: they
- * are copied into dc->h_tok (the caller syncs before the next ubatch). */
 /* 0, or S3_EINVAL naming the first token id outside the vocabulary. */
 static int check_tokens(const struct eng_cuda_ctx *dc, const int32_t *tokens, int n,
                         struct s3_errinfo *err)
@@ -744,6 +741,9 @@ static int check_tokens(const struct eng_cuda_ctx *dc, const int32_t *tokens, in
     return 0;
 }
 
+/* Validate a ubatch and queue its token upload. h_pinned: the tokens already in pinned host
+ * memory that stays untouched until the upload has run (the pipelined scan), or NULL: they
+ * are copied into dc->h_tok (the caller syncs before the next ubatch). */
 static int begin_ex(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
                     const struct hooks *hook, const int32_t *h_pinned, struct s3_errinfo *err)
 {
