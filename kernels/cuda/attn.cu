@@ -206,7 +206,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait()
  * with K/V tiles brought in by cp.async two stages deep (tile kt+1 loads while tile kt is
  * used), K fragments read with ldmatrix, and the query blocks taken heaviest first (the last
  * block of a causal chunk sees the most keys). Dynamic shared memory: 2 stages x (K, V). */
-template <int HD, int W>
+template <int HD, int W, bool Q8>
 __global__ void __launch_bounds__(W * 32, 1)
     k_attn_mma2(const __half *q, const __half *kc, const __half *vc, __half *out, int n,
                 int pos0, int n_head, int group, int n_ctx, float sl2)
@@ -357,13 +357,37 @@ __global__ void __launch_bounds__(W * 32, 1)
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    if (Q8) {
+        /* the fp16 outputs rounded as krn_cuda_q8_round does: a block of 32 columns of a row
+           is o[4b .. 4b+3] of the 4 lanes of a quad (8 values each) */
+#pragma unroll
+        for (int i = 0; i < NNT; i++) {
+            o[i][0] = __half2float(__float2half_rn(o[i][0] * i0));
+            o[i][1] = __half2float(__float2half_rn(o[i][1] * i0));
+            o[i][2] = __half2float(__float2half_rn(o[i][2] * i1));
+            o[i][3] = __half2float(__float2half_rn(o[i][3] * i1));
+        }
+#pragma unroll
+        for (int b = 0; b < NNT / 4; b++) {
+            float y0[8], y1[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                y0[e] = o[4 * b + e / 2][e % 2], y1[e] = o[4 * b + e / 2][2 + e % 2];
+            krn_q8_round8(y0, 0xffffffffu);
+            krn_q8_round8(y1, 0xffffffffu);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                o[4 * b + e / 2][e % 2] = y0[e], o[4 * b + e / 2][2 + e % 2] = y1[e];
+        }
+    }
+    const float f0 = Q8 ? 1.0f : i0, f1 = Q8 ? 1.0f : i1;
 #pragma unroll
     for (int i = 0; i < NNT; i++) {
         const int col = h * HD + 8 * i + 2 * t4;
         if (r0 < n)
-            *(uint32_t *)&out[(size_t)r0 * dq + col] = pack_h2(o[i][0] * i0, o[i][1] * i0);
+            *(uint32_t *)&out[(size_t)r0 * dq + col] = pack_h2(o[i][0] * f0, o[i][1] * f0);
         if (r1 < n)
-            *(uint32_t *)&out[(size_t)r1 * dq + col] = pack_h2(o[i][2] * i1, o[i][3] * i1);
+            *(uint32_t *)&out[(size_t)r1 * dq + col] = pack_h2(o[i][2] * f1, o[i][3] * f1);
     }
 }
 
@@ -589,23 +613,23 @@ static void launch_split(struct krn_cuda_dev *dev, dim3 grid, const __half *q, c
         q, kc, vc, part, pos0, n_head, group, n_ctx, per, sl2);
 }
 
-template <int HD, int W>
+template <int HD, int W, bool Q8>
 static int launch_mma2_w(struct krn_cuda_dev *dev, const __half *q, const __half *kc,
                          const __half *vc, __half *out, int n, int pos0, int n_head, int group,
                          int n_ctx, float sl2)
 {
     const int smem = 2 * 2 * KRN_ATT_BK * (HD + 8) * (int)sizeof(__half);
-    KRN_CHECK(dev, cudaFuncSetAttribute(k_attn_mma2<HD, W>,
+    KRN_CHECK(dev, cudaFuncSetAttribute(k_attn_mma2<HD, W, Q8>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     dim3 grid(krn_cuda__blocks(n, W * 16), n_head);
-    k_attn_mma2<HD, W><<<grid, W * 32, smem, dev->stream>>>(q, kc, vc, out, n, pos0, n_head,
-                                                             group, n_ctx, sl2);
+    k_attn_mma2<HD, W, Q8><<<grid, W * 32, smem, dev->stream>>>(q, kc, vc, out, n, pos0,
+                                                                 n_head, group, n_ctx, sl2);
     return 0;
 }
 
 /* Blocks of 64 queries for head size 128, of 128 for 64: the faster of the two on the H200
  * for causal chunks of 2048 (8B heads 198 against 209 us, 135M heads 52 against 54 us). */
-template <int HD>
+template <int HD, bool Q8>
 static int launch_mma2(struct krn_cuda_dev *dev, const __half *q, const __half *kc,
                        const __half *vc, __half *out, int n, int pos0, int n_head, int group,
                        int n_ctx, float sl2)
@@ -613,9 +637,10 @@ static int launch_mma2(struct krn_cuda_dev *dev, const __half *q, const __half *
     int bq = dev->attn_bq;
     if (bq != 64 && bq != 128)
         bq = HD == 128 ? 64 : 128;
-    return bq == 64 ? launch_mma2_w<HD, 4>(dev, q, kc, vc, out, n, pos0, n_head, group, n_ctx, sl2)
-                    : launch_mma2_w<HD, 8>(dev, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
-                                           sl2);
+    return bq == 64 ? launch_mma2_w<HD, 4, Q8>(dev, q, kc, vc, out, n, pos0, n_head, group,
+                                               n_ctx, sl2)
+                    : launch_mma2_w<HD, 8, Q8>(dev, q, kc, vc, out, n, pos0, n_head, group,
+                                               n_ctx, sl2);
 }
 
 extern "C" int krn_cuda_attn_block(struct krn_cuda_dev *dev, int bq)
@@ -634,9 +659,9 @@ extern "C" int krn_cuda_attn_variant(struct krn_cuda_dev *dev, int variant)
     return old;
 }
 
-extern "C" int krn_cuda_attn(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16_t *d_kc,
-                             const uint16_t *d_vc, int n, int pos0, int n_head, int n_kv_head,
-                             int hd, int n_ctx, float scale, uint16_t *d_out)
+static int attn(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16_t *d_kc,
+                const uint16_t *d_vc, int n, int pos0, int n_head, int n_kv_head, int hd,
+                int n_ctx, float scale, uint16_t *d_out, bool q8)
 {
     if (n < 0 || pos0 < 0 || pos0 + n > n_ctx || n_head <= 0 || n_kv_head <= 0 ||
         n_head % n_kv_head || hd <= 0 || hd % 32 || hd > 256 || n_head > 65535)
@@ -652,11 +677,17 @@ extern "C" int krn_cuda_attn(struct krn_cuda_dev *dev, const uint16_t *d_q, cons
     if ((hd == 64 || hd == 128) && n >= KRN_ATT_MMA_MIN_N) {
         dim3 grid(krn_cuda__blocks(n, KRN_ATT_BQ), n_head);
         int rc = 0;
-        if (variant == 2)
-            rc = hd == 64 ? launch_mma2<64>(dev, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
-                                            sl2)
-                          : launch_mma2<128>(dev, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
-                                             sl2);
+        if (variant == 2 && q8) { /* the rounding in the kernel's epilogue */
+            rc = hd == 64 ? launch_mma2<64, true>(dev, q, kc, vc, out, n, pos0, n_head, group,
+                                                  n_ctx, sl2)
+                          : launch_mma2<128, true>(dev, q, kc, vc, out, n, pos0, n_head, group,
+                                                   n_ctx, sl2);
+            q8 = false;
+        } else if (variant == 2)
+            rc = hd == 64 ? launch_mma2<64, false>(dev, q, kc, vc, out, n, pos0, n_head, group,
+                                                   n_ctx, sl2)
+                          : launch_mma2<128, false>(dev, q, kc, vc, out, n, pos0, n_head, group,
+                                                    n_ctx, sl2);
         else if (hd == 64)
             k_attn_mma<64><<<grid, KRN_ATT_WARPS * 32, 0, dev->stream>>>(q, kc, vc, out, n, pos0,
                                                                          n_head, group, n_ctx, sl2);
@@ -700,5 +731,22 @@ extern "C" int krn_cuda_attn(struct krn_cuda_dev *dev, const uint16_t *d_q, cons
                                                               hd, n_ctx, scale);
     }
     KRN_CHECK_LAUNCH(dev);
-    return 0;
+    return q8 ? krn_cuda_q8_round(dev, d_out, n, n_head * hd) : 0;
+}
+
+extern "C" int krn_cuda_attn(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16_t *d_kc,
+                             const uint16_t *d_vc, int n, int pos0, int n_head, int n_kv_head,
+                             int hd, int n_ctx, float scale, uint16_t *d_out)
+{
+    return attn(dev, d_q, d_kc, d_vc, n, pos0, n_head, n_kv_head, hd, n_ctx, scale, d_out,
+                false);
+}
+
+extern "C" int krn_cuda_attn_q8(struct krn_cuda_dev *dev, const uint16_t *d_q,
+                                const uint16_t *d_kc, const uint16_t *d_vc, int n, int pos0,
+                                int n_head, int n_kv_head, int hd, int n_ctx, float scale,
+                                uint16_t *d_out)
+{
+    return attn(dev, d_q, d_kc, d_vc, n, pos0, n_head, n_kv_head, hd, n_ctx, scale, d_out,
+                true);
 }

@@ -97,6 +97,8 @@ int krn_cuda_dequant(struct krn_cuda_dev *dev, uint32_t ggml_type, const void *d
 /* fp16 <-> f32 elementwise. */
 int krn_cuda_f32_to_f16(struct krn_cuda_dev *dev, const float *d_src, uint16_t *d_dst, int64_t n);
 int krn_cuda_f16_to_f32(struct krn_cuda_dev *dev, const uint16_t *d_src, float *d_dst, int64_t n);
+/* x[i] (n fp16) = values in [-1, 1) from a hash of (seed, i): operands for timing runs. */
+int krn_cuda_fill_f16(struct krn_cuda_dev *dev, uint16_t *d_x, int64_t n, uint32_t seed);
 
 /* ---- ops (asynchronous on the compute stream) --------------------------------------------------- */
 
@@ -131,6 +133,23 @@ int krn_cuda_gemm(struct krn_cuda_dev *dev, int m, int n, int k, const uint16_t 
 int krn_cuda_gemm_ld(struct krn_cuda_dev *dev, int m, int n, int k, const uint16_t *d_x, int ldx,
                      const uint16_t *d_w, void *d_y, int ldy, float beta, int y_type);
 
+/* One candidate timed by krn_cuda_gemm_tune: cuBLAS's default (algo -1) or a cuBLASLt
+ * algorithm (its id, tile and stages ids); ms: mean device time of one product. */
+struct krn_cuda_gemm_trial {
+    int algo, tile, stages;
+    float ms;
+};
+
+/* Time cuBLAS's default algorithm and cuBLASLt's heuristic candidates without split-K (every
+ * output still sums its k products in order) for this shape on these buffers (y is written,
+ * and with beta 1 accumulates), and keep the fastest for every later krn_cuda_gemm(_ld) of
+ * exactly this (m, n, k, ldx, ldy, beta, y_type); other shapes keep cuBLAS's default. A shape
+ * already tuned is left as it is. Synchronous; not while a graph is being captured. trials (may
+ * be NULL): up to max_trials timings, *n_trials of them. */
+int krn_cuda_gemm_tune(struct krn_cuda_dev *dev, int m, int n, int k, const uint16_t *d_x,
+                       int ldx, const uint16_t *d_w, void *d_y, int ldy, float beta, int y_type,
+                       struct krn_cuda_gemm_trial *trials, int max_trials, int *n_trials);
+
 /* y[r*ldy + i] += b[i] for r < n_rows, i < n. */
 int krn_cuda_add_bias(struct krn_cuda_dev *dev, float *d_y, int n_rows, int n, int ldy,
                       const float *d_b);
@@ -158,6 +177,12 @@ int krn_cuda_rope_qkv(struct krn_cuda_dev *dev, const float *d_qkv, int ldqkv, i
 int krn_cuda_attn(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16_t *d_kc,
                   const uint16_t *d_vc, int n, int pos0, int n_head, int n_kv_head, int hd,
                   int n_ctx, float scale, uint16_t *d_out);
+
+/* krn_cuda_attn, then the output rounded as krn_cuda_q8_round does (the same values; the
+ * tensor-core kernel rounds in its epilogue). n_head * hd % 32 == 0. */
+int krn_cuda_attn_q8(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16_t *d_kc,
+                     const uint16_t *d_vc, int n, int pos0, int n_head, int n_kv_head, int hd,
+                     int n_ctx, float scale, uint16_t *d_out);
 
 /* Select the attention kernel variant of the tensor-core path (1: single-stage, 2:
  * cp.async-pipelined, the default; 2 also enables the split-KV decode path). Returns the

@@ -2,6 +2,7 @@
  * shared by the .cu files. Included only by .cu files. */
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -23,7 +24,15 @@ struct krn_cuda_dev {
     void *att_scr;         /* split-KV attention partials, owned */
     size_t att_scr_bytes;
     int sae_variant;       /* 0: default (2, the warp top-k where it applies) */
+    cublasLtHandle_t lt;   /* the tuned GEMMs (gemm.cu) */
+    void *gemm_ws;         /* workspace of cuBLAS and cuBLASLt (same stream), owned */
+    size_t gemm_ws_bytes;
+    struct krn_gemm_plan *plans; /* tuned shapes (gemm.cu), owned */
+    int n_plans;
 };
+
+/* gemm.cu: frees the tuned plans and the cuBLASLt handle (krn_cuda_dev_free). */
+void krn_cuda__gemm_free(struct krn_cuda_dev *dev);
 
 struct krn_cuda_event {
     cudaEvent_t ev;

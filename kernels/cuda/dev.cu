@@ -53,6 +53,16 @@ extern "C" int krn_cuda_dev_new(int ordinal, struct krn_cuda_dev **out)
     }
     /* tensor-op GEMMs with fp32 accumulation; results are deterministic for a given shape */
     cublasSetMathMode(dev->blas, CUBLAS_DEFAULT_MATH);
+    /* one workspace for cuBLAS and the tuned cuBLASLt GEMMs: both run on the compute stream */
+    dev->gemm_ws_bytes = (size_t)32 << 20;
+    if (cublasLtCreate(&dev->lt) != CUBLAS_STATUS_SUCCESS ||
+        cudaMalloc(&dev->gemm_ws, dev->gemm_ws_bytes) != cudaSuccess ||
+        cublasSetWorkspace(dev->blas, dev->gemm_ws, dev->gemm_ws_bytes) !=
+            CUBLAS_STATUS_SUCCESS) {
+        (void)cudaGetLastError();
+        rc = S3_EDEVICE;
+        goto out;
+    }
     {
         /* S3_CUDA_ATTN=1 selects the single-stage attention kernel (comparison, fallback) */
         const char *v = getenv("S3_CUDA_ATTN");
@@ -78,6 +88,7 @@ extern "C" void krn_cuda_dev_free(struct krn_cuda_dev *dev)
         cudaStreamSynchronize(dev->stream);
         cudaStreamDestroy(dev->stream);
     }
+    krn_cuda__gemm_free(dev); /* after the stream: its workspace may be in use until then */
     if (dev->att_scr)
         cudaFree(dev->att_scr);
     free(dev);

@@ -62,16 +62,8 @@ __global__ void k_swiglu8(const __half *gu, int n_ff, long long n_vec, __half *o
             y[2 * e] = fminf(fmaxf(a, -KRN_F16_MAX), KRN_F16_MAX);
             y[2 * e + 1] = fminf(fmaxf(b, -KRN_F16_MAX), KRN_F16_MAX);
         }
-        if (Q8) {
-            float m = 0.0f;
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-                m = fmaxf(m, fabsf(y[e]));
-            const struct krn_q8 q = krn_q8_scale(krn_group_max(m, 4, __activemask()));
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-                y[e] = krn_q8_value(y[e], q);
-        }
+        if (Q8)
+            krn_q8_round8(y, __activemask());
         uint4 ov;
         __half2 *o2 = (__half2 *)&ov;
 #pragma unroll
@@ -89,20 +81,17 @@ __global__ void k_q8_round8(__half *x, long long n_vec)
          v += (long long)gridDim.x * blockDim.x) {
         uint4 xv = *(const uint4 *)(x + (size_t)v * 8);
         __half2 *x2 = (__half2 *)&xv;
-        float y[8], m = 0.0f;
+        float y[8];
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const float2 f = __half22float2(x2[e]);
             y[2 * e] = f.x;
             y[2 * e + 1] = f.y;
         }
-#pragma unroll
-        for (int e = 0; e < 8; e++)
-            m = fmaxf(m, fabsf(y[e]));
-        const struct krn_q8 q = krn_q8_scale(krn_group_max(m, 4, __activemask()));
+        krn_q8_round8(y, __activemask());
 #pragma unroll
         for (int e = 0; e < 4; e++)
-            x2[e] = __floats2half2_rn(krn_q8_value(y[2 * e], q), krn_q8_value(y[2 * e + 1], q));
+            x2[e] = __floats2half2_rn(y[2 * e], y[2 * e + 1]);
         *(uint4 *)(x + (size_t)v * 8) = xv;
     }
 }
@@ -208,4 +197,28 @@ extern "C" int krn_cuda_swiglu(struct krn_cuda_dev *dev, const uint16_t *d_gu, i
                                int n_ff, uint16_t *d_out)
 {
     return krn_cuda_swiglu_ld(dev, d_gu, n_rows, n_ff, d_out, n_ff);
+}
+
+/* x[i] = a value in [-1, 1) from a hash of (seed, i): fp16 operands for timing runs */
+__global__ void k_fill_f16(__half *x, long long n, uint32_t seed)
+{
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+        x[i] = __float2half_rn((float)(h >> 8) * (2.0f / 16777216.0f) - 1.0f);
+    }
+}
+
+extern "C" int krn_cuda_fill_f16(struct krn_cuda_dev *dev, uint16_t *d_x, int64_t n,
+                                 uint32_t seed)
+{
+    if (n < 0)
+        return S3_EINVAL;
+    if (n == 0)
+        return 0;
+    const unsigned blocks = n / 256 + 1 < 4096 ? (unsigned)(n / 256 + 1) : 4096u;
+    k_fill_f16<<<blocks, 256, 0, dev->stream>>>((__half *)d_x, n, seed);
+    KRN_CHECK_LAUNCH(dev);
+    return 0;
 }

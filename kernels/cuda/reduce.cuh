@@ -74,3 +74,17 @@ __device__ __forceinline__ float krn_q8_value(float v, struct krn_q8 s)
     /* through an integer, as the host's int8: a zero is +0 */
     return __fmul_rn(s.d, (float)__float2int_rn(__fmul_rn(v, s.id)));
 }
+
+/* The 8 values this lane holds of a block of 32 that 4 aligned lanes hold together (each lane
+ * of mask calls it), rounded in place as krn_q8_value does with the block's amax. */
+__device__ __forceinline__ void krn_q8_round8(float (&y)[8], unsigned mask)
+{
+    float m = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+        m = fmaxf(m, fabsf(y[e]));
+    const struct krn_q8 q = krn_q8_scale(krn_group_max(m, 4, mask));
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+        y[e] = krn_q8_value(y[e], q);
+}

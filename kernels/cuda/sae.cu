@@ -1,6 +1,7 @@
 /* kernels/cuda/sae.cu - Top-k SAE encoding: centre, one fp32 GEMM (cuBLAS) for the
  * pre-activations of every latent, then a selection kernel: for n_dict <= 2048 one warp per
- * row with the row in registers (k rounds of a warp-wide argmax), else k rounds of a block-wide
+ * row with the row in registers (each lane lists its 4 best; k rounds of a warp-wide argmax
+ * over the lists' heads), else k rounds of a block-wide
  * (activation desc, id asc) maximum below the previous pick, one block per row. */
 #include <math.h>
 
@@ -65,15 +66,42 @@ __global__ void __launch_bounds__(KRN_SAE_THREADS)
     }
 }
 
+/* A lane's next candidates: the NC best of its NPER values (activation desc, id asc; ids of
+ * a lane grow with u) among those ranking after (lv, lu), best first; (-5, 0) pads. */
+template <int NPER, int NC>
+__device__ __forceinline__ void lane_best(const float (&v)[NPER], float lv, int lu,
+                                          float (&cv)[NC], int (&cu)[NC])
+{
+#pragma unroll
+    for (int i = 0; i < NC; i++)
+        cv[i] = -5.0f, cu[i] = 0;
+#pragma unroll
+    for (int u = 0; u < NPER; u++) {
+        float a = v[u];
+        int au = u;
+        if (!(a < lv || (a == lv && u > lu)))
+            continue; /* already picked */
+#pragma unroll
+        for (int i = 0; i < NC; i++) /* insertion (a carried entry may tie on value) */
+            if (ranks_before(a, au, cv[i], cu[i])) {
+                const float tv = cv[i];
+                const int tu = cu[i];
+                cv[i] = a, cu[i] = au;
+                a = tv, au = tu;
+            }
+    }
+}
+
 /* One warp per row for n_dict <= 32 * NPER: lane l holds latents l, l+32, ... in registers
- * (b_enc added, ReLU), keeps its own best (activation desc, id asc); each of the k rounds is a
- * warp-wide argmax over the lanes' bests, then the winning lane drops that latent and rescans
- * its NPER values. Same picks and order as k_sae_topk. */
+ * (b_enc added, ReLU) and lists its NC best; each of the k rounds is a warp-wide argmax over
+ * the lanes' heads, then the winning lane moves to its next candidate, listing the NC after
+ * its last one when it has used them all. Same picks and order as k_sae_topk. */
 template <int NPER>
 __global__ void __launch_bounds__(KRN_SAE_WARP_ROWS * 32)
     k_sae_topk_warp(const float *pre, const float *benc, int n, int n_dict, int k,
                     uint16_t *ids, float *acts)
 {
+    constexpr int NC = 4;
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * KRN_SAE_WARP_ROWS + (threadIdx.x >> 5);
     if (row >= n)
@@ -90,15 +118,16 @@ __global__ void __launch_bounds__(KRN_SAE_WARP_ROWS * 32)
         }
         v[u] = a;
     }
-    float bv = -3.0f;
-    int bu = 0;
-#pragma unroll
-    for (int u = 0; u < NPER; u++)
-        if (v[u] > bv)
-            bv = v[u], bu = u; /* strict: the lowest u (lowest id) of equal values */
+    float cv[NC];
+    int cu[NC], ci = 0;
+    lane_best<NPER, NC>(v, INFINITY, -1, cv, cu);
     for (int r = 0; r < k; r++) {
-        float wv = bv;
-        int wid = lane + 32 * bu;
+        float wv = cv[0];
+        int wid = lane + 32 * cu[0];
+#pragma unroll
+        for (int i = 1; i < NC; i++) /* the head of the list (ci is warp-divergent) */
+            if (i == ci)
+                wv = cv[i], wid = lane + 32 * cu[i];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
             const float ov = __shfl_xor_sync(0xffffffffu, wv, o);
@@ -110,18 +139,9 @@ __global__ void __launch_bounds__(KRN_SAE_WARP_ROWS * 32)
             ids[(size_t)row * k + r] = (uint16_t)(wid < n_dict ? wid : 0);
             acts[(size_t)row * k + r] = wid < n_dict ? wv : 0.0f;
         }
-        if ((wid & 31) == lane) { /* the winner drops it and finds its next best */
-            const int wu = wid >> 5;
-#pragma unroll
-            for (int u = 0; u < NPER; u++)
-                if (u == wu)
-                    v[u] = -4.0f;
-            bv = -5.0f;
-            bu = 0;
-#pragma unroll
-            for (int u = 0; u < NPER; u++)
-                if (v[u] > bv)
-                    bv = v[u], bu = u;
+        if ((wid & 31) == lane && ++ci == NC) { /* the winner used its list: the next NC */
+            lane_best<NPER, NC>(v, wv, wid >> 5, cv, cu);
+            ci = 0;
         }
     }
 }

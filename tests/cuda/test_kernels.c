@@ -233,6 +233,22 @@ static void check_attn_v(int n, int pos0, int H, int Hkv, int hd, int in_place)
             hd, in_place ? " in place" : "", sqrt(err2 / ref2), maxe);
     ck_assert_double_lt(sqrt(err2 / ref2), 2e-3);
     ck_assert_double_lt(maxe, 4e-3);
+    if (!in_place) {
+        /* the rounded flavour: bit for bit these outputs rounded as the CPU path's 8-bit
+           activations (the host's rounding of them) */
+        float *f = malloc(sizeof(float) * n * dq);
+        uint16_t *want = malloc(2u * n * dq), *got = malloc(2u * n * dq);
+        for (int i = 0; i < n * dq; i++)
+            f[i] = h2f(out[i]);
+        q8_ref(f, n, dq, want);
+        ck_assert_int_eq(
+            krn_cuda_attn_q8(g_dev, dq_, dkc, dvc, n, pos0, H, Hkv, hd, n_ctx, scale, dout), 0);
+        ck_assert_int_eq(krn_cuda_download(g_dev, got, dout, 2u * n * dq), 0);
+        for (int i = 0; i < n * dq; i++)
+            ck_assert_msg(got[i] == want[i], "attn_q8 i=%d got %g want %g", i, h2f(got[i]),
+                          h2f(want[i]));
+        free(f), free(want), free(got);
+    }
     krn_cuda_free(dq_), krn_cuda_free(dkc), krn_cuda_free(dvc);
     if (!in_place)
         krn_cuda_free(dout);
@@ -308,6 +324,34 @@ START_TEST(test_gemm)
             ck_assert_double_lt(fabs(h2f(y16[i * n + j]) - s), 1e-3 * fabs(s) + 2e-3);
         }
     ck_assert_int_eq(krn_cuda_gemm(g_dev, m, n, k, dx, dw, dy16, n, 1.0f, KRN_CUDA_F16), S3_EINVAL);
+    /* the shape tuned (the fastest of cuBLAS's default and cuBLASLt's candidates kept): the
+     * same products, within the same bound of the reference */
+    {
+        struct krn_cuda_gemm_trial tr[20];
+        int nt = -1;
+        ck_assert_int_eq(krn_cuda_gemm_tune(g_dev, m, n, k, dx, k, dw, dy, n, 1.0f,
+                                            KRN_CUDA_F32, tr, 20, &nt), 0);
+        ck_assert_int_ge(nt, 1);
+        ck_assert_int_eq(tr[0].algo, -1); /* cuBLAS's default comes first */
+        for (int i = 0; i < nt; i++)
+            ck_assert(tr[i].ms > 0.0f);
+        ck_assert_int_eq(krn_cuda_gemm_tune(g_dev, m, n, k, dx, k, dw, dy, n, 0.5f,
+                                            KRN_CUDA_F32, NULL, 0, NULL), S3_EINVAL);
+        ck_assert_int_eq(krn_cuda_gemm_tune(g_dev, m, n, k, dx, k, dw, dy16, n, 1.0f,
+                                            KRN_CUDA_F16, NULL, 0, NULL), S3_EINVAL);
+        ck_assert_int_eq(krn_cuda_upload(g_dev, dy, y0, sizeof(float) * m * n), 0);
+        ck_assert_int_eq(krn_cuda_gemm(g_dev, m, n, k, dx, dw, dy, n, 1.0f, KRN_CUDA_F32), 0);
+        float *yt = malloc(sizeof(float) * m * n);
+        ck_assert_int_eq(krn_cuda_download(g_dev, yt, dy, sizeof(float) * m * n), 0);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double s = 0;
+                for (int l = 0; l < k; l++)
+                    s += (double)h2f(x[i * k + l]) * h2f(w[j * k + l]);
+                ck_assert_double_lt(fabs(yt[i * n + j] - (s + y0[i * n + j])), 1e-3);
+            }
+        free(yt);
+    }
     /* x rows k + 8 apart (the padding holds NaN that must not be read) */
     {
         const int ldx = k + 8;
@@ -532,9 +576,12 @@ static void check_sae(int nd, int k, int tie_rows)
         bd[i] = frand() * 0.1f;
     if (tie_rows) {
         /* rows equal to b_dec: pre = b_enc exactly; b_enc with repeated values and fewer than
-           k positives, so ties (and zeros) are ranked by id */
+           k positives, so ties (and zeros) are ranked by id; tie_rows 2: every strong latent
+           in one lane of the warp kernel (ids 5 mod 32), with ties, so that lane wins every
+           round and lists its next candidates again and again */
         for (int i = 0; i < nd; i++)
-            be[i] = i % 37 == 0 ? 0.5f : i % 50 == 0 ? 0.25f : -1.0f;
+            be[i] = tie_rows == 2 ? (i % 32 == 5 ? 3.0f + (float)(i % 3) : -1.0f)
+                    : i % 37 == 0 ? 0.5f : i % 50 == 0 ? 0.25f : -1.0f;
         for (int t = 0; t < 3; t++)
             for (int i = 0; i < d; i++)
                 x[t * ldx + i] = bd[i];
@@ -602,6 +649,7 @@ START_TEST(test_sae_topk)
     check_sae(512, 16, 0);  /* warp kernel, 16 per lane */
     check_sae(2048, 16, 0); /* warp kernel, 64 per lane */
     check_sae(200, 12, 1);  /* warp kernel, partial lanes, exact ties, zeros picked by id */
+    check_sae(2048, 16, 2); /* warp kernel, the top latents all in one lane */
     check_sae(3000, 16, 1); /* block kernel (n_dict > 2048) */
 }
 END_TEST
