@@ -354,6 +354,39 @@ static int calloc_dev(struct eng_cuda_ctx *dc, void **p, size_t bytes, struct s3
     return rc < 0 ? dev_fail(dc->dev, rc, err) : 0;
 }
 
+/* Tune the projections of a layer (and the k rows alone) for batches of n_ub rows, the scan's
+ * chunk (cuBLASLt candidates timed against cuBLAS's default on this context's buffers and
+ * layer 0's weights; see krn_cuda_gemm_tune): once per device and shape, before any graph
+ * captures them. S3_CUDA_GEMM_TUNE=0 keeps cuBLAS's default everywhere (comparisons). */
+static int tune_gemms(struct eng_cuda_ctx *dc)
+{
+    const struct eng_cuda_model *cm = dc->cm;
+    const char *env = getenv("S3_CUDA_GEMM_TUNE");
+    if ((env && strcmp(env, "0") == 0) || dc->n_ub < 64)
+        return 0;
+    const struct cuda_layer *L = &cm->layers[0];
+    const int m = dc->n_ub, d = cm->d, dq = cm->dq, ff = cm->ff, ldqkv = dq + 2 * cm->dkv;
+    int rc = krn_cuda_fill_f16(dc->dev, dc->xn, (int64_t)m * (dq > d ? dq : d), 1);
+    if (rc == 0)
+        rc = krn_cuda_fill_f16(dc->dev, dc->gu, (int64_t)m * 2 * ff, 2);
+    if (rc == 0) /* the projections as enqueue_layers calls them */
+        rc = krn_cuda_gemm_tune(dc->dev, m, ldqkv, d, dc->xn, d, L->wqkv, dc->qkv, ldqkv, 0.0f,
+                                KRN_CUDA_F32, NULL, 0, NULL);
+    if (rc == 0) /* k alone (a scan's last layer) */
+        rc = krn_cuda_gemm_tune(dc->dev, m, cm->dkv, d, dc->xn, d, L->wqkv + (size_t)dq * d,
+                                dc->qkv + dq, ldqkv, 0.0f, KRN_CUDA_F32, NULL, 0, NULL);
+    if (rc == 0)
+        rc = krn_cuda_gemm_tune(dc->dev, m, d, dq, dc->att, dq, L->wo, dc->x, d, 1.0f,
+                                KRN_CUDA_F32, NULL, 0, NULL);
+    if (rc == 0)
+        rc = krn_cuda_gemm_tune(dc->dev, m, d, ff, dc->gu, 2 * ff, L->wdown, dc->x, d, 1.0f,
+                                KRN_CUDA_F32, NULL, 0, NULL);
+    if (rc == 0) /* last: it overwrites the operand of the one above */
+        rc = krn_cuda_gemm_tune(dc->dev, m, 2 * ff, d, dc->xn, d, L->wgu, dc->gu, 2 * ff, 0.0f,
+                                KRN_CUDA_F16, NULL, 0, NULL);
+    return rc;
+}
+
 int eng__cuda_ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int n_ctx, int n_ub,
                       struct eng_cuda_ctx **out, struct s3_errinfo *err)
 {
@@ -417,7 +450,8 @@ int eng__cuda_ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int 
         krn_rope_table(cs_host + (size_t)p * cm->n_rot, p, cm->n_rot, m->hp.rope_base,
                        m->rope_ff);
     if ((rc = krn_cuda_upload(dc->dev, dc->rope_cs, cs_host,
-                              (size_t)n_ctx * cm->n_rot * sizeof(float))) < 0)
+                              (size_t)n_ctx * cm->n_rot * sizeof(float))) < 0 ||
+        (rc = tune_gemms(dc)) < 0)
         rc = dev_fail(dc->dev, rc, err);
 out:
     free(cs_host);
@@ -646,12 +680,17 @@ static int enqueue_layers(struct eng_cuda_ctx *dc, int n, int pos0,
         }
         TRY(rmsnorm(cm, dc->x, L->attn_norm, n, dc->xn));
         TRY(mark(dc, ST_OTHER));
-        TRY(krn_cuda_gemm(dev, n, ldqkv, d, dc->xn, L->wqkv, dc->qkv, ldqkv, 0.0f, KRN_CUDA_F32));
+        /* the scan's last layer with nobody reading q: the k rows alone (wqkv's rows dq..) */
+        const int k_only = il == last && hook && hook->scan_only && hook->no_q;
+        const int c0 = k_only ? dq : 0, nc = k_only ? dkv : ldqkv;
+        TRY(krn_cuda_gemm(dev, n, nc, d, dc->xn, L->wqkv + (size_t)c0 * d, dc->qkv + c0, ldqkv,
+                          0.0f, KRN_CUDA_F32));
         TRY(mark(dc, ST_GEMM));
         if (L->bqkv)
-            TRY(krn_cuda_add_bias(dev, dc->qkv, n, ldqkv, ldqkv, L->bqkv));
+            TRY(krn_cuda_add_bias(dev, dc->qkv + c0, n, nc, ldqkv, L->bqkv + c0));
         if (hooked(hook, il) && hook->dev_fn) {
-            if (hook->dev_fn(hook->dev_ud, dev, il, pos0, n, dc->qkv, dc->qkv + dq, ldqkv) != 0) {
+            if (hook->dev_fn(hook->dev_ud, dev, il, pos0, n, k_only ? NULL : dc->qkv,
+                             dc->qkv + dq, ldqkv) != 0) {
                 rc = S3_ECANCELED;
                 goto fail;
             }
@@ -675,10 +714,11 @@ static int enqueue_layers(struct eng_cuda_ctx *dc, int n, int pos0,
                               cm->n_rot, dc->rope_cs, cm->rope_mode, dc->qr, dc->kc + il * lay,
                               dc->vc + il * lay, dc->n_ctx));
         TRY(mark(dc, ST_OTHER));
-        TRY(krn_cuda_attn(dev, dc->qr, dc->kc + il * lay, dc->vc + il * lay, n, pos0, cm->n_head,
-                          cm->n_head_kv, cm->hd, dc->n_ctx, scale, dc->att)); /* in place */
-        if (cm->q8act)
-            TRY(krn_cuda_q8_round(dev, dc->att, n, dq));
+        /* in place; rounded as 8-bit activations where the CPU path's GEMMs round them */
+        TRY((cm->q8act ? krn_cuda_attn_q8 : krn_cuda_attn)(dev, dc->qr, dc->kc + il * lay,
+                                                           dc->vc + il * lay, n, pos0,
+                                                           cm->n_head, cm->n_head_kv, cm->hd,
+                                                           dc->n_ctx, scale, dc->att));
         TRY(mark(dc, ST_ATTN));
         TRY(krn_cuda_gemm(dev, n, d, dq, dc->att, L->wo, dc->x, d, 1.0f, KRN_CUDA_F32));
         TRY(mark(dc, ST_GEMM));

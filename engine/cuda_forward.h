@@ -34,6 +34,7 @@ struct krn_cuda_dev;
  * (n, n_head_kv*hd) are f32 device rows ld floats apart, valid in stream order only: the
  * callee enqueues its own work (e.g. krn_cuda_sae_encode, then an asynchronous copy of the
  * records) on `dev` (the context's device, eng__cuda_ctx_dev) and must not keep the pointers.
+ * d_q is NULL at the last layer of a scan ubatch with no_q (only its k rows are projected).
  * Nonzero return cancels the ubatch (S3_ECANCELED). */
 typedef int (*eng_cuda_dev_hook_fn)(void *ud, struct krn_cuda_dev *dev, int layer, int pos0,
                                     int n, const float *d_q, const float *d_k, int ld);
@@ -49,7 +50,8 @@ struct eng_cuda_hook {
 /* Options of a scan ubatch (eng__cuda_ubatch_scan). */
 struct eng_cuda_scan {
     int full;                      /* 1: run every layer (as eng__cuda_ubatch without logits) */
-    int no_q;                      /* the host hook gets q = NULL (only k rows are copied) */
+    int no_q;                      /* nobody reads q: the host hook gets q = NULL (only k rows
+                                      are copied) and the last layer projects k alone */
     eng_cuda_dev_hook_fn dev_fn;   /* device hook for the hooked layers, or NULL */
     void *dev_ud;
 };
