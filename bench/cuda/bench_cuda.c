@@ -7,6 +7,8 @@
  *   s3cuda_bench ingest --model F [--tokens 1048576] [--chunk 2048] [--hook 3,9,24,31] [--index-k 4]
  *                       [--sae-dict 2048 --sae-k 16] [--budget 2048] [--decode 64] [--db PATH]
  *   s3cuda_bench attn                                 attention kernels alone (TFLOP/s)
+ *   s3cuda_bench gemm                                 layer projections: cuBLAS vs tuned
+ *   s3cuda_bench sae                                  SAE encoding of one 8B layer's keys
  *
  * scan: chunked prefill of N generated token ids, B tokens per chunk, each chunk at positions
  * 0..B-1 (no KV carried). By default the scan flavour of the ubatch runs (stops after the
@@ -885,8 +887,141 @@ static int cmd_attn(void)
     return rc;
 }
 
+/* The layer projections of both shapes for a chunk of 2048 rows: cuBLAS's default and every
+ * cuBLASLt candidate krn_cuda_gemm_tune times (TFLOP/s), and whether the tuned algorithm's
+ * output is bit for bit the default's. */
+static int cmd_gemm(void)
+{
+    struct krn_cuda_dev *dev = NULL;
+    if (krn_cuda_dev_new(0, &dev) < 0) {
+        fprintf(stderr, "no CUDA device\n");
+        return 1;
+    }
+    static const struct {
+        const char *name;
+        int n, k, ldx, y_type;
+        float beta;
+    } cs[] = {{"8b-qkv", 6144, 4096, 4096, KRN_CUDA_F32, 0.0f},
+              {"8b-o", 4096, 4096, 4096, KRN_CUDA_F32, 1.0f},
+              {"8b-gate-up", 28672, 4096, 4096, KRN_CUDA_F16, 0.0f},
+              {"8b-down", 4096, 14336, 28672, KRN_CUDA_F32, 1.0f},
+              {"135m-qkv", 960, 576, 576, KRN_CUDA_F32, 0.0f},
+              {"135m-o", 576, 576, 576, KRN_CUDA_F32, 1.0f},
+              {"135m-gate-up", 3072, 576, 576, KRN_CUDA_F16, 0.0f},
+              {"135m-down", 576, 1536, 3072, KRN_CUDA_F32, 1.0f}};
+    const int m = 2048;
+    int rc = 0;
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0] && rc == 0; ci++) {
+        const int n = cs[ci].n, k = cs[ci].k, ldx = cs[ci].ldx;
+        const size_t ybytes = (size_t)m * n * (cs[ci].y_type == KRN_CUDA_F32 ? 4 : 2);
+        uint16_t *dx = NULL, *dw = NULL;
+        void *dy = NULL;
+        unsigned char *y0 = malloc(ybytes), *y1 = malloc(ybytes);
+        struct krn_cuda_gemm_trial tr[20];
+        int nt = 0;
+        if (!y0 || !y1 || krn_cuda_malloc(dev, (void **)&dx, (size_t)m * ldx * 2) < 0 ||
+            krn_cuda_malloc(dev, (void **)&dw, (size_t)n * k * 2) < 0 ||
+            krn_cuda_malloc(dev, &dy, ybytes) < 0 ||
+            krn_cuda_fill_f16(dev, dx, (int64_t)m * ldx, 11) < 0 ||
+            krn_cuda_fill_f16(dev, dw, (int64_t)n * k, 12) < 0 ||
+            krn_cuda_memset(dev, dy, 0, ybytes) < 0 ||
+            krn_cuda_gemm_ld(dev, m, n, k, dx, ldx, dw, dy, n, cs[ci].beta, cs[ci].y_type) < 0 ||
+            krn_cuda_download(dev, y0, dy, ybytes) < 0 ||
+            krn_cuda_gemm_tune(dev, m, n, k, dx, ldx, dw, dy, n, cs[ci].beta, cs[ci].y_type, tr,
+                               20, &nt) < 0 ||
+            krn_cuda_memset(dev, dy, 0, ybytes) < 0 ||
+            krn_cuda_gemm_ld(dev, m, n, k, dx, ldx, dw, dy, n, cs[ci].beta, cs[ci].y_type) < 0 ||
+            krn_cuda_download(dev, y1, dy, ybytes) < 0) {
+            fprintf(stderr, "gemm %s: %s\n", cs[ci].name, krn_cuda_errmsg(dev));
+            rc = 1;
+        } else {
+            const double flop = 2.0 * m * n * k;
+            int best = 0;
+            for (int i = 1; i < nt; i++)
+                if (tr[i].ms < tr[best].ms)
+                    best = i;
+            printf("{\"bench\":\"gemm\",\"case\":\"%s\",\"m\":%d,\"n\":%d,\"k\":%d,"
+                   "\"default_tflops\":%.1f,\"best_tflops\":%.1f,\"best_algo\":%d,"
+                   "\"same_bits\":%s,\"trials\":[",
+                   cs[ci].name, m, n, k, flop / (tr[0].ms * 1e9), flop / (tr[best].ms * 1e9),
+                   tr[best].algo, memcmp(y0, y1, ybytes) == 0 ? "true" : "false");
+            for (int i = 0; i < nt; i++)
+                printf("%s[%d,%d,%d,%.1f]", i ? "," : "", tr[i].algo, tr[i].tile, tr[i].stages,
+                       flop / (tr[i].ms * 1e9));
+            printf("]}\n");
+        }
+        krn_cuda_free(dx), krn_cuda_free(dw), krn_cuda_free(dy);
+        free(y0), free(y1);
+    }
+    krn_cuda_dev_free(dev);
+    return rc;
+}
+
+/* SAE encoding of one layer's keys (2048 rows, 8 kv heads of 128, 2048 latents, k 16) as the
+ * scan's device hook runs it, and its GEMM alone (cuBLAS SGEMM of the same shape). */
+static int cmd_sae(void)
+{
+    struct krn_cuda_dev *dev = NULL;
+    if (krn_cuda_dev_new(0, &dev) < 0) {
+        fprintf(stderr, "no CUDA device\n");
+        return 1;
+    }
+    const int n = 2048, hkv = 8, hd = 128, nd = 2048, kk = 16, ld = 6144;
+    const size_t unit = (size_t)nd * hd + nd + hd;
+    float *dx = NULL, *dw = NULL, *scr = NULL, *acts = NULL;
+    uint16_t *ids = NULL;
+    float *hx = malloc(sizeof(float) * (size_t)n * ld), *hw = malloc(sizeof(float) * unit * hkv);
+    for (size_t i = 0; i < (size_t)n * ld; i++)
+        hx[i] = (float)((int)rand_tok(2001) - 1000) * 1e-3f;
+    for (size_t i = 0; i < unit * hkv; i++)
+        hw[i] = (float)((int)rand_tok(2001) - 1000) * 1e-4f;
+    int rc = 0;
+    if (krn_cuda_malloc(dev, (void **)&dx, sizeof(float) * (size_t)n * ld) < 0 ||
+        krn_cuda_malloc(dev, (void **)&dw, sizeof(float) * unit * hkv) < 0 ||
+        krn_cuda_malloc(dev, (void **)&scr, sizeof(float) * (size_t)n * (hd + nd)) < 0 ||
+        krn_cuda_malloc(dev, (void **)&acts, sizeof(float) * (size_t)hkv * n * kk) < 0 ||
+        krn_cuda_malloc(dev, (void **)&ids, 2 * (size_t)hkv * n * kk) < 0 ||
+        krn_cuda_upload(dev, dx, hx, sizeof(float) * (size_t)n * ld) < 0 ||
+        krn_cuda_upload(dev, dw, hw, sizeof(float) * unit * hkv) < 0) {
+        fprintf(stderr, "sae: %s\n", krn_cuda_errmsg(dev));
+        return 1;
+    }
+    struct krn_cuda_event *e0 = NULL, *e1 = NULL;
+    krn_cuda_event_new(dev, &e0), krn_cuda_event_new(dev, &e1);
+    for (int kq = 0; kq < 2 && rc == 0; kq++) {
+        const int kr = kq ? kk : 1, reps = 20;
+        float ms = 0;
+        for (int r = -2; r < reps && rc == 0; r++) {
+            if (r == 0)
+                krn_cuda_event_record(dev, e0);
+            for (int h = 0; h < hkv && rc == 0; h++) {
+                const float *w = dw + unit * h;
+                rc = krn_cuda_sae_encode(dev, dx + 2048 + h * hd, ld, n, hd, w, w + (size_t)nd * hd,
+                                         w + (size_t)nd * hd + nd, nd, kr, scr,
+                                         ids + (size_t)h * n * kk, acts + (size_t)h * n * kk);
+            }
+        }
+        krn_cuda_event_record(dev, e1);
+        if (rc == 0 && krn_cuda_sync(dev) == 0 && krn_cuda_event_ms(dev, e0, e1, &ms) == 0)
+            printf("{\"bench\":\"sae\",\"case\":\"layer-8b\",\"k\":%d,\"us_per_layer\":%.1f,"
+                   "\"us_per_head\":%.1f}\n", kr, 1000.0 * ms / reps, 1000.0 * ms / reps / hkv);
+        else
+            fprintf(stderr, "sae: %s\n", krn_cuda_errmsg(dev)), rc = 1;
+    }
+    krn_cuda_event_free(e0), krn_cuda_event_free(e1);
+    krn_cuda_free(dx), krn_cuda_free(dw), krn_cuda_free(scr), krn_cuda_free(acts);
+    krn_cuda_free(ids);
+    free(hx), free(hw);
+    krn_cuda_dev_free(dev);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "gemm") == 0)
+        return cmd_gemm();
+    if (argc >= 2 && strcmp(argv[1], "sae") == 0)
+        return cmd_sae();
     if (argc >= 2 && strcmp(argv[1], "attn") == 0)
         return cmd_attn();
     if (argc >= 2 && strcmp(argv[1], "synth") == 0)
@@ -895,6 +1030,6 @@ int main(int argc, char **argv)
         return cmd_scan(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "ingest") == 0)
         return cmd_ingest(argc - 1, argv + 1);
-    fprintf(stderr, "usage: s3cuda_bench synth|scan|ingest|attn ...\n");
+    fprintf(stderr, "usage: s3cuda_bench synth|scan|ingest|attn|gemm|sae ...\n");
     return 2;
 }

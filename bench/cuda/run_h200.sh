@@ -7,9 +7,10 @@
 # vendor-deb/slice3.gguf --layers 0,1,2 --out vendor-deb/slice3.s3sae`): cuda_test_scan then
 # compares the devices with it (S3_CUDA_SAE), and BENCH_SCAN=1 runs the CPU scan's
 # bench-scan (peak RSS per size) on the slice with it, on all cores.
-# Writes logs under $OUT (default ./out-h200). Usage: bash bench/cuda/run_h200.sh [quick]
+# Writes logs under $OUT (default ./out-h200). Usage: bash bench/cuda/run_h200.sh [quick|kernels]
+# (quick: stop after the tests; kernels: after the kernel benchmarks attn, gemm, sae).
 # Switches (environment): TESTS=0, MEMCHECK=0, ATTN=0, INDEX_BENCH=0, SCAN_135M=0, SCAN_8B=0,
-# INGEST_8B=0 skip those parts; INGEST_REPEAT runs the 135M ingest that many times; TOKENS_8B,
+# INGEST_8B=0 skip those parts; SMI=1 samples clocks and power (smi.csv); KEEP_MODELS=1 keeps the 8B file; INGEST_REPEAT runs the 135M ingest that many times; TOKENS_8B,
 # TOKENS_135M, INGEST_SIZES (e.g. "32768 131072 1048576"; INGEST_TOKENS: one), BENCH_SCAN_SIZES
 # set the sizes.
 set -u
@@ -19,6 +20,12 @@ log() { echo "== $* ($(date +%T))"; }
 log info
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 nvcc --version | tail -1; cmake --version | head -1; gcc --version | head -1; nproc
+# SMI=1: the GPU's clocks, power and throttle reasons every 100 ms through the run (smi.csv)
+if [ "${SMI:-0}" = 1 ]; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv,noheader -lms 100 > $OUT/smi.csv 2>&1 &
+  SMI_PID=$!; trap 'kill $SMI_PID 2>/dev/null' EXIT
+fi
 mkdir -p $V && tar -C $V -xJf vendor-deb/vendor.tar.xz
 # nettle at run time is the machine's own (its gnutls may need a newer one than Debian 12's;
 # same soname): the vendored headers and libnettle.so link against it
@@ -65,7 +72,12 @@ fi
 if [ "${ATTN:-1}" = 1 ]; then
 log bench-attn
 $B/bench_cuda/s3cuda_bench attn 2>&1 | tee $OUT/bench_attn.jsonl
+log bench-gemm
+$B/bench_cuda/s3cuda_bench gemm 2>&1 | tee $OUT/bench_gemm.jsonl
+log bench-sae
+$B/bench_cuda/s3cuda_bench sae 2>&1 | tee $OUT/bench_sae.jsonl
 fi
+[ "${1:-}" = kernels ] && exit 0
 # the index writer and retrieval alone (no model): the 135M and 8B shapes' slot counts
 if [ "${INDEX_BENCH:-1}" = 1 ]; then
 log bench-index
@@ -94,7 +106,7 @@ irc=${PIPESTATUS[0]}; [ $irc = 0 ] || echo "ingest 8b FAILED (exit $irc)"
 done; fi
 [ "${SCAN_8B:-1}" = 1 ] && $B/bench_cuda/s3cuda_bench scan --model $M/l8b.gguf --label llama3-8b --tokens ${TOKENS_8B:-32768,131072,1048576} \
   --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --compare 1 2>&1 | tee $OUT/bench_8b.jsonl
-rm -f $M/l8b.gguf
+[ "${KEEP_MODELS:-0}" = 1 ] || rm -f $M/l8b.gguf
 fi
 if [ "${BENCH_SCAN:-0}" = 1 ] && [ -n "$SAE3" ]; then
 log bench-scan-cpu
