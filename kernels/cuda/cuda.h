@@ -142,7 +142,9 @@ struct krn_cuda_gemm_trial {
 
 /* Time cuBLAS's default algorithm and cuBLASLt's heuristic candidates without split-K (every
  * output still sums its k products in order) for this shape on these buffers (y is written,
- * and with beta 1 accumulates), and keep the fastest for every later krn_cuda_gemm(_ld) of
+ * and with beta 1 accumulates) under a sustained load (about 10 ms each, twice, after a
+ * warm-up; S3_CUDA_GEMM_TUNE_MS sets the span), and keep the fastest for every later
+ * krn_cuda_gemm(_ld) of
  * exactly this (m, n, k, ldx, ldy, beta, y_type); other shapes keep cuBLAS's default. A shape
  * already tuned is left as it is. Synchronous; not while a graph is being captured. trials (may
  * be NULL): up to max_trials timings, *n_trials of them. */

@@ -178,39 +178,51 @@ static int tune(struct krn_cuda_dev *dev, struct krn_gemm_plan *p, const uint16_
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS)
         n_res = 0; /* no cuBLASLt candidate for this shape: cuBLAS's default stays */
-    /* a run of about 2 ms per candidate, from the default's time */
-    float ms = 0.0f, best = 0.0f;
+    /* the candidates: cuBLAS's default (NULL) first, then cuBLASLt's without split-K (split-K
+       sums each output in parts: left out, so every candidate adds in k order) */
+    const cublasLtMatmulAlgo_t *cand[TUNE_CANDIDATES + 1];
+    int nc = 0;
+    cand[nc++] = NULL;
+    for (int i = 0; i < n_res; i++)
+        if (res[i].state == CUBLAS_STATUS_SUCCESS &&
+            config_attr(&res[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) <= 1)
+            cand[nc++] = &res[i].algo;
+    /* Each candidate runs for about span ms (S3_CUDA_GEMM_TUNE_MS, default 10) in two passes
+       of opposite order, after three spans of the default: a sustained load runs at the
+       clock the power limit settles at, and the order cancels the drift while it settles;
+       the fastest under that load is kept (one that is faster in a short burst may draw more
+       power and lose in a long scan). */
+    float span = 10.0f, ms = 0.0f, tot[TUNE_CANDIDATES + 1] = {0};
+    const char *env = getenv("S3_CUDA_GEMM_TUNE_MS");
+    if (env && atof(env) >= 1.0 && atof(env) <= 10000.0)
+        span = (float)atof(env);
     if ((rc = time_candidate(dev, p, NULL, d_x, d_w, d_y, beta, 1, e0, e1, &ms)) < 0)
         return rc;
-    const int reps = ms > 0.0f && ms < 0.2f ? (int)(2.0f / ms) : 10;
-    if ((rc = time_candidate(dev, p, NULL, d_x, d_w, d_y, beta, reps, e0, e1, &best)) < 0)
+    const int reps = ms > 0.0f && ms < span / 10.0f ? (int)(span / ms) : 10;
+    if ((rc = time_candidate(dev, p, NULL, d_x, d_w, d_y, beta, 3 * reps, e0, e1, &ms)) < 0)
         return rc;
-    int nt = 0;
-    if (trials && nt < max_trials)
-        trials[nt++] = (struct krn_cuda_gemm_trial){.algo = -1, .tile = -1, .stages = -1,
-                                                    .ms = best};
-    p->use_lt = 0;
-    for (int i = 0; i < n_res; i++) {
-        if (res[i].state != CUBLAS_STATUS_SUCCESS)
-            continue;
-        /* split-K sums each output in parts: left out, so every candidate adds in k order */
-        if (config_attr(&res[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) > 1)
-            continue;
-        if ((rc = time_candidate(dev, p, &res[i].algo, d_x, d_w, d_y, beta, reps, e0, e1,
-                                 &ms)) < 0)
-            return rc;
+    for (int pass = 0; pass < 2; pass++)
+        for (int j = 0; j < nc; j++) {
+            const int c = pass ? nc - 1 - j : j;
+            if ((rc = time_candidate(dev, p, cand[c], d_x, d_w, d_y, beta, reps, e0, e1, &ms)) <
+                0)
+                return rc;
+            tot[c] += ms / 2.0f;
+        }
+    int nt = 0, best = 0;
+    for (int c = 0; c < nc; c++) {
         if (trials && nt < max_trials)
             trials[nt++] = (struct krn_cuda_gemm_trial){
-                .algo = config_attr(&res[i].algo, CUBLASLT_ALGO_CONFIG_ID),
-                .tile = config_attr(&res[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID),
-                .stages = config_attr(&res[i].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID),
-                .ms = ms};
-        if (ms < best) {
-            best = ms;
-            p->algo = res[i].algo;
-            p->use_lt = 1;
-        }
+                .algo = cand[c] ? config_attr(cand[c], CUBLASLT_ALGO_CONFIG_ID) : -1,
+                .tile = cand[c] ? config_attr(cand[c], CUBLASLT_ALGO_CONFIG_TILE_ID) : -1,
+                .stages = cand[c] ? config_attr(cand[c], CUBLASLT_ALGO_CONFIG_STAGES_ID) : -1,
+                .ms = tot[c]};
+        if (tot[c] < tot[best])
+            best = c;
     }
+    p->use_lt = best > 0;
+    if (best > 0)
+        p->algo = *cand[best];
     if (n_trials)
         *n_trials = nt;
     return 0;
