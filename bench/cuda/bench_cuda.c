@@ -814,15 +814,22 @@ fail:
     return rc;
 }
 
+/* Device 0 for the kernel benchmarks, or NULL (said on stderr). */
+static struct krn_cuda_dev *open_dev(void)
+{
+    struct krn_cuda_dev *dev = NULL;
+    if (krn_cuda_dev_new(0, &dev) < 0)
+        fprintf(stderr, "no CUDA device\n");
+    return dev;
+}
+
 /* Attention kernels alone: causal chunks (8B and 135M head shapes) for both tensor-core
  * variants, and decode (one query over a long cache) for the split and plain paths. */
 static int cmd_attn(void)
 {
-    struct krn_cuda_dev *dev = NULL;
-    if (krn_cuda_dev_new(0, &dev) < 0) {
-        fprintf(stderr, "no CUDA device\n");
+    struct krn_cuda_dev *dev = open_dev();
+    if (!dev)
         return 1;
-    }
     static const struct {
         const char *name;
         int n, pos0, H, Hkv, hd, n_ctx;
@@ -892,11 +899,9 @@ static int cmd_attn(void)
  * output is bit for bit the default's. */
 static int cmd_gemm(void)
 {
-    struct krn_cuda_dev *dev = NULL;
-    if (krn_cuda_dev_new(0, &dev) < 0) {
-        fprintf(stderr, "no CUDA device\n");
+    struct krn_cuda_dev *dev = open_dev();
+    if (!dev)
         return 1;
-    }
     static const struct {
         const char *name;
         int n, k, ldx, y_type;
@@ -957,15 +962,13 @@ static int cmd_gemm(void)
     return rc;
 }
 
-/* SAE encoding of one layer's keys (2048 rows, 8 kv heads of 128, 2048 latents, k 16) as the
- * scan's device hook runs it, and its GEMM alone (cuBLAS SGEMM of the same shape). */
+/* SAE encoding of one layer's keys (2048 rows, 8 kv heads of 128, 2048 latents) as the scan's
+ * device hook runs it, with k 16 and with k 1 (the centring, the GEMM and a single pick). */
 static int cmd_sae(void)
 {
-    struct krn_cuda_dev *dev = NULL;
-    if (krn_cuda_dev_new(0, &dev) < 0) {
-        fprintf(stderr, "no CUDA device\n");
+    struct krn_cuda_dev *dev = open_dev();
+    if (!dev)
         return 1;
-    }
     const int n = 2048, hkv = 8, hd = 128, nd = 2048, kk = 16, ld = 6144;
     const size_t unit = (size_t)nd * hd + nd + hd;
     float *dx = NULL, *dw = NULL, *scr = NULL, *acts = NULL;
@@ -984,7 +987,7 @@ static int cmd_sae(void)
         krn_cuda_upload(dev, dx, hx, sizeof(float) * (size_t)n * ld) < 0 ||
         krn_cuda_upload(dev, dw, hw, sizeof(float) * unit * hkv) < 0) {
         fprintf(stderr, "sae: %s\n", krn_cuda_errmsg(dev));
-        return 1;
+        rc = 1;
     }
     struct krn_cuda_event *e0 = NULL, *e1 = NULL;
     krn_cuda_event_new(dev, &e0), krn_cuda_event_new(dev, &e1);
