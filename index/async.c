@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "index_int.h"
@@ -56,7 +57,22 @@ struct idx_async {
     int end;
     int rc;                    /* the first error; later chunks are dropped */
     struct s3_errinfo err;
+    atomic_int *waiters;       /* idx_async_yield: others waiting to write, or NULL */
 };
+
+/* While others wait to write the database, the writer's thread looks at the queue and the
+ * waiters this often (milliseconds). */
+#define YIELD_POLL_MS 2
+
+static void wait_ms(struct idx_async *a, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)ms * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+}
 
 static int enc_post(struct enc_pool *p, const struct idx_chunk *c, int b, struct s3_errinfo *err);
 static int enc_wait(struct enc_pool *p, struct s3_errinfo *err);
@@ -68,10 +84,33 @@ static void *async_main(void *arg)
 {
     struct idx_async *a = arg;
     int set = 0, posted = 0;   /* posted: the head chunk is posted into sets[set] */
+    int yielded = 0;           /* what was open is committed since others began to wait */
     pthread_mutex_lock(&a->mu);
     for (;;) {
-        while (!a->count && !a->end)
-            pthread_cond_wait(&a->cv, &a->mu);
+        if (a->waiters && atomic_load(a->waiters) > 0) {
+            /* others wait to write: end the open transaction, open none until they are done */
+            if (!yielded && a->rc == 0) {
+                pthread_mutex_unlock(&a->mu);
+                struct s3_errinfo e = {0};
+                const int rc = idx_writer_flush(a->w, &e);
+                pthread_mutex_lock(&a->mu);
+                if (rc < 0) {
+                    a->rc = rc;
+                    a->err = e;
+                }
+            }
+            yielded = 1;
+            wait_ms(a, YIELD_POLL_MS);
+            continue;
+        }
+        yielded = 0;
+        if (!a->count && !a->end) {
+            if (a->waiters) /* no one signals a waiter's arrival: look again soon */
+                wait_ms(a, YIELD_POLL_MS);
+            else
+                pthread_cond_wait(&a->cv, &a->mu);
+            continue;
+        }
         if (!a->count)
             break; /* ended and drained */
         struct qchunk qc = a->q[a->head];
@@ -397,6 +436,13 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
     return 0;
+}
+
+void idx_async_yield(struct idx_async *a, atomic_int *waiters)
+{
+    pthread_mutex_lock(&a->mu);
+    a->waiters = waiters;
+    pthread_mutex_unlock(&a->mu);
 }
 
 int idx_async_end(struct idx_async *a, struct s3_errinfo *err)

@@ -34,6 +34,7 @@
  * other SQLite failures. Nothing is written to a database that failed to open. */
 #pragma once
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -198,8 +199,9 @@ void idx_writer_times(const struct idx_writer *w, struct idx_writer_times *t);
  * writer is the caller's again: finish, flush or free it as usual. One thread adds chunks.
  * Through idx_async each chunk's passages are written as it comes, in a write transaction
  * that the next commit ends (a segment, IDX_COMMIT_MS, finish, flush; free and
- * idx_writer_fail() roll it back): other connections wait for that commit to write, and the
- * writer's connection must not begin a transaction of its own before it. */
+ * idx_writer_fail() roll it back): other connections wait for that commit to write (see
+ * idx_async_yield), and the writer's connection must not begin a transaction of its own
+ * before it. */
 struct idx_async;
 #define IDX_ASYNC_DEPTH 32
 #define IDX_ASYNC_BYTES (64u << 20)
@@ -207,6 +209,13 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
                     struct s3_errinfo *err);
 int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err);
 int idx_async_end(struct idx_async *a, struct s3_errinfo *err); /* accepts NULL */
+/* Threads that write the same database through other connections raise *waiters (by one
+ * each, for as long as they wait for its write lock and write). While it is above zero the
+ * writer's thread commits what it holds, within about 2 ms when it has no chunk to write or
+ * after the chunk it is writing, and opens no transaction until it is back to zero: their
+ * wait lasts about one chunk, not until the next timed commit (IDX_COMMIT_MS), nor past a
+ * pause of the chunks. Set once, before the first idx_async_add. */
+void idx_async_yield(struct idx_async *a, atomic_int *waiters);
 /* Accepts NULL. An unfinished document stays 'scanning' (resumable from its last commit;
  * chunks accepted after it are dropped: idx_writer_flush() first to keep them). */
 void idx_writer_free(struct idx_writer *w);

@@ -11,7 +11,9 @@
  * Threads: handlers run on MHD threads and read the index through s->rdb (under r_mu); the
  * worker scans through s->wdb and runs its other jobs (retrieval, deletes), which may come
  * between a scan's chunks, through s->jdb: a GPU scan's writer thread uses s->wdb until the
- * scan ends. The registry (s->d_head..) is under s->w_mu. */
+ * scan ends, and holds a write transaction between its commits; writers on rdb and jdb raise
+ * s->db_waiters meanwhile, and it commits and waits for them (idx_async_yield). The registry
+ * (s->d_head..) is under s->w_mu. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -330,10 +332,12 @@ enum MHD_Result srv__h_doc_post(struct srv *s, struct srv_req *r)
                                 .sae_hash = s->info.sae_hash, .n_bytes = d->n_bytes};
     struct idx_writer *w = NULL;
     pthread_mutex_lock(&s->r_mu);
+    atomic_fetch_add(&s->db_waiters, 1); /* a GPU scan's writer commits and lets this in */
     int rc = idx_writer_begin(s->rdb, &meta, &w, &err);
     if (rc == 0)
         d->id = idx_writer_doc(w);
     idx_writer_free(w);
+    atomic_fetch_sub(&s->db_waiters, 1);
     pthread_mutex_unlock(&s->r_mu);
     if (rc < 0) {
         S3_LOG(S3_LOG_ERROR, "event=doc_row_failed req=%llu rc=%d msg=\"%s\"",
@@ -350,7 +354,9 @@ enum MHD_Result srv__h_doc_post(struct srv *s, struct srv_req *r)
         o = doc_json(s, NULL, dup);
         pthread_mutex_unlock(&s->w_mu);
         pthread_mutex_lock(&s->r_mu);
+        atomic_fetch_add(&s->db_waiters, 1);
         idx_doc_delete(s->rdb, d->id, &err);
+        atomic_fetch_sub(&s->db_waiters, 1);
         pthread_mutex_unlock(&s->r_mu);
         ret = srv__reply_json(r, 202, o);
         goto out;
@@ -601,7 +607,7 @@ void srv__docs_ingest(struct srv *s, struct srv_doc_job *d)
     } else {
         struct srv_scan_doc_opts o = {.tenant = d->tenant, .name = d->name,
                                       .cancel = &d->cancel, .progress = on_ingest_progress,
-                                      .progress_ud = &g};
+                                      .progress_ud = &g, .db_waiters = &s->db_waiters};
         S3_LOG(S3_LOG_INFO, "event=scan_start doc=%lld bytes=%lld", (long long)d->id,
                (long long)d->n_bytes);
         rc = s->ops->scan(s->eng, SRV_SCANNER_DOCS, s->wdb, map, len, &o, &doc, &st, &err);
@@ -856,8 +862,12 @@ void srv__run_doc_delete(struct srv *s, struct srv_req *r)
             srv_req_reply_error(r, &e);
             return;
         }
-        if (rc == 0)
+        if (rc == 0) { /* between a scan's chunks: its writer yields, or this would wait for
+                          a commit that comes only with the next chunk */
+            atomic_fetch_add(&s->db_waiters, 1);
             rc = idx_doc_delete(s->jdb, r->doc_id, &err);
+            atomic_fetch_sub(&s->db_waiters, 1);
+        }
         if (rc < 0) {
             srv_error_from_code(&e, S3_EDB, "The index is not available.");
             srv_req_reply_error(r, &e);

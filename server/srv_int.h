@@ -499,6 +499,9 @@ struct srv {
     struct srv_lcache *lcache; /* worker thread only: scanned middles of long prompts */
     pthread_mutex_t r_mu;
     struct idx_db *rdb;
+    /* any thread: threads about to write the index through rdb or jdb while a scan may
+       hold its write transaction (a GPU scan's writer thread yields to them) */
+    atomic_int db_waiters;
     atomic_uint_fast64_t scan_tokens;
     atomic_uint_fast64_t scan_us;
     _Atomic double scan_tps_last;

@@ -11,6 +11,7 @@ int srv_start(struct srv *s, const struct cfg *c, const struct srv_engine_ops *o
     s->cfg = c;
     s->ops = ops;
     atomic_init(&s->next_id, 1);
+    atomic_init(&s->db_waiters, 0);
     pthread_mutex_init(&s->in_mu, NULL);
     pthread_mutex_init(&s->r_mu, NULL);
     pthread_mutex_init(&s->w_mu, NULL);

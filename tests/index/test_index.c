@@ -1478,6 +1478,78 @@ START_TEST(test_async_writer)
 }
 END_TEST
 
+/* After the first chunk (the async writer then idles with its transaction open): another
+ * connection that does not wait for locks is refused until the waiters are raised, then its
+ * write (an upload's document row) goes through; the waiters drop again and the scan goes on. */
+struct yield_ctx {
+    struct idx_db *other;
+    atomic_int waiters;
+    int calls, refused, wrote;
+};
+
+static void compete(void *ud)
+{
+    struct yield_ctx *y = ud;
+    if (y->calls++ != 0)
+        return;
+    struct s3_errinfo err = {0};
+    struct idx_doc_meta m = {.name = "upload"};
+    struct idx_writer *w2 = NULL;
+    int rc = 0;
+    for (int i = 0; i < 5000 && rc != S3_EBUSY; i++) { /* until the chunk's txn is open */
+        rc = idx_writer_begin(y->other, &m, &w2, &err);
+        idx_writer_free(w2);
+        w2 = NULL;
+        if (rc != S3_EBUSY)
+            usleep(1000);
+    }
+    y->refused = rc == S3_EBUSY;
+    atomic_fetch_add(&y->waiters, 1);
+    for (int i = 0; i < 5000 && rc == S3_EBUSY; i++) {
+        rc = idx_writer_begin(y->other, &m, &w2, &err);
+        if (rc == S3_EBUSY)
+            usleep(1000);
+    }
+    y->wrote = rc == 0;
+    idx_writer_free(w2);
+    atomic_fetch_sub(&y->waiters, 1);
+}
+
+START_TEST(test_async_yield)
+{
+    char path[256];
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_tmp(path, sizeof path, "yield");
+    struct idx_open_opts nowait = {.busy_ms = -1};
+    struct yield_ctx y = {.calls = 0};
+    atomic_init(&y.waiters, 0);
+    ck_assert_int_eq(idx_open(path, &nowait, &y.other, &err), 0);
+    struct syn s = syn70k();
+    int64_t first = syn_new(db, &s);
+    char *txt = syn_text(&s);
+    struct idx_writer *w;
+    struct idx_async *aw;
+    struct idx_doc_meta m = {.name = "async", .n_bytes = 4 * s.n_tok}; /* as syn_new */
+    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    idx_writer_set_commit_ms(w, 1000000); /* no timed commit ends the transaction */
+    const int64_t doc = idx_writer_doc(w);
+    ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
+    idx_async_yield(aw, &y.waiters);
+    syn_write_via(w, aw, &s, txt, -1, compete, &y);
+    ck_assert_msg(idx_async_end(aw, &err) == 0, "%s", err.msg);
+    ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
+    idx_writer_free(w);
+    ck_assert_int_eq(y.refused, 1); /* the open transaction kept it out */
+    ck_assert_int_eq(y.wrote, 1);   /* until the writer yielded */
+    same_postings(db, first, doc);
+    same_spans_of_docs(db, first, doc);
+    free(txt);
+    idx_close(y.other);
+    idx_close(db);
+    idx_remove_files(path);
+}
+END_TEST
+
 START_TEST(test_crash_resume)
 {
     char path[256];
@@ -1946,6 +2018,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_crash_resume);
     tcase_add_test(tc, test_commit_resume);
     tcase_add_test(tc, test_async_writer);
+    tcase_add_test(tc, test_async_yield);
     tcase_add_test(tc, test_async_encoders);
     tcase_add_test(tc, test_corrupt_pending);
     tcase_add_test(tc, test_migrate_v4);
