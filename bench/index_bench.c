@@ -84,11 +84,6 @@ int main(int argc, char **argv)
                         " dict >= 4 * index-k, queries >= 1, pace >= 0\n", chunk);
         return 2;
     }
-    /* knobs for measuring the writer's internals (not product settings) */
-    if (getenv("S3IDX_SEG_TOKENS"))
-        idx__seg_tokens = strtoll(getenv("S3IDX_SEG_TOKENS"), NULL, 10);
-    if (getenv("S3IDX_SCAN_CACHE_KIB"))
-        idx__scan_cache_kib = atoi(getenv("S3IDX_SCAN_CACHE_KIB"));
     struct s3_errinfo err = {0};
     struct idx_db *db = NULL;
     struct idx_writer *w = NULL;
@@ -133,7 +128,15 @@ int main(int argc, char **argv)
         }
     idx_remove_files(db_path);
     struct idx_doc_meta meta = {.name = "bench", .text_sha256 = "bench", .n_bytes = (int64_t)tl};
-    if (idx_open(db_path, NULL, &db, &err) < 0 || idx_writer_begin(db, &meta, &w, &err) < 0 ||
+    if (idx_open(db_path, NULL, &db, &err) < 0)
+        goto fail;
+    /* knobs for measuring the writer's internals (not product settings) */
+    struct idx_tuning *tun = idx__tuning(db);
+    if (getenv("S3IDX_SEG_TOKENS"))
+        tun->seg_tokens = strtoll(getenv("S3IDX_SEG_TOKENS"), NULL, 10);
+    if (getenv("S3IDX_SCAN_CACHE_KIB"))
+        tun->scan_cache_kib = atoi(getenv("S3IDX_SCAN_CACHE_KIB"));
+    if (idx_writer_begin(db, &meta, &w, &err) < 0 ||
         idx_async_start(w, IDX_ASYNC_DEPTH, &aw, &err) < 0)
         goto fail;
     const double t0 = s3_now_ms();
@@ -180,7 +183,7 @@ int main(int argc, char **argv)
            "\"finish_ms\":%.0f,\"writer_ms\":{\"accept\":%.0f,\"passages\":%.0f,"
            "\"segments\":%.0f,\"commit\":%.0f,\"finish_merge\":%.0f,\"encode\":%.0f},"
            "\"index_bytes_per_token\":%.1f}\n",
-           n_tok, n_slot, ki, n_dict, (long long)idx__seg_tokens, idx__scan_cache_kib, pace,
+           n_tok, n_slot, ki, n_dict, (long long)tun->seg_tokens, tun->scan_cache_kib, pace,
            (t_end - t0) / 1000, n_tok / ((t_end - t0) / 1000),
            t_fed - t0, t_drained - t_fed, t_end - t_drained, wt.accept, wt.passages,
            wt.segments, wt.commit, wt.finish, wt.encode, (double)db_bytes / (double)n_tok);

@@ -52,8 +52,9 @@ struct idx_async {
     /* under mu */
     struct qchunk *q;          /* ring of depth entries */
     int depth, head, count;    /* count includes the chunk being written */
-    size_t bytes;              /* held by the queued chunks; at most idx__async_bytes unless
-                                  one chunk alone is larger */
+    size_t bytes;              /* held by the queued chunks; at most max_bytes unless one
+                                  chunk alone is larger */
+    size_t max_bytes;          /* the writer's tuning: async_bytes */
     int end;
     int rc;                    /* the first error; later chunks are dropped */
     struct s3_errinfo err;
@@ -146,9 +147,6 @@ static void *async_main(void *arg)
     return NULL;
 }
 
-int idx__async_encoders = -1;
-size_t idx__async_bytes = IDX_ASYNC_BYTES;
-
 /* Take and encode slots of the posted chunk until none is left. Called with emu held;
  * returns with it held. */
 static void enc_take(struct enc_pool *p, int me)
@@ -195,12 +193,12 @@ static void *enc_main(void *arg)
     return NULL;
 }
 
-/* Threads besides the caller: idx__async_encoders if set, else half the cores less one
- * (none on a small machine), at most 7. */
-static int enc_threads(void)
+/* Threads besides the caller: the tuning's async_encoders if set, else half the cores less
+ * one (none on a small machine), at most 7. */
+static int enc_threads(int set)
 {
-    if (idx__async_encoders >= 0)
-        return idx__async_encoders;
+    if (set >= 0)
+        return set;
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
     const long t = n / 2 - 1;
     return t < 0 ? 0 : t > 7 ? 7 : (int)t;
@@ -230,7 +228,7 @@ static void enc_pool_free(struct enc_pool *p)
     pthread_mutex_destroy(&p->emu);
 }
 
-static int enc_pool_init(struct enc_pool *p)
+static int enc_pool_init(struct enc_pool *p, int n_set)
 {
     memset(p, 0, sizeof *p);
     if (pthread_mutex_init(&p->emu, NULL) != 0)
@@ -239,7 +237,7 @@ static int enc_pool_init(struct enc_pool *p)
         pthread_mutex_destroy(&p->emu);
         return S3_EINTERNAL;
     }
-    const int want = enc_threads();
+    const int want = enc_threads(n_set);
     if (!(p->enc = calloc((size_t)want + 1, sizeof *p->enc)) ||
         (want && !(p->th = calloc((size_t)want, sizeof *p->th)))) {
         enc_pool_free(p);
@@ -311,7 +309,9 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
     }
     a->w = w;
     a->depth = depth;
-    const int prc = enc_pool_init(&a->ep);
+    const struct idx_tuning *tun = idx__writer_tuning(w);
+    a->max_bytes = tun->async_bytes;
+    const int prc = enc_pool_init(&a->ep, tun->async_encoders);
     if (prc < 0) {
         free(a->q);
         free(a);
@@ -418,7 +418,7 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
     /* wait for room; the entry after the queued ones is then this caller's alone (one
        producer) until it is published below */
     pthread_mutex_lock(&a->mu);
-    while ((a->count == a->depth || (a->count && a->bytes + l.total > idx__async_bytes)) &&
+    while ((a->count == a->depth || (a->count && a->bytes + l.total > a->max_bytes)) &&
            a->rc == 0)
         pthread_cond_wait(&a->cv, &a->mu);
     rc = a->rc;

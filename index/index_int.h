@@ -23,7 +23,7 @@
  *   segslots(id INTEGER PRIMARY KEY, seg, layer, head, blob) (schema 5): the postings of a
  *       segment [seg, end) of a document, one row per slot: id = IDX_PASSAGE_ID(doc, i), i
  *       counting the document's rows in the order written; blob = a segment slot blob
- *       (below). When the pending chunks reach idx__seg_tokens (IDX_SEG_TOKENS) positions,
+ *       (below). When the pending chunks reach IDX_SEG_TOKENS positions (idx_tuning),
  *       when the document is about to end (at most half the unmerged positions left by its
  *       source bytes; at least IDX_TAIL_MIN unmerged and IDX_TAIL_MIN / 2 left), and at
  *       finish, the chunk that crosses the mark concatenates their blobs (from memory)
@@ -116,7 +116,6 @@
 
 #define IDX_SCHEMA_VERSION 5
 #define IDX_SEG_TOKENS     131072       /* a segment covers at most this many positions */
-extern int64_t idx__seg_tokens;         /* IDX_SEG_TOKENS; tests lower it */
 #define IDX_TAIL_MIN       8192         /* the shortest segment cut early near the end; no
                                            cut leaves fewer than half this many */
 #define IDX_MAX_SPAN       (1LL << 32)  /* positions of one blob lie in [base, base + this) */
@@ -129,11 +128,6 @@ extern int64_t idx__seg_tokens;         /* IDX_SEG_TOKENS; tests lower it */
 #define IDX_MMAP_SIZE_STR  "1073741824" /* mmap for queries */
 #define IDX_QUERY_CACHE    "-16384"     /* page cache (KiB) outside a scan (store.c) */
 #define IDX_SCAN_CACHE_KIB 8192         /* page cache (KiB) while a writer is open */
-extern int idx__scan_cache_kib;         /* IDX_SCAN_CACHE_KIB; benchmarks vary it */
-extern int idx__merge_threads;          /* threads merging a segment's slots while the writer
-                                           inserts (-1: by core count; 0: none, tests) */
-extern int idx__async_encoders;         /* encoder threads of idx_async; -1: by core count */
-extern size_t idx__async_bytes;         /* IDX_ASYNC_BYTES; tests lower it */
 #define IDX_SCAN_WAL_BYTES (64LL << 20) /* WAL auto-checkpoint while a writer is open (no
                                            checkpointer thread: an in-memory database) */
 #define IDX_WAL_BYTES      (4LL << 20)  /* WAL auto-checkpoint otherwise */
@@ -157,12 +151,28 @@ struct idx_ckpt {
     int stop, kick;
 };
 
+/* Settings of the writers of one connection, for tests and measurements: a connection's own
+ * (idx__tuning), read when a writer begins or resumes on it (the first three) and when
+ * idx_async starts on that writer (the last two). */
+struct idx_tuning {
+    int64_t seg_tokens;    /* IDX_SEG_TOKENS: a segment covers at most this many positions */
+    int scan_cache_kib;    /* IDX_SCAN_CACHE_KIB */
+    int merge_threads;     /* threads merging a segment's slots while the writer inserts (-1:
+                              by core count; 0: none) */
+    int async_encoders;    /* encoder threads of idx_async (-1: by core count) */
+    size_t async_bytes;    /* IDX_ASYNC_BYTES */
+};
+
 struct idx_db {
     sqlite3 *db;
     int readonly;
     int fts_api_ok;        /* s3_tf registered */
     struct idx_ckpt ck;
+    struct idx_tuning tun; /* the defaults unless a test or benchmark changes them */
 };
+
+/* db's settings for the writers that begin or resume on it from now on (writable). */
+struct idx_tuning *idx__tuning(struct idx_db *db);
 
 /* ---- the checkpointer (ckpt.c) ---- */
 /* Start db's checkpointer unless it runs: 0, or -1 where it cannot (an in-memory database,
@@ -321,6 +331,8 @@ int idx__writer_add_encoded(struct idx_writer *w, const struct idx_chunk *c,
 void idx__writer_set_eager(struct idx_writer *w, int on);
 /* idx_async's encoding time, counted in the writer's times. */
 void idx__writer_add_encode_ms(struct idx_writer *w, double ms);
+/* The settings the writer took from its connection (idx__tuning) when it began. */
+const struct idx_tuning *idx__writer_tuning(const struct idx_writer *w);
 
 /* ---- finishing (compact.c) ---- */
 /* Write the docmap row of doc from its passages. Call inside a transaction. */

@@ -204,6 +204,11 @@ static int migrate(struct idx_db *db, struct s3_errinfo *err)
     return rc;
 }
 
+struct idx_tuning *idx__tuning(struct idx_db *db)
+{
+    return &db->tun;
+}
+
 int idx_open(const char *path, const struct idx_open_opts *opts, struct idx_db **out,
              struct s3_errinfo *err)
 {
@@ -216,6 +221,11 @@ int idx_open(const char *path, const struct idx_open_opts *opts, struct idx_db *
     if (!db)
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
     db->readonly = opts && opts->readonly;
+    db->tun = (struct idx_tuning){.seg_tokens = IDX_SEG_TOKENS,
+                                  .scan_cache_kib = IDX_SCAN_CACHE_KIB,
+                                  .merge_threads = -1,
+                                  .async_encoders = -1,
+                                  .async_bytes = IDX_ASYNC_BYTES};
     int busy_ms = opts && opts->busy_ms ? opts->busy_ms : 5000;
     int flags = db->readonly ? SQLITE_OPEN_READONLY
                              : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;

@@ -13,10 +13,6 @@
 
 #include "index_int.h"
 
-int64_t idx__seg_tokens = IDX_SEG_TOKENS;
-int idx__scan_cache_kib = IDX_SCAN_CACHE_KIB;
-int idx__merge_threads = -1;
-
 /* One pending blob of the current segment, in w->mem. */
 struct mpart {
     int layer, head;
@@ -105,6 +101,7 @@ struct idx_writer {
     int done;
     int commit_ms;
     double last_commit_ms;
+    struct idx_tuning tun;   /* db's when the writer began or resumed */
     sqlite3_stmt *ins_pend, *ins_pass, *ins_fts, *upd_doc;
     struct idx_enc enc;      /* scratch of the chunk encoder */
     /* the pending blobs of the current segment, kept in memory for its merge */
@@ -226,6 +223,7 @@ static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_wri
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
     w->db = db;
     w->doc = doc;
+    w->tun = db->tun;
     w->commit_ms = IDX_COMMIT_MS;
     w->last_commit_ms = s3_now_ms();
     w->df_stale = resume;
@@ -239,7 +237,7 @@ static int writer_new(struct idx_db *db, int64_t doc, int resume, struct idx_wri
     char pragma[128];
     snprintf(pragma, sizeof pragma,
              "PRAGMA mmap_size=0; PRAGMA cache_size=-%d; PRAGMA wal_autocheckpoint=%d",
-             idx__scan_cache_kib,
+             w->tun.scan_cache_kib,
              idx__ckpt_start(db) == 0 ? 0 : wal_pages(db, IDX_SCAN_WAL_BYTES));
     int rc = idx__exec(db, pragma, err);
     if (rc == 0)
@@ -658,11 +656,11 @@ static void *merger_main(void *arg)
     return NULL;
 }
 
-/* Merging threads for a segment of n_slots: idx__merge_threads if set, else half the cores less
- * one, at least 1 and at most 7 (none for a single slot). */
-static int merge_threads(size_t n_slots)
+/* Merging threads for a segment of n_slots: the tuning's merge_threads if set, else half the
+ * cores less one, at least 1 and at most 7 (none for a single slot). */
+static int merge_threads(const struct idx_writer *w, size_t n_slots)
 {
-    long t = idx__merge_threads;
+    long t = w->tun.merge_threads;
     if (t < 0) {
         t = sysconf(_SC_NPROCESSORS_ONLN) / 2 - 1;
         t = t < 1 ? 1 : t > 7 ? 7 : t;
@@ -821,7 +819,7 @@ static int merge_segment(struct idx_writer *w, int64_t end, int64_t stop_n,
         goto oom;
     for (size_t k = 0; k < n_slots; k++)
         g.ds[k] = df_slot_of(&w->df, w->parts[first[k]].layer, w->parts[first[k]].head);
-    const int want = merge_threads(n_slots);
+    const int want = merge_threads(w, n_slots);
     g.n_out = (size_t)want + 1;
     g.out = calloc(g.n_out, sizeof *g.out);
     g.ready = calloc(g.n_out, sizeof *g.ready);
@@ -1190,6 +1188,11 @@ static int commit_held(struct idx_writer *w, int merge, struct s3_errinfo *err)
     return 0;
 }
 
+const struct idx_tuning *idx__writer_tuning(const struct idx_writer *w)
+{
+    return &w->tun;
+}
+
 void idx_writer_set_commit_ms(struct idx_writer *w, int ms)
 {
     w->commit_ms = ms < 0 ? 0 : ms;
@@ -1263,7 +1266,7 @@ static int accept(struct idx_writer *w, const struct idx_chunk *c, const struct 
         drop_held(w);
         return rc;
     }
-    if (w->st.next_tok - w->seg_start >= idx__seg_tokens || near_end(w))
+    if (w->st.next_tok - w->seg_start >= w->tun.seg_tokens || near_end(w))
         return commit_held(w, 1, err);
     if (w->commit_ms == 0 || s3_now_ms() - w->last_commit_ms >= w->commit_ms)
         return commit_held(w, 0, err);

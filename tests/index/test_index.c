@@ -389,9 +389,9 @@ START_TEST(test_scores_exact)
     struct syn s = syn70k();
     /* _i = 1: segments of 16384 positions, so the document is five segments (the default:
      * three, cut as the end nears) */
-    idx__seg_tokens = _i ? 16384 : IDX_SEG_TOKENS;
+    idx__tuning(db)->seg_tokens = _i ? 16384 : IDX_SEG_TOKENS;
     int64_t id = syn_new(db, &s);
-    idx__seg_tokens = IDX_SEG_TOKENS;
+    idx__tuning(db)->seg_tokens = IDX_SEG_TOKENS;
     struct idx_doc_info info;
     ck_assert_int_eq(idx_doc_get(db, id, &info, &err), 0);
     ck_assert_int_eq(info.status, IDX_DOC_READY);
@@ -928,7 +928,7 @@ START_TEST(test_commit_resume)
     struct idx_writer *w;
     struct idx_scan_state st;
     struct idx_doc_meta m = {.name = "held", .n_bytes = 4 * s.n_tok}; /* as syn_new */
-    idx__seg_tokens = 16384; /* segments of 8 chunks: resumed across segments */
+    idx__tuning(db)->seg_tokens = 16384; /* segments of 8 chunks: resumed across segments */
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     const int64_t doc = idx_writer_doc(w);
     idx_writer_set_commit_ms(w, 1000000000); /* commits only when a segment fills */
@@ -970,7 +970,7 @@ START_TEST(test_commit_resume)
      * an uninterrupted scan in segments of that size */
     same_spans_of_docs(db, first, doc);
     int64_t again = syn_new(db, &s);
-    idx__seg_tokens = IDX_SEG_TOKENS;
+    idx__tuning(db)->seg_tokens = IDX_SEG_TOKENS;
     same_postings(db, again, doc);
     free(txt);
     idx_close(db);
@@ -1020,17 +1020,17 @@ static int64_t write_multislot(struct idx_db *db, int encoders)
     struct idx_writer *w;
     struct idx_async *aw = NULL;
     struct idx_doc_meta m = {.name = "slots"};
+    const int was = idx__tuning(db)->async_encoders;
+    idx__tuning(db)->async_encoders = encoders;
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
-    if (encoders >= 0) {
-        idx__async_encoders = encoders;
+    idx__tuning(db)->async_encoders = was;
+    if (encoders >= 0)
         ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
-    }
     add_multislot(w, aw, MS_TOK);
     ck_assert_int_eq(idx_async_end(aw, &err), 0);
     ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
     const int64_t doc = idx_writer_doc(w);
     idx_writer_free(w);
-    idx__async_encoders = -1;
     return doc;
 }
 
@@ -1059,19 +1059,19 @@ START_TEST(test_async_encoders)
     same_postings(db, sync, write_multislot(db, 0));
     same_postings(db, sync, write_multislot(db, 3));
     /* five merging threads for the 7 slots of a segment: the same rows */
-    idx__merge_threads = 5;
+    idx__tuning(db)->merge_threads = 5;
     same_postings(db, sync, write_multislot(db, 0));
-    idx__merge_threads = -1;
+    idx__tuning(db)->merge_threads = -1;
     /* a byte budget smaller than one chunk: each add waits for the queue to empty, a lone
        chunk is still taken */
-    idx__async_bytes = 1;
+    idx__tuning(db)->async_bytes = 1;
     same_postings(db, sync, write_multislot(db, 3));
-    idx__async_bytes = IDX_ASYNC_BYTES;
+    idx__tuning(db)->async_bytes = IDX_ASYNC_BYTES;
     struct idx_writer *w;
     struct idx_async *aw;
     struct idx_doc_meta m = {.name = "bad"};
+    idx__tuning(db)->async_encoders = 3;
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
-    idx__async_encoders = 3;
     ck_assert_int_eq(idx_async_start(w, 1, &aw, &err), 0);
     struct idx_slot sl[MS_NS];
     for (int i = 0; i < MS_NS; i++)
@@ -1090,7 +1090,6 @@ START_TEST(test_async_encoders)
     struct idx_scan_state st;
     idx_writer_state(w, &st);
     ck_assert_int_eq(st.next_tok, 0);
-    idx__async_encoders = -1;
     idx_writer_free(w);
     idx_close(db);
 }
@@ -1152,8 +1151,8 @@ START_TEST(test_stop_features)
     struct idx_writer *w;
     struct idx_doc_meta m = {.name = "stop"};
     enum { N = 40000, CH = 2048 };
-    idx__seg_tokens = _i & 1 ? 16384 : IDX_SEG_TOKENS;
-    idx__merge_threads = _i & 2 ? 0 : 3; /* slots merged on the writer's thread or three others */
+    idx__tuning(db)->seg_tokens = _i & 1 ? 16384 : IDX_SEG_TOKENS;
+    idx__tuning(db)->merge_threads = _i & 2 ? 0 : 3; /* on the writer's thread or three others */
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     const struct idx_slot sl = {2, 1};
     int32_t *feat = malloc(sizeof(int32_t) * CH * 4);
@@ -1178,8 +1177,6 @@ START_TEST(test_stop_features)
     ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
     const int64_t doc = idx_writer_doc(w);
     idx_writer_free(w);
-    idx__seg_tokens = IDX_SEG_TOKENS;
-    idx__merge_threads = -1;
     sqlite3_stmt *st;
     xpost(db, doc);
     ck_assert_int_eq(sqlite3_prepare_v2(db->db, "SELECT feature, sum(n), count(*) FROM xpost"
@@ -1314,7 +1311,7 @@ START_TEST(test_corrupt_segslot)
     struct idx_db *db = open_mem();
     struct syn s = syn70k();
     const int64_t good = syn_new(db, &s);
-    idx__seg_tokens = 16384;
+    idx__tuning(db)->seg_tokens = 16384;
     const int64_t bad = syn_new(db, &s);
     damage_segslot(db, bad, _i);
     float *S = malloc(70000 * sizeof *S);
@@ -1326,7 +1323,7 @@ START_TEST(test_corrupt_segslot)
     ck_assert_int_eq(idx__score_positions(db, good, 70000, q, 3, S, &err), 0);
     free(S);
     /* a scan with a segment written, then damaged: resumed, it cannot count its entries */
-    idx__seg_tokens = 4096;
+    idx__tuning(db)->seg_tokens = 4096;
     const int64_t scan = unfinished_multislot(db, "damaged scan", 3 * MS_CHUNK);
     struct idx_writer *w;
     if (_i != 4) { /* entry bytes are not read back by a writer */
@@ -1337,7 +1334,6 @@ START_TEST(test_corrupt_segslot)
         ck_assert_msg(strstr(err.msg, "corrupt postings"), "%s", err.msg);
         idx_writer_free(w);
     }
-    idx__seg_tokens = IDX_SEG_TOKENS;
     idx_close(db);
 }
 END_TEST
@@ -1352,15 +1348,15 @@ START_TEST(test_migrate_v4)
     struct s3_errinfo err = {0};
     struct idx_db *db = open_tmp(path, sizeof path, "mig4");
     struct syn s = syn70k();
-    idx__seg_tokens = 16384;
+    idx__tuning(db)->seg_tokens = 16384;
     const int64_t old = syn_new(db, &s);
     struct idx_writer *w;
     struct idx_doc_meta m = {.name = "segments written"};
+    idx__tuning(db)->seg_tokens = 4096;
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    idx__tuning(db)->seg_tokens = IDX_SEG_TOKENS;
     const int64_t lost = idx_writer_doc(w);
-    idx__seg_tokens = 4096;
     add_multislot(w, NULL, 3 * MS_CHUNK);
-    idx__seg_tokens = IDX_SEG_TOKENS;
     idx_writer_free(w);
     const int64_t keep = unfinished_multislot(db, "pending only", MS_TOK);
     to_schema4(db);
@@ -1389,9 +1385,9 @@ START_TEST(test_migrate_v4)
     sqlite3_finalize(st);
     /* the old rows score exactly as the same document written now, in either layout's
      * segments */
-    idx__seg_tokens = 16384;
+    idx__tuning(db)->seg_tokens = 16384;
     const int64_t now = syn_new(db, &s);
-    idx__seg_tokens = IDX_SEG_TOKENS;
+    idx__tuning(db)->seg_tokens = IDX_SEG_TOKENS;
     float *S = malloc(70000 * sizeof *S), *T = malloc(70000 * sizeof *T);
     const struct idx_qfeat q[] = {{SYN_LAYER, SYN_HEAD, SYN_FEAT, 1.0f},
                                   {SYN_LAYER, SYN_HEAD, 105, 0.5f},
@@ -1558,11 +1554,11 @@ START_TEST(test_crash_resume)
     tmp_path(path, sizeof path, "crash");
     static const int64_t plant[] = {20000, 100000};
     /* 69 chunks; killed after 40, past the first segment merges (segments of 16384 positions
-     * = 8 chunks here) */
-    idx__seg_tokens = 16384;
+     * = 8 chunks here, on every connection) */
     struct syn s = {.n_tok = 140000, .chunk = 2048, .sent_len = 16, .pass_len = 96, .seed = 5,
                     .plant_pos = plant, .n_plant = 2};
     ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    idx__tuning(db)->seg_tokens = 16384;
     int64_t first = syn_new(db, &s);
     struct idx_result before, after;
     spans_of(db, first, &before);
@@ -1577,7 +1573,10 @@ START_TEST(test_crash_resume)
         struct idx_db *cdb;
         struct idx_writer *w;
         struct idx_doc_meta m = {.name = "victim", .text_sha256 = "abc"};
-        if (idx_open(path, NULL, &cdb, NULL) < 0 || idx_writer_begin(cdb, &m, &w, NULL) < 0)
+        if (idx_open(path, NULL, &cdb, NULL) < 0)
+            _exit(2);
+        idx__tuning(cdb)->seg_tokens = 16384;
+        if (idx_writer_begin(cdb, &m, &w, NULL) < 0)
             _exit(2);
         idx_writer_set_commit_ms(w, 0); /* every chunk committed before the parent hears of it */
         char *txt = syn_text(&s);
@@ -1595,6 +1594,7 @@ START_TEST(test_crash_resume)
     ck_assert(WIFSIGNALED(status));
 
     ck_assert_int_eq(idx_open(path, NULL, &db, &err), 0);
+    idx__tuning(db)->seg_tokens = 16384; /* the resumed writer's segments as the victim's */
     /* integrity, no visible half document, the earlier one intact */
     sqlite3_stmt *st;
     ck_assert_int_eq(sqlite3_prepare_v2(db->db, "PRAGMA integrity_check", -1, &st, NULL), 0);
@@ -1648,7 +1648,6 @@ START_TEST(test_crash_resume)
     idx_result_deinit(&before);
     idx_close(db);
     idx_remove_files(path);
-    idx__seg_tokens = IDX_SEG_TOKENS;
 }
 END_TEST
 
