@@ -450,9 +450,10 @@ int eng__cuda_ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int 
         krn_rope_table(cs_host + (size_t)p * cm->n_rot, p, cm->n_rot, m->hp.rope_base,
                        m->rope_ff);
     if ((rc = krn_cuda_upload(dc->dev, dc->rope_cs, cs_host,
-                              (size_t)n_ctx * cm->n_rot * sizeof(float))) < 0 ||
-        (rc = tune_gemms(dc)) < 0)
+                              (size_t)n_ctx * cm->n_rot * sizeof(float))) < 0)
         rc = dev_fail(dc->dev, rc, err);
+    else if (tune_gemms(dc) < 0) /* the context works with cuBLAS's default algorithms */
+        S3_LOG(S3_LOG_WARN, "event=cuda_gemm_tune_failed msg=\"%s\"", krn_cuda_errmsg(dc->dev));
 out:
     free(cs_host);
     if (rc < 0) {

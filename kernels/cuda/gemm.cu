@@ -204,13 +204,19 @@ static int tune(struct krn_cuda_dev *dev, struct krn_gemm_plan *p, const uint16_
     for (int pass = 0; pass < 2; pass++)
         for (int j = 0; j < nc; j++) {
             const int c = pass ? nc - 1 - j : j;
-            if ((rc = time_candidate(dev, p, cand[c], d_x, d_w, d_y, beta, reps, e0, e1, &ms)) <
-                0)
+            if (tot[c] < 0.0f)
+                continue; /* refused before */
+            rc = time_candidate(dev, p, cand[c], d_x, d_w, d_y, beta, reps, e0, e1, &ms);
+            if (rc < 0 && !cand[c])
                 return rc;
-            tot[c] += ms / 2.0f;
+            if (rc < 0 && cudaPeekAtLastError() != cudaSuccess)
+                return rc; /* the device is in trouble, not the candidate */
+            tot[c] = rc < 0 ? -1.0f : tot[c] + ms / 2.0f; /* a refused candidate is left out */
         }
     int nt = 0, best = 0;
     for (int c = 0; c < nc; c++) {
+        if (tot[c] < 0.0f)
+            continue;
         if (trials && nt < max_trials)
             trials[nt++] = (struct krn_cuda_gemm_trial){
                 .algo = cand[c] ? config_attr(cand[c], CUBLASLT_ALGO_CONFIG_ID) : -1,
