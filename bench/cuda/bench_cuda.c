@@ -4,8 +4,9 @@
  *   s3cuda_bench scan --model F [--tokens 32768,131072,1048576] [--chunk 2048]
  *                     [--hook 3,8,23,29] [--sae-dict 2048 --sae-k 16] [--decode 128]
  *                     [--sae-path dev|host] [--full 0|1] [--label NAME]
- *   s3cuda_bench ingest --model F [--tokens 1048576] [--chunk 2048] [--hook 3,9,24,31] [--index-k 4]
- *                       [--sae-dict 2048 --sae-k 16] [--budget 2048] [--decode 64] [--db PATH]
+ *   s3cuda_bench ingest --model F [--tokens 1048576] [--chunk 2048] [--overlap 128]
+ *                       [--hook 3,9,24,31] [--index-k 4] [--sae-dict 2048 --sae-k 16]
+ *                       [--budget 2048] [--decode 64] [--db PATH]
  *   s3cuda_bench attn                                 attention kernels alone (TFLOP/s)
  *   s3cuda_bench gemm                                 layer projections: cuBLAS vs tuned
  *   s3cuda_bench sae                                  SAE encoding of one 8B layer's keys
@@ -492,11 +493,10 @@ static int cmd_ingest(int argc, char **argv)
     const char *model = NULL, *label = "model", *db_path = "/tmp/s3cuda_ingest.db";
     long long n_tok = 1048576, hooks[64] = {3, 9, 24, 31};
     int n_hooks = 4, chunk = 2048, sae_dict = 2048, sae_k = 16, ki = SRV_SCAN_INDEX_K,
-        n_decode = 64,
-        budget = 2048, q_len = 32;
+        n_decode = 64, budget = 2048, q_len = 32, W = SRV_SCAN_OVERLAP;
     static const struct option lo[] = {COMMON_LONGOPTS, {"db", 1, 0, 'b'},
                                        {"budget", 1, 0, 'u'}, {"index-k", 1, 0, 'i'},
-                                       {0, 0, 0, 0}};
+                                       {"overlap", 1, 0, 'w'}, {0, 0, 0, 0}};
     const struct common_opts cmo = {&model, &label, &chunk, &sae_dict, &sae_k, &n_decode,
                                     &n_hooks, hooks};
     int c;
@@ -507,13 +507,16 @@ static int cmd_ingest(int argc, char **argv)
         case 'b': db_path = optarg; break;
         case 'u': budget = (int)strtol(optarg, NULL, 10); break;
         case 'i': ki = (int)strtol(optarg, NULL, 10); break;
+        case 'w': W = (int)strtol(optarg, NULL, 10); break;
         default:
             if (!common_opt(c, optarg, &cmo))
                 return 2;
         }
     }
-    if (!model || n_tok < chunk || chunk < 256 || n_hooks < 1 || ki < 1 || sae_k < ki) {
-        fprintf(stderr, "ingest: --model required (tokens >= chunk >= 256)\n");
+    if (!model || n_tok < chunk || chunk < 256 || n_hooks < 1 || ki < 1 || sae_k < ki ||
+        W < 0 || W >= chunk) {
+        fprintf(stderr, "ingest: --model required (tokens >= chunk >= 256, 0 <= overlap < "
+                        "chunk)\n");
         return 2;
     }
     struct s3_errinfo err = {0};
@@ -555,7 +558,9 @@ static int cmd_ingest(int argc, char **argv)
     size_t free0, total;
     if (krn_cuda_dev_new(0, &probe) < 0 || krn_cuda_mem_info(probe, &free0, &total) < 0)
         goto fail; /* free0: with the weights loaded, before any context */
-    struct eng_ctx_opts co = {.n_ctx = chunk, .n_batch = chunk};
+    /* a pass: up to W tokens of the previous chunk re-read as a prefix, then chunk new ones
+       (server/scan.c's default W) */
+    struct eng_ctx_opts co = {.n_ctx = chunk + W, .n_batch = chunk + W};
     if (eng_ctx_new(m, &co, &ctx, &err) < 0 ||
         eng__cuda_sae_scan_new(ctx, sae, chunk, ki, &ss, &err) < 0)
         goto fail;
@@ -591,11 +596,11 @@ static int cmd_ingest(int argc, char **argv)
     /* a warm server's context: its first full passes (plain, then captured as graphs, per
        buffer set) ran for an earlier document; timed apart */
     double warm_ms = s3_now_ms();
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 6; i++) { /* the steady pass: prefix and chunk */
         const uint16_t *wid;
         const float *wact;
         int wn;
-        if (eng__cuda_sae_scan_submit(ss, ids, chunk, 0, &err) < 0 ||
+        if (eng__cuda_sae_scan_submit(ss, ids, chunk + W, W, &err) < 0 ||
             eng__cuda_sae_scan_wait(ss, &wid, &wact, &wn, &err) < 0)
             goto fail;
     }
@@ -618,7 +623,7 @@ static int cmd_ingest(int argc, char **argv)
         const int64_t nn = next + n;
         if (nn < n_tok) {
             const int n2 = n_tok - nn < chunk ? (int)(n_tok - nn) : chunk;
-            if (eng__cuda_sae_scan_submit(ss, ids + nn, n2, 0, &err) < 0)
+            if (eng__cuda_sae_scan_submit(ss, ids + nn - W, n2 + W, W, &err) < 0)
                 goto fail;
         }
         submit_ms += dt_ms(&t0);
@@ -662,7 +667,8 @@ static int cmd_ingest(int argc, char **argv)
     const double rss_peak = proc_mib("VmHWM");
     int64_t db_bytes = 0;
     idx_db_bytes(db, &db_bytes, &err);
-    printf("{\"bench\":\"ingest\",\"label\":\"%s\",\"tokens\":%lld,\"chunk\":%d,\"hooked_layers\":%d,"
+    printf("{\"bench\":\"ingest\",\"label\":\"%s\",\"tokens\":%lld,\"chunk\":%d,\"overlap\":%d,"
+           "\"hooked_layers\":%d,"
            "\"sae_dict\":%d,\"sae_k\":%d,\"index_k\":%d,\"load_ms\":%.0f,\"warmup_ms\":%.0f,"
            "\"seconds\":%.3f,"
            "\"tok_per_s\":%.0f,\"host_ms\":{\"submit\":%.0f,\"wait_gpu\":%.0f,"
@@ -671,7 +677,8 @@ static int cmd_ingest(int argc, char **argv)
            "\"commit\":%.0f,\"finish_merge\":%.0f,\"encode\":%.0f},"
            "\"index_bytes_per_token\":%.1f,\"extra_device_gib\":%.3f,"
            "\"host_rss_mib\":{\"before\":%.1f,\"peak\":%.1f}}\n",
-           label, n_tok, chunk, in.n_idx, sae_dict, sae_k, ki, load_ms, warm_ms, scan_ms / 1000,
+           label, n_tok, chunk, W, in.n_idx, sae_dict, sae_k, ki, load_ms, warm_ms,
+           scan_ms / 1000,
            n_tok / (scan_ms / 1000), submit_ms, wait_ms, write_ms, finish_ms, free_ms, wt.accept,
            wt.passages, wt.segments, wt.commit, wt.finish, wt.encode,
            (double)db_bytes / n_tok,
