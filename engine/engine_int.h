@@ -10,6 +10,7 @@
 #include "kernels.h"
 
 #define ENG_MAX_UBATCH 512 /* tokens per internal forward step (scratch is sized for it) */
+#define ENG_CUDA_MAX_UBATCH 4096 /* tokens per device step when n_batch asks for more than 2048 */
 
 struct eng_layer {
     float *attn_norm;           /* (n_embd), owned */

@@ -369,8 +369,12 @@ int eng_ctx_new(const struct eng_model *m, const struct eng_ctx_opts *opts, stru
         return s3_errf(err, S3_ETOOBIG, "ctx: n_ctx %d too large", n_ctx);
     int n_ub = opts && opts->n_batch > 0 ? opts->n_batch : n_ctx;
     /* the CPU path works in ubatches of at most ENG_MAX_UBATCH tokens; the device path takes
-     * a whole scan chunk (2048 tokens by default) per step */
-    const int ub_max = m->cuda ? 2048 : ENG_MAX_UBATCH;
+     * a whole scan pass per step: the chunk and its overlap prefix (2048 + 128 tokens by
+     * default) when the caller asks for them (n_batch), 2048 tokens otherwise (a ubatch of
+     * 128 after each 2048 would run every layer again for a sixteenth of the work) */
+    const int ub_max = !m->cuda ? ENG_MAX_UBATCH
+                       : opts && opts->n_batch > 0 ? ENG_CUDA_MAX_UBATCH
+                                                   : 2048;
     if (n_ub > ub_max)
         n_ub = ub_max;
     if (n_ub > n_ctx)

@@ -12,7 +12,7 @@
 # Switches (environment): TESTS=0, MEMCHECK=0, ATTN=0, INDEX_BENCH=0, SCAN_135M=0, SCAN_8B=0,
 # INGEST_8B=0 skip those parts; SMI=1 samples clocks and power (smi.csv); KEEP_MODELS=1 keeps the 8B file; INGEST_REPEAT runs the 135M ingest that many times; TOKENS_8B,
 # TOKENS_135M, INGEST_SIZES (e.g. "32768 131072 1048576"; INGEST_TOKENS: one), BENCH_SCAN_SIZES
-# set the sizes.
+# set the sizes; INGEST_OVERLAP the ingest passes' overlap prefix (default 128, the product's).
 set -u
 OUT=${OUT:-$PWD/out-h200}; mkdir -p "$OUT"
 ROOT=$PWD; V=$ROOT/vendor-deb/root; B=$ROOT/build-h200; M=$B/synth-models; mkdir -p $M
@@ -93,7 +93,7 @@ log bench-135m
 $B/bench_cuda/s3cuda_bench synth --shape smollm2-135m --type q4_1 --out $M/smol.gguf
 for rep in $(seq ${INGEST_REPEAT:-1}); do for nt in ${INGEST_SIZES:-${INGEST_TOKENS:-1048576}}; do
 timeout ${INGEST_TIMEOUT:-240} $B/bench_cuda/s3cuda_bench ingest --model $M/smol.gguf --label smollm2-135m --tokens $nt \
-  --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee -a $OUT/ingest_135m.jsonl
+  --overlap ${INGEST_OVERLAP:-128} --hook 3,8,23,29 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee -a $OUT/ingest_135m.jsonl
 irc=${PIPESTATUS[0]}; [ $irc = 0 ] || echo "ingest 135m FAILED (exit $irc)"
 done; done
 [ "${SCAN_135M:-1}" = 1 ] && $B/bench_cuda/s3cuda_bench scan --model $M/smol.gguf --label smollm2-135m --tokens ${TOKENS_135M:-32768,131072,1048576} \
@@ -103,7 +103,7 @@ log bench-8b
 $B/bench_cuda/s3cuda_bench synth --shape llama3-8b --type q4_1 --out $M/l8b.gguf
 if [ "${INGEST_8B:-1}" = 1 ]; then for nt in ${INGEST_SIZES:-${INGEST_TOKENS:-1048576}}; do
 timeout ${INGEST_TIMEOUT:-240} $B/bench_cuda/s3cuda_bench ingest --model $M/l8b.gguf --label llama3-8b --tokens $nt \
-  --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee -a $OUT/ingest_8b.jsonl
+  --overlap ${INGEST_OVERLAP:-128} --hook 3,9,24,31 --sae-dict 2048 --sae-k 16 --decode 64 --db $B/ingest.db 2>&1 | tee -a $OUT/ingest_8b.jsonl
 irc=${PIPESTATUS[0]}; [ $irc = 0 ] || echo "ingest 8b FAILED (exit $irc)"
 done; fi
 [ "${SCAN_8B:-1}" = 1 ] && $B/bench_cuda/s3cuda_bench scan --model $M/l8b.gguf --label llama3-8b --tokens ${TOKENS_8B:-32768,131072,1048576} \
