@@ -1412,10 +1412,13 @@ START_TEST(test_migrate_v4)
 }
 END_TEST
 
-START_TEST(test_async_writer)
+/* The syn70k document written on db by the synchronous writer, then through idx_async (with
+ * commit_ms > 0 set on its writer, waiters given to idx_async_yield when not NULL, after(ud)
+ * called after each chunk is queued): the same rows and spans. */
+static void async_as_sync(struct idx_db *db, int commit_ms, atomic_int *waiters,
+                          void (*after)(void *), void *ud)
 {
     struct s3_errinfo err = {0};
-    struct idx_db *db = open_mem();
     struct syn s = syn70k();
     int64_t first = syn_new(db, &s);
     char *txt = syn_text(&s);
@@ -1423,14 +1426,31 @@ START_TEST(test_async_writer)
     struct idx_async *aw;
     struct idx_doc_meta m = {.name = "async", .n_bytes = 4 * s.n_tok}; /* as syn_new */
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
+    if (commit_ms > 0)
+        idx_writer_set_commit_ms(w, commit_ms);
     const int64_t doc = idx_writer_doc(w);
     ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
-    syn_write_via(w, aw, &s, txt, -1, NULL, NULL);
-    ck_assert_int_eq(idx_async_end(aw, &err), 0);
+    if (waiters)
+        idx_async_yield(aw, waiters);
+    syn_write_via(w, aw, &s, txt, -1, after, ud);
+    ck_assert_msg(idx_async_end(aw, &err) == 0, "%s", err.msg);
     ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
     idx_writer_free(w);
     same_postings(db, first, doc);
     same_spans_of_docs(db, first, doc);
+    free(txt);
+}
+
+START_TEST(test_async_writer)
+{
+    struct s3_errinfo err = {0};
+    struct idx_db *db = open_mem();
+    async_as_sync(db, 0, NULL, NULL, NULL);
+    struct syn s = syn70k();
+    char *txt = syn_text(&s);
+    struct idx_writer *w;
+    struct idx_async *aw;
+    struct idx_doc_meta m = {.name = "async", .n_bytes = 4 * s.n_tok};
     /* errors: a chunk that does not continue the document fails on the thread */
     ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
     idx_writer_set_commit_ms(w, 0);
@@ -1520,26 +1540,10 @@ START_TEST(test_async_yield)
     struct yield_ctx y = {.calls = 0};
     atomic_init(&y.waiters, 0);
     ck_assert_int_eq(idx_open(path, &nowait, &y.other, &err), 0);
-    struct syn s = syn70k();
-    int64_t first = syn_new(db, &s);
-    char *txt = syn_text(&s);
-    struct idx_writer *w;
-    struct idx_async *aw;
-    struct idx_doc_meta m = {.name = "async", .n_bytes = 4 * s.n_tok}; /* as syn_new */
-    ck_assert_int_eq(idx_writer_begin(db, &m, &w, &err), 0);
-    idx_writer_set_commit_ms(w, 1000000); /* no timed commit ends the transaction */
-    const int64_t doc = idx_writer_doc(w);
-    ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
-    idx_async_yield(aw, &y.waiters);
-    syn_write_via(w, aw, &s, txt, -1, compete, &y);
-    ck_assert_msg(idx_async_end(aw, &err) == 0, "%s", err.msg);
-    ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
-    idx_writer_free(w);
+    /* no timed commit ends the transaction */
+    async_as_sync(db, 1000000, &y.waiters, compete, &y);
     ck_assert_int_eq(y.refused, 1); /* the open transaction kept it out */
     ck_assert_int_eq(y.wrote, 1);   /* until the writer yielded */
-    same_postings(db, first, doc);
-    same_spans_of_docs(db, first, doc);
-    free(txt);
     idx_close(y.other);
     idx_close(db);
     idx_remove_files(path);
