@@ -113,7 +113,9 @@ typedef int (*eng_qk_hook_fn)(void *ud, int layer, int pos0, int n_tokens, const
 
 struct eng_ctx_opts {
     int n_ctx;           /* KV cache length; 0 = min(model window, 8192) */
-    int n_batch;         /* max tokens per prefill call; 0 = n_ctx */
+    int n_batch;         /* max tokens per forward step (longer prefills are split); 0 =
+                            n_ctx. Capped at 512 on the CPU; on a GPU at 4096, or at 2048
+                            when 0 */
 };
 
 struct eng_ctx;
