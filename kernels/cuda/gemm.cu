@@ -253,7 +253,6 @@ extern "C" int krn_cuda_gemm_tune(struct krn_cuda_dev *dev, int m, int n, int k,
         return S3_ENOMEM;
     dev->plans = np;
     struct krn_gemm_plan *p = &np[dev->n_plans];
-    memset(p, 0, sizeof(*p));
     *p = (struct krn_gemm_plan){.m = m, .n = n, .k = k, .ldx = ldx, .ldy = ldy,
                                 .y_type = y_type, .acc = acc};
     cudaEvent_t e0 = NULL, e1 = NULL;
