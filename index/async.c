@@ -58,7 +58,7 @@ struct idx_async {
     int end;
     int rc;                    /* the first error; later chunks are dropped */
     struct s3_errinfo err;
-    atomic_int *waiters;       /* idx_async_yield: others waiting to write, or NULL */
+    atomic_int *waiters;       /* the database's writers_waiting: others waiting to write */
 };
 
 /* While others wait to write the database, the writer's thread looks at the queue and the
@@ -308,6 +308,7 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
     }
     a->w = w;
+    a->waiters = idx__writer_waiting(w);
     a->depth = depth;
     const struct idx_tuning *tun = idx__writer_tuning(w);
     a->max_bytes = tun->async_bytes;
@@ -436,13 +437,6 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
     return 0;
-}
-
-void idx_async_yield(struct idx_async *a, atomic_int *waiters)
-{
-    pthread_mutex_lock(&a->mu);
-    a->waiters = waiters;
-    pthread_mutex_unlock(&a->mu);
 }
 
 int idx_async_end(struct idx_async *a, struct s3_errinfo *err)

@@ -50,6 +50,14 @@ struct idx_writer;
 struct idx_open_opts {
     int busy_ms;   /* wait this long for a lock before S3_EBUSY; 0 = 5000, < 0 = do not wait */
     int readonly;  /* open read-only (the file must exist and have the schema) */
+    /* May be NULL. One counter for all of a process's connections to the database, zeroed,
+     * owned by the caller and alive until they are closed: a connection raises it by one
+     * while it waits for the write lock and writes in idx_doc_delete(), idx_writer_begin()
+     * (the document row) and a migration, and a writer thread (idx_async) on any of them
+     * commits what it holds and opens no transaction while it is above zero. Without it, such
+     * a write waits for the thread's next commit, up to IDX_COMMIT_MS or until the chunks
+     * resume. */
+    atomic_int *writers_waiting;
 };
 
 /* Open or create the index at path (":memory:" works for tests). opts may be NULL. Creates
@@ -199,9 +207,12 @@ void idx_writer_times(const struct idx_writer *w, struct idx_writer_times *t);
  * writer is the caller's again: finish, flush or free it as usual. One thread adds chunks.
  * Through idx_async each chunk's passages are written as it comes, in a write transaction
  * that the next commit ends (a segment, IDX_COMMIT_MS, finish, flush; free and
- * idx_writer_fail() roll it back): other connections wait for that commit to write (see
- * idx_async_yield), and the writer's connection must not begin a transaction of its own
- * before it. */
+ * idx_writer_fail() roll it back): other connections wait for that commit to write, and the
+ * writer's connection must not begin a transaction of its own before it. Where the database
+ * was opened with a writers_waiting counter (struct idx_open_opts), the thread commits within
+ * about 2 ms when it has no chunk to write, or after the chunk it is writing, once another
+ * connection raises it, and opens no transaction until it is back to zero: their wait lasts
+ * about one chunk, not until the next timed commit, nor past a pause of the chunks. */
 struct idx_async;
 #define IDX_ASYNC_DEPTH 32
 #define IDX_ASYNC_BYTES (64u << 20)
@@ -209,13 +220,6 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
                     struct s3_errinfo *err);
 int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_errinfo *err);
 int idx_async_end(struct idx_async *a, struct s3_errinfo *err); /* accepts NULL */
-/* Threads that write the same database through other connections raise *waiters (by one
- * each, for as long as they wait for its write lock and write). While it is above zero the
- * writer's thread commits what it holds, within about 2 ms when it has no chunk to write or
- * after the chunk it is writing, and opens no transaction until it is back to zero: their
- * wait lasts about one chunk, not until the next timed commit (IDX_COMMIT_MS), nor past a
- * pause of the chunks. Set once, before the first idx_async_add. */
-void idx_async_yield(struct idx_async *a, atomic_int *waiters);
 /* Accepts NULL. An unfinished document stays 'scanning' (resumable from its last commit;
  * chunks accepted after it are dropped: idx_writer_flush() first to keep them). */
 void idx_writer_free(struct idx_writer *w);

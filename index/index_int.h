@@ -169,7 +169,21 @@ struct idx_db {
     int fts_api_ok;        /* s3_tf registered */
     struct idx_ckpt ck;
     struct idx_tuning tun; /* the defaults unless a test or benchmark changes them */
+    atomic_int *waiting;   /* idx_open_opts.writers_waiting, or NULL */
 };
+
+/* Around a write of another connection than an idx_async writer's: raised while it waits for
+ * the lock and writes (see idx_open_opts.writers_waiting). */
+static inline void idx__wait_enter(struct idx_db *db)
+{
+    if (db->waiting)
+        atomic_fetch_add(db->waiting, 1);
+}
+static inline void idx__wait_leave(struct idx_db *db)
+{
+    if (db->waiting)
+        atomic_fetch_sub(db->waiting, 1);
+}
 
 /* db's settings for the writers that begin or resume on it from now on (writable). */
 struct idx_tuning *idx__tuning(struct idx_db *db);
@@ -333,6 +347,8 @@ void idx__writer_set_eager(struct idx_writer *w, int on);
 void idx__writer_add_encode_ms(struct idx_writer *w, double ms);
 /* The settings the writer took from its connection (idx__tuning) when it began. */
 const struct idx_tuning *idx__writer_tuning(const struct idx_writer *w);
+/* The counter of w's database (idx_open_opts.writers_waiting), or NULL. */
+atomic_int *idx__writer_waiting(const struct idx_writer *w);
 
 /* ---- finishing (compact.c) ---- */
 /* Write the docmap row of doc from its passages. Call inside a transaction. */

@@ -168,7 +168,7 @@ static int user_version(struct idx_db *db, int *v, struct s3_errinfo *err)
     return rc;
 }
 
-static int migrate(struct idx_db *db, struct s3_errinfo *err)
+static int migrate_locked(struct idx_db *db, struct s3_errinfo *err)
 {
     int v = 0;
     int rc = user_version(db, &v, err);
@@ -204,6 +204,14 @@ static int migrate(struct idx_db *db, struct s3_errinfo *err)
     return rc;
 }
 
+static int migrate(struct idx_db *db, struct s3_errinfo *err)
+{
+    idx__wait_enter(db);
+    const int rc = migrate_locked(db, err);
+    idx__wait_leave(db);
+    return rc;
+}
+
 struct idx_tuning *idx__tuning(struct idx_db *db)
 {
     return &db->tun;
@@ -227,6 +235,7 @@ int idx_open(const char *path, const struct idx_open_opts *opts, struct idx_db *
                                   .async_encoders = -1,
                                   .async_bytes = IDX_ASYNC_BYTES};
     int busy_ms = opts && opts->busy_ms ? opts->busy_ms : 5000;
+    db->waiting = opts ? opts->writers_waiting : NULL;
     int flags = db->readonly ? SQLITE_OPEN_READONLY
                              : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
     int src = sqlite3_open_v2(path, &db->db, flags | SQLITE_OPEN_NOMUTEX, NULL);
@@ -434,7 +443,7 @@ int idx_doc_find_scanning(struct idx_db *db, const char *tenant, const char *tex
     return rc;
 }
 
-int idx_doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err)
+static int doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err)
 {
     struct idx_doc_info info;
     int rc = idx__exec(db, "BEGIN IMMEDIATE", err);
@@ -478,6 +487,14 @@ int idx_doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err)
 out:
     if (rc < 0)
         sqlite3_exec(db->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+int idx_doc_delete(struct idx_db *db, int64_t id, struct s3_errinfo *err)
+{
+    idx__wait_enter(db);
+    const int rc = doc_delete(db, id, err);
+    idx__wait_leave(db);
     return rc;
 }
 

@@ -276,7 +276,9 @@ int idx_writer_begin(struct idx_db *db, const struct idx_doc_meta *meta, struct 
     sqlite3_bind_int64(st, 5, (int64_t)time(NULL));
     sqlite3_bind_text(st, 6, meta->model_hash ? meta->model_hash : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 7, meta->sae_hash ? meta->sae_hash : "", -1, SQLITE_STATIC);
+    idx__wait_enter(db);
     int src = sqlite3_step(st);
+    idx__wait_leave(db);
     sqlite3_finalize(st);
     if (src != SQLITE_DONE)
         return idx__sqlerr(db, src, "index: new document", err);
@@ -1191,6 +1193,11 @@ static int commit_held(struct idx_writer *w, int merge, struct s3_errinfo *err)
 const struct idx_tuning *idx__writer_tuning(const struct idx_writer *w)
 {
     return &w->tun;
+}
+
+atomic_int *idx__writer_waiting(const struct idx_writer *w)
+{
+    return w->db->waiting;
 }
 
 void idx_writer_set_commit_ms(struct idx_writer *w, int ms)

@@ -851,8 +851,6 @@ int srv_scan_document(struct srv_scan *sc, struct idx_db *db, const char *text, 
          * submits the next passes (the device would otherwise wait for SQLite) */
         if (sc->dev_sae && (rc = idx_async_start(w, IDX_ASYNC_DEPTH, &aw, err)) < 0)
             goto out;
-        if (aw && o->db_waiters)
-            idx_async_yield(aw, o->db_waiters);
     }
     pb.last = pb.ps;
     pb.cursor = pb.ps + 1;

@@ -30,7 +30,6 @@
  * resumable. */
 #pragma once
 
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -99,9 +98,6 @@ struct srv_scan_doc_opts {
     int no_index;                   /* 1: prefill the chunks only (no hook, no database; for
                                      * measuring the index overhead); db may be NULL */
     int64_t stop_after_chunks;      /* > 0: return S3_ECANCELED after this many chunks (tests) */
-    atomic_int *db_waiters;         /* may be NULL: raised by threads waiting to write db through
-                                     * other connections (a GPU scan's writer yields to them:
-                                     * idx_async_yield) */
     /* may be NULL: sees every chunk right after it was committed (borrowed for the call) */
     int (*on_chunk)(void *ud, const struct idx_chunk *c);
     void *chunk_ud;

@@ -11,9 +11,9 @@
  * Threads: handlers run on MHD threads and read the index through s->rdb (under r_mu); the
  * worker scans through s->wdb and runs its other jobs (retrieval, deletes), which may come
  * between a scan's chunks, through s->jdb: a GPU scan's writer thread uses s->wdb until the
- * scan ends, and holds a write transaction between its commits; writers on rdb and jdb raise
- * s->db_waiters meanwhile, and it commits and waits for them (idx_async_yield). The registry
- * (s->d_head..) is under s->w_mu. */
+ * scan ends, and holds a write transaction between its commits; the three connections share
+ * s->db_waiters (idx_open_opts.writers_waiting), which writes on rdb and jdb raise, so that it
+ * commits and waits for them. The registry (s->d_head..) is under s->w_mu. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -332,12 +332,10 @@ enum MHD_Result srv__h_doc_post(struct srv *s, struct srv_req *r)
                                 .sae_hash = s->info.sae_hash, .n_bytes = d->n_bytes};
     struct idx_writer *w = NULL;
     pthread_mutex_lock(&s->r_mu);
-    atomic_fetch_add(&s->db_waiters, 1); /* a GPU scan's writer commits and lets this in */
-    int rc = idx_writer_begin(s->rdb, &meta, &w, &err);
+    int rc = idx_writer_begin(s->rdb, &meta, &w, &err); /* a GPU scan's writer lets it in */
     if (rc == 0)
         d->id = idx_writer_doc(w);
     idx_writer_free(w);
-    atomic_fetch_sub(&s->db_waiters, 1);
     pthread_mutex_unlock(&s->r_mu);
     if (rc < 0) {
         S3_LOG(S3_LOG_ERROR, "event=doc_row_failed req=%llu rc=%d msg=\"%s\"",
@@ -354,9 +352,7 @@ enum MHD_Result srv__h_doc_post(struct srv *s, struct srv_req *r)
         o = doc_json(s, NULL, dup);
         pthread_mutex_unlock(&s->w_mu);
         pthread_mutex_lock(&s->r_mu);
-        atomic_fetch_add(&s->db_waiters, 1);
         idx_doc_delete(s->rdb, d->id, &err);
-        atomic_fetch_sub(&s->db_waiters, 1);
         pthread_mutex_unlock(&s->r_mu);
         ret = srv__reply_json(r, 202, o);
         goto out;
@@ -490,7 +486,7 @@ enum MHD_Result srv__h_retrieve(struct srv *s, struct srv_req *r)
 
 int srv__docs_open(struct srv *s, struct s3_errinfo *err)
 {
-    struct idx_open_opts oo = {.busy_ms = 10000};
+    struct idx_open_opts oo = {.busy_ms = 10000, .writers_waiting = &s->db_waiters};
     struct idx_doc_info *docs = NULL;
     size_t n = 0;
     int rc = idx_open(s->cfg->db, &oo, &s->wdb, err);
@@ -607,7 +603,7 @@ void srv__docs_ingest(struct srv *s, struct srv_doc_job *d)
     } else {
         struct srv_scan_doc_opts o = {.tenant = d->tenant, .name = d->name,
                                       .cancel = &d->cancel, .progress = on_ingest_progress,
-                                      .progress_ud = &g, .db_waiters = &s->db_waiters};
+                                      .progress_ud = &g};
         S3_LOG(S3_LOG_INFO, "event=scan_start doc=%lld bytes=%lld", (long long)d->id,
                (long long)d->n_bytes);
         rc = s->ops->scan(s->eng, SRV_SCANNER_DOCS, s->wdb, map, len, &o, &doc, &st, &err);
@@ -862,12 +858,9 @@ void srv__run_doc_delete(struct srv *s, struct srv_req *r)
             srv_req_reply_error(r, &e);
             return;
         }
-        if (rc == 0) { /* between a scan's chunks: its writer yields, or this would wait for
-                          a commit that comes only with the next chunk */
-            atomic_fetch_add(&s->db_waiters, 1);
+        if (rc == 0) /* between a scan's chunks: its writer yields (s->db_waiters), or this
+                        would wait for a commit that comes only with the next chunk */
             rc = idx_doc_delete(s->jdb, r->doc_id, &err);
-            atomic_fetch_sub(&s->db_waiters, 1);
-        }
         if (rc < 0) {
             srv_error_from_code(&e, S3_EDB, "The index is not available.");
             srv_req_reply_error(r, &e);

@@ -499,8 +499,8 @@ struct srv {
     struct srv_lcache *lcache; /* worker thread only: scanned middles of long prompts */
     pthread_mutex_t r_mu;
     struct idx_db *rdb;
-    /* any thread: threads about to write the index through rdb or jdb while a scan may
-       hold its write transaction (a GPU scan's writer thread yields to them) */
+    /* rdb's, wdb's and jdb's writers_waiting (idx_open_opts): raised by their writes, which
+       a GPU scan's writer thread, holding its write transaction, yields to */
     atomic_int db_waiters;
     atomic_uint_fast64_t scan_tokens;
     atomic_uint_fast64_t scan_us;

@@ -465,22 +465,22 @@ struct tops {
 };
 
 /* The write between chunks (see struct tops): with a GPU scan's writer holding its
- * transaction, it gets in because it raises the waiters (the writer yields). */
+ * transaction, it gets in because its connection shares the scan's writers_waiting counter,
+ * which its writes raise (the writer yields). */
 static void write_between(struct tops *t)
 {
     struct s3_errinfo err = {0};
-    struct idx_open_opts oo = {.busy_ms = 300}; /* under the writer's timed commit (1 s) */
+    /* under the writer's timed commit (1 s) */
+    struct idx_open_opts oo = {.busy_ms = 300, .writers_waiting = &t->waiters};
     struct idx_db *db2 = NULL;
     struct idx_writer *w2 = NULL;
     struct idx_doc_meta m = {.name = "upload"};
     int rc = idx_open(t->path, &oo, &db2, &err);
-    atomic_fetch_add(&t->waiters, 1);
     if (rc == 0 && (rc = idx_writer_begin(db2, &m, &w2, &err)) == 0) {
         const int64_t id = idx_writer_doc(w2);
         idx_writer_free(w2);
         rc = idx_doc_delete(db2, id, &err);
     }
-    atomic_fetch_sub(&t->waiters, 1);
     idx_close(db2);
     t->wrote = rc == 0 ? 1 : rc;
 }
@@ -532,12 +532,13 @@ static struct idx_db *scan_into(struct eng_model *m, struct eng_sae *sae, const 
     struct s3_errinfo err = {0};
     struct idx_db *db = NULL;
     idx_remove_files(path);
-    ck_assert_msg(idx_open(path, NULL, &db, &err) == 0, "%s", err.msg);
+    struct idx_open_opts oo = {.writers_waiting = &t->waiters};
+    ck_assert_msg(idx_open(path, &oo, &db, &err) == 0, "%s", err.msg);
     struct srv_scan_opts so = {.chunk = 512, .overlap = 64};
     struct srv_scan *sc = NULL;
     ck_assert_msg(srv_scan_new(m, sae, &so, &sc, &err) == 0, "%s", err.msg);
     struct srv_scan_doc_opts dopts = {.name = "needle", .on_chunk = on_chunk, .chunk_ud = t,
-                                      .stop_after_chunks = stop, .db_waiters = &t->waiters};
+                                      .stop_after_chunks = stop};
     t->path = path;
     struct srv_scan_stats st;
     int rc = srv_scan_document(sc, db, text, len, &dopts, doc, &st, &err);

@@ -1413,10 +1413,9 @@ START_TEST(test_migrate_v4)
 END_TEST
 
 /* The syn70k document written on db by the synchronous writer, then through idx_async (with
- * commit_ms > 0 set on its writer, waiters given to idx_async_yield when not NULL, after(ud)
- * called after each chunk is queued): the same rows and spans. */
-static void async_as_sync(struct idx_db *db, int commit_ms, atomic_int *waiters,
-                          void (*after)(void *), void *ud)
+ * commit_ms > 0 set on its writer, after(ud) called after each chunk is queued): the same
+ * rows and spans. */
+static void async_as_sync(struct idx_db *db, int commit_ms, void (*after)(void *), void *ud)
 {
     struct s3_errinfo err = {0};
     struct syn s = syn70k();
@@ -1430,8 +1429,6 @@ static void async_as_sync(struct idx_db *db, int commit_ms, atomic_int *waiters,
         idx_writer_set_commit_ms(w, commit_ms);
     const int64_t doc = idx_writer_doc(w);
     ck_assert_int_eq(idx_async_start(w, 2, &aw, &err), 0);
-    if (waiters)
-        idx_async_yield(aw, waiters);
     syn_write_via(w, aw, &s, txt, -1, after, ud);
     ck_assert_msg(idx_async_end(aw, &err) == 0, "%s", err.msg);
     ck_assert_msg(idx_writer_finish(w, &err) == 0, "%s", err.msg);
@@ -1445,7 +1442,7 @@ START_TEST(test_async_writer)
 {
     struct s3_errinfo err = {0};
     struct idx_db *db = open_mem();
-    async_as_sync(db, 0, NULL, NULL, NULL);
+    async_as_sync(db, 0, NULL, NULL);
     struct syn s = syn70k();
     char *txt = syn_text(&s);
     struct idx_writer *w;
@@ -1494,13 +1491,15 @@ START_TEST(test_async_writer)
 }
 END_TEST
 
-/* After the first chunk (the async writer then idles with its transaction open): another
- * connection that does not wait for locks is refused until the waiters are raised, then its
- * write (an upload's document row) goes through; the waiters drop again and the scan goes on. */
+/* After the first chunk (the async writer then idles with its transaction open): a
+ * connection opened without the shared counter, which does not wait for locks, is refused; one
+ * opened with it (waiting 300 ms for locks, under the writer's timed commit) writes an
+ * upload's document row and deletes it, each raising the counter, which the writer yields
+ * to; the counter is back to zero and the scan goes on. */
 struct yield_ctx {
-    struct idx_db *other;
+    struct idx_db *plain, *other;
     atomic_int waiters;
-    int calls, refused, wrote;
+    int calls, refused, wrote, deleted;
 };
 
 static void compete(void *ud)
@@ -1513,37 +1512,41 @@ static void compete(void *ud)
     struct idx_writer *w2 = NULL;
     int rc = 0;
     for (int i = 0; i < 5000 && rc != S3_EBUSY; i++) { /* until the chunk's txn is open */
-        rc = idx_writer_begin(y->other, &m, &w2, &err);
+        rc = idx_writer_begin(y->plain, &m, &w2, &err);
         idx_writer_free(w2);
         w2 = NULL;
         if (rc != S3_EBUSY)
             usleep(1000);
     }
     y->refused = rc == S3_EBUSY;
-    atomic_fetch_add(&y->waiters, 1);
-    for (int i = 0; i < 5000 && rc == S3_EBUSY; i++) {
-        rc = idx_writer_begin(y->other, &m, &w2, &err);
-        if (rc == S3_EBUSY)
-            usleep(1000);
-    }
+    rc = idx_writer_begin(y->other, &m, &w2, &err);
     y->wrote = rc == 0;
+    if (rc == 0)
+        y->deleted = idx_doc_delete(y->other, idx_writer_doc(w2), &err) == 0;
     idx_writer_free(w2);
-    atomic_fetch_sub(&y->waiters, 1);
 }
 
 START_TEST(test_async_yield)
 {
     char path[256];
     struct s3_errinfo err = {0};
-    struct idx_db *db = open_tmp(path, sizeof path, "yield");
-    struct idx_open_opts nowait = {.busy_ms = -1};
     struct yield_ctx y = {.calls = 0};
     atomic_init(&y.waiters, 0);
-    ck_assert_int_eq(idx_open(path, &nowait, &y.other, &err), 0);
+    struct idx_open_opts shared = {.writers_waiting = &y.waiters},
+                         nowait = {.busy_ms = -1},
+                         short_wait = {.busy_ms = 300, .writers_waiting = &y.waiters};
+    struct idx_db *db;
+    tmp_path(path, sizeof path, "yield");
+    ck_assert_msg(idx_open(path, &shared, &db, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(idx_open(path, &nowait, &y.plain, &err), 0);
+    ck_assert_int_eq(idx_open(path, &short_wait, &y.other, &err), 0);
     /* no timed commit ends the transaction */
-    async_as_sync(db, 1000000, &y.waiters, compete, &y);
+    async_as_sync(db, 1000000, compete, &y);
     ck_assert_int_eq(y.refused, 1); /* the open transaction kept it out */
-    ck_assert_int_eq(y.wrote, 1);   /* until the writer yielded */
+    ck_assert_int_eq(y.wrote, 1);   /* the writer yielded to the counter */
+    ck_assert_int_eq(y.deleted, 1);
+    ck_assert_int_eq(atomic_load(&y.waiters), 0);
+    idx_close(y.plain);
     idx_close(y.other);
     idx_close(db);
     idx_remove_files(path);
