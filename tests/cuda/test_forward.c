@@ -1,5 +1,6 @@
 /* tests/cuda/test_forward.c - the whole model on the GPU against the CPU path on the same file:
- * prompt logits close, the same greedy tokens, the pre-RoPE Q/K seen by the hook close.
+ * prompt logits close, the same greedy tokens, the pre-RoPE Q/K seen by the hook close; a
+ * scan pass of the default shape (2048 + 128 tokens) runs as one device step.
  *
  * Model: $S3_CUDA_MODEL, else the default model under $S3_ROOT (a layer slice written by
  * `s3serve gguf-synth --slice N` travels where the full file cannot). Skips when there is no
@@ -223,6 +224,84 @@ START_TEST(test_public_api_device)
 }
 END_TEST
 
+/* Host hook of the long-step test: rows at their positions, calls counted. */
+struct pos_capture {
+    int layer, calls, last_n, dkv;
+    float *k; /* n_ctx rows */
+};
+
+static int capture_at(void *ud, int layer, int pos0, int n, const float *q, const float *k)
+{
+    struct pos_capture *c = ud;
+    (void)q;
+    if (layer != c->layer)
+        return 0;
+    c->calls++;
+    c->last_n = n;
+    memcpy(c->k + (size_t)pos0 * c->dkv, k, sizeof(float) * (size_t)n * c->dkv);
+    return 0;
+}
+
+/* A scan pass of the product's default shape (a chunk of 2048 and an overlap prefix of 128)
+ * through the public API, as server/scan.c asks for it (n_batch = n_ctx = 2176): the device
+ * runs it as one step of 2176 tokens (one hook call per layer, not 2048 + 128), and its
+ * logits and hooked K, full and scan mode, agree with the CPU path's. */
+START_TEST(test_public_api_long_step)
+{
+    char buf[1024];
+    const char *path = gpu_model_path(buf, sizeof buf);
+    if (!path)
+        return;
+    enum { N = 2048 + 128 };
+    struct s3_errinfo err = {0};
+    struct eng_model *mc = NULL, *mg = NULL;
+    struct eng_ctx *cc = NULL, *cg = NULL;
+    struct eng_model_opts go = {.device = "cuda"};
+    ck_assert_msg(eng_model_load(path, NULL, &mc, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng_model_load(path, &go, &mg, &err) == 0, "%s", err.msg);
+    const struct eng_hparams *hp = eng_model_hparams(mc);
+    const int nv = hp->n_vocab, dkv = hp->n_head_kv * hp->head_dim;
+    const int layer = hp->n_layer - 1;
+    struct eng_ctx_opts co = {.n_ctx = N, .n_batch = N};
+    ck_assert_msg(eng_ctx_new(mc, &co, &cc, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng_ctx_new(mg, &co, &cg, &err) == 0, "%s", err.msg);
+    int32_t *ids = malloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++)
+        ids[i] = (int32_t)((i * 7919 + 13) % nv);
+    float *lc = malloc(sizeof(float) * nv), *lg = malloc(sizeof(float) * nv);
+    struct pos_capture kc = {.layer = layer, .dkv = dkv}, kg = kc;
+    kc.k = malloc(sizeof(float) * N * dkv), kg.k = malloc(sizeof(float) * N * dkv);
+    for (int scan = 0; scan < 2; scan++) {
+        eng_ctx_reset(cc);
+        eng_ctx_reset(cg);
+        eng_ctx_set_scan_only(cc, scan);
+        eng_ctx_set_scan_only(cg, scan);
+        kc.calls = kg.calls = 0;
+        memset(kc.k, 0, sizeof(float) * N * dkv), memset(kg.k, 0, sizeof(float) * N * dkv);
+        eng_ctx_set_qk_hook(cc, capture_at, &kc, 1ull << layer);
+        eng_ctx_set_qk_hook(cg, capture_at, &kg, 1ull << layer);
+        ck_assert_int_eq(eng_ctx_prefill(cc, ids, N, scan ? NULL : lc, NULL), 0);
+        ck_assert_int_eq(eng_ctx_prefill(cg, ids, N, scan ? NULL : lg, NULL), 0);
+        ck_assert_int_eq(kg.calls, 1);
+        ck_assert_int_eq(kg.last_n, N);
+        const double kr = rel_l2(kg.k, kc.k, (size_t)N * dkv);
+        const double lr = scan ? 0.0 : rel_l2(lg, lc, (size_t)nv);
+        fprintf(stderr, "one step of %d tokens, %s: layer %d k rel_l2 %.2e, logits %.2e\n", N,
+                scan ? "scan mode" : "full", layer, kr, lr);
+        ck_assert_double_lt(kr, 0.02);
+        if (!scan) {
+            ck_assert_double_lt(lr, 0.05);
+            ck_assert_int_eq(argmax(lg, nv), argmax(lc, nv));
+        }
+    }
+    free(ids), free(lc), free(lg), free(kc.k), free(kg.k);
+    eng_ctx_free(cc);
+    eng_ctx_free(cg);
+    eng_model_free(mc);
+    eng_model_free(mg);
+}
+END_TEST
+
 /* Device hook of the scan test: copy this layer's k rows back (synchronously) and count. */
 struct dev_capture {
     int layer, calls, dkv, n;
@@ -347,6 +426,7 @@ int main(void)
     tcase_add_test(tc, test_gpu_vs_cpu);
     tcase_add_test(tc, test_scan_flavour);
     tcase_add_test(tc, test_public_api_device);
+    tcase_add_test(tc, test_public_api_long_step);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
     return s3t_run(s, CK_NOFORK);

@@ -272,6 +272,8 @@ START_TEST(test_attn)
         check_attn(1, 300, 4, 1, 128);  /* decode (variant 2: split over 2 blocks of keys) */
         check_attn(3, 9, 2, 2, 96);     /* short batch, odd head size */
         check_attn(20, 5, 2, 1, 96);    /* plain path (hd 96, n >= 16) */
+        check_attn(16, 0, 2, 1, 64);    /* one key tile */
+        check_attn(2176, 0, 3, 1, 64);  /* a scan pass of the default shape (2048 + 128) */
     }
     /* variant 2 with each block size forced (the default: 64 for hd 128, 128 for hd 64) */
     for (int bq = 64; bq <= 128; bq += 64) {
