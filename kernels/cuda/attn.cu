@@ -202,19 +202,28 @@ template <int N> __device__ __forceinline__ void cp_async_wait()
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+/* 2^x, one MUFU instruction: results under 2^-126 flush to 0 (probabilities are rounded to
+ * fp16 next, where anything under 2^-24 is 0 anyway) */
+__device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /* The pipelined tensor-core kernel (variant 2): the same per-warp algorithm as k_attn_mma,
  * with K/V tiles brought in by cp.async two stages deep (tile kt+1 loads while tile kt is
  * used), K fragments read with ldmatrix, and the query blocks taken heaviest first (the last
  * block of a causal chunk sees the most keys). Dynamic shared memory: 2 stages x (K, V). */
-template <int HD, int W, bool Q8>
+template <int HD, int W, bool Q8, int BK>
 __global__ void __launch_bounds__(W * 32, 1)
     k_attn_mma2(const __half *q, const __half *kc, const __half *vc, __half *out, int n,
                 int pos0, int n_head, int group, int n_ctx, float sl2)
 {
     constexpr int BQ = W * 16; /* queries per block: W warps of 16 rows */
     constexpr int ST = HD + 8; /* tile row stride, halves: 16-byte rows land on distinct banks */
-    constexpr int NKK = HD / 16, NNT = HD / 8;
-    constexpr int TILE = KRN_ATT_BK * ST;
+    constexpr int NKK = HD / 16, NNT = HD / 8, NJ = BK / 8, NPK = BK / 16;
+    constexpr int TILE = BK * ST;
     extern __shared__ __align__(16) __half smem[]; /* [stage][K tile, V tile] */
 
     const int h = blockIdx.y, hk = h / group;
@@ -226,15 +235,15 @@ __global__ void __launch_bounds__(W * 32, 1)
     const int last_q = min(n - 1, q0 + BQ - 1);
     const int kmax = pos0 + last_q;
     const int klim = pos0 + n - 1;
-    const int n_kt = kmax / KRN_ATT_BK + 1;
+    const int n_kt = kmax / BK + 1;
     const int wmin = pos0 + q0 + warp * 16, wmax = wmin + 15;
     const __half *kb = kc + (size_t)hk * n_ctx * HD;
     const __half *vb = vc + (size_t)hk * n_ctx * HD;
 
     auto load_tile = [&](int kt, int stage) {
         __half *ks = smem + stage * 2 * TILE, *vs = ks + TILE;
-        const int kbase = kt * KRN_ATT_BK;
-        for (int c = threadIdx.x; c < KRN_ATT_BK * HD / 8; c += blockDim.x) {
+        const int kbase = kt * BK;
+        for (int c = threadIdx.x; c < BK * HD / 8; c += blockDim.x) {
             const int key = c / (HD / 8), d8 = (c % (HD / 8)) * 8, j = kbase + key;
             const bool ok = j <= klim;
             const size_t off = ok ? (size_t)j * HD + d8 : 0;
@@ -273,12 +282,12 @@ __global__ void __launch_bounds__(W * 32, 1)
             cp_async_wait<0>();
         }
         __syncthreads();
-        const int kbase = kt * KRN_ATT_BK;
+        const int kbase = kt * BK;
         const __half *ks = smem + (kt & 1) * 2 * TILE, *vs = ks + TILE;
         if (kbase <= wmax) {
-            float s[8][4];
+            float s[NJ][4]; /* raw scores q.k; the scale is folded into the exponent */
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
+            for (int j = 0; j < NJ; j++) {
                 s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
 #pragma unroll
                 for (int kk = 0; kk < NKK; kk += 2) {
@@ -288,59 +297,62 @@ __global__ void __launch_bounds__(W * 32, 1)
                     mma_16816(s[j], qf[kk + 1], b[2], b[3]);
                 }
             }
-            const bool masked = kbase + KRN_ATT_BK - 1 > wmin;
+            if (kbase + BK - 1 > wmin) { /* a tile on this warp's diagonal */
+#pragma unroll
+                for (int j = 0; j < NJ; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int key = kbase + 8 * j + 2 * t4 + e;
+                        if (key > qp0)
+                            s[j][e] = -INFINITY;
+                        if (key > qp1)
+                            s[j][2 + e] = -INFINITY;
+                    }
+            }
             float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int key = kbase + 8 * j + 2 * t4 + e;
-                    float v0 = s[j][e] * sl2, v1 = s[j][2 + e] * sl2;
-                    if (masked) {
-                        if (key > qp0)
-                            v0 = -INFINITY;
-                        if (key > qp1)
-                            v1 = -INFINITY;
-                    }
-                    s[j][e] = v0;
-                    s[j][2 + e] = v1;
-                    mx0 = fmaxf(mx0, v0);
-                    mx1 = fmaxf(mx1, v1);
-                }
+            for (int j = 0; j < NJ; j++) {
+                mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
             }
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+            /* running maxima in log2 units (sl2 > 0: the max of the scaled scores is the
+               scaled max); a row whose keys are all masked so far keeps m = -inf and uses 0 */
+            const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
             const float ref0 = mn0 == -INFINITY ? 0.0f : mn0;
             const float ref1 = mn1 == -INFINITY ? 0.0f : mn1;
-            const float a0 = exp2f(m0 - ref0), a1 = exp2f(m1 - ref1);
+            const float a0 = m0 == ref0 ? 1.0f : ex2(m0 - ref0);
+            const float a1 = m1 == ref1 ? 1.0f : ex2(m1 - ref1);
             m0 = mn0;
             m1 = mn1;
             l0 *= a0;
             l1 *= a1;
+            if (__any_sync(0xffffffffu, a0 != 1.0f || a1 != 1.0f)) { /* some row's max rose */
 #pragma unroll
-            for (int i = 0; i < NNT; i++) {
-                o[i][0] *= a0;
-                o[i][1] *= a0;
-                o[i][2] *= a1;
-                o[i][3] *= a1;
+                for (int i = 0; i < NNT; i++) {
+                    o[i][0] *= a0;
+                    o[i][1] *= a0;
+                    o[i][2] *= a1;
+                    o[i][3] *= a1;
+                }
             }
-            uint32_t pf[4][4];
+            uint32_t pf[NPK][4];
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const __half2 h0 =
-                    __floats2half2_rn(exp2f(s[j][0] - ref0), exp2f(s[j][1] - ref0));
-                const __half2 h1 =
-                    __floats2half2_rn(exp2f(s[j][2] - ref1), exp2f(s[j][3] - ref1));
+            for (int j = 0; j < NJ; j++) {
+                const __half2 h0 = __floats2half2_rn(ex2(fmaf(s[j][0], sl2, -ref0)),
+                                                     ex2(fmaf(s[j][1], sl2, -ref0)));
+                const __half2 h1 = __floats2half2_rn(ex2(fmaf(s[j][2], sl2, -ref1)),
+                                                     ex2(fmaf(s[j][3], sl2, -ref1)));
                 l0 += __low2float(h0) + __high2float(h0);
                 l1 += __low2float(h1) + __high2float(h1);
                 pf[j >> 1][(j & 1) * 2 + 0] = *(const uint32_t *)&h0;
                 pf[j >> 1][(j & 1) * 2 + 1] = *(const uint32_t *)&h1;
             }
 #pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
+            for (int kk = 0; kk < NPK; kk++) {
 #pragma unroll
                 for (int i = 0; i < NNT; i += 2) {
                     uint32_t b[4];
@@ -613,34 +625,34 @@ static void launch_split(struct krn_cuda_dev *dev, dim3 grid, const __half *q, c
         q, kc, vc, part, pos0, n_head, group, n_ctx, per, sl2);
 }
 
-template <int HD, int W, bool Q8>
+template <int HD, int W, bool Q8, int BK>
 static int launch_mma2_w(struct krn_cuda_dev *dev, const __half *q, const __half *kc,
                          const __half *vc, __half *out, int n, int pos0, int n_head, int group,
                          int n_ctx, float sl2)
 {
-    const int smem = 2 * 2 * KRN_ATT_BK * (HD + 8) * (int)sizeof(__half);
-    KRN_CHECK(dev, cudaFuncSetAttribute(k_attn_mma2<HD, W, Q8>,
+    const int smem = 2 * 2 * BK * (HD + 8) * (int)sizeof(__half);
+    KRN_CHECK(dev, cudaFuncSetAttribute(k_attn_mma2<HD, W, Q8, BK>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     dim3 grid(krn_cuda__blocks(n, W * 16), n_head);
-    k_attn_mma2<HD, W, Q8><<<grid, W * 32, smem, dev->stream>>>(q, kc, vc, out, n, pos0,
-                                                                 n_head, group, n_ctx, sl2);
+    k_attn_mma2<HD, W, Q8, BK><<<grid, W * 32, smem, dev->stream>>>(q, kc, vc, out, n, pos0,
+                                                                     n_head, group, n_ctx, sl2);
     return 0;
 }
 
-/* Blocks of 64 queries for head size 128, of 128 for 64: the faster of the two on the H200
- * for causal chunks of 2048 (8B heads 198 against 209 us, 135M heads 52 against 54 us). */
+/* Blocks of 128 queries (8 warps) over key tiles of 128 by default: on the H200, for causal
+ * chunks of 2048, 8B heads 183 us (blocks of 64 over tiles of 64: 197), 135M heads 42 us (128
+ * over 64: 48). Blocks of 64 (4 warps) take tiles of 128 for head size 64 and of 64 for 128,
+ * where 4 warps over tiles of 128 are slower (220 us). */
 template <int HD, bool Q8>
 static int launch_mma2(struct krn_cuda_dev *dev, const __half *q, const __half *kc,
                        const __half *vc, __half *out, int n, int pos0, int n_head, int group,
                        int n_ctx, float sl2)
 {
-    int bq = dev->attn_bq;
-    if (bq != 64 && bq != 128)
-        bq = HD == 128 ? 64 : 128;
-    return bq == 64 ? launch_mma2_w<HD, 4, Q8>(dev, q, kc, vc, out, n, pos0, n_head, group,
-                                               n_ctx, sl2)
-                    : launch_mma2_w<HD, 8, Q8>(dev, q, kc, vc, out, n, pos0, n_head, group,
-                                               n_ctx, sl2);
+    if (dev->attn_bq == 64)
+        return launch_mma2_w<HD, 4, Q8, HD == 64 ? 128 : 64>(dev, q, kc, vc, out, n, pos0,
+                                                             n_head, group, n_ctx, sl2);
+    return launch_mma2_w<HD, 8, Q8, 128>(dev, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
+                                         sl2);
 }
 
 extern "C" int krn_cuda_attn_block(struct krn_cuda_dev *dev, int bq)

@@ -9,8 +9,11 @@
  * registers.
  *
  * Variant 2 (the default) of the tensor-core path pipelines the K/V tiles with cp.async (two
- * stages in dynamic shared memory), reads K fragments with ldmatrix and schedules the heaviest
- * query blocks first; variant 1 is the single-stage kernel above (kept for comparison).
+ * stages in dynamic shared memory), in tiles of 128 keys (64 for head size 128 in blocks of 64
+ * queries), reads K fragments with ldmatrix, schedules the heaviest query blocks first, folds
+ * the softmax scale into one FMA per score before a single-instruction exp2, and rescales the
+ * output accumulators only when some row's maximum rose; variant 1 is the single-stage kernel
+ * above (kept for comparison).
  *
  * Split-KV path (n <= KRN_ATT_SPLIT_MAX_N, decode): keys split over blocks, partial softmax
  * states combined by a second kernel; partials live in a device scratch owned by the device
@@ -22,7 +25,7 @@
 #pragma once
 
 #define KRN_ATT_BQ 128     /* queries per block (tensor-core path): 8 warps x 16 rows */
-#define KRN_ATT_BK 64      /* keys per shared-memory tile */
+#define KRN_ATT_BK 64      /* keys per shared-memory tile (variant 1) */
 #define KRN_ATT_WARPS 8
 #define KRN_ATT_PLAIN 128  /* threads (= keys per tile) of the plain path */
 #define KRN_ATT_MMA_MIN_N 16 /* batches shorter than this use the split (or plain) path */

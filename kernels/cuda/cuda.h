@@ -191,8 +191,8 @@ int krn_cuda_attn_q8(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16
  * previous one; other values only query. */
 int krn_cuda_attn_variant(struct krn_cuda_dev *dev, int variant);
 
-/* Queries per block of variant 2: 64, 128, or 0 (the default: 64 for head size 128, 128 for
- * 64). Returns the previous setting; other values only query. */
+/* Queries per block of variant 2: 64, 128, or 0 (the default, 128). Returns the previous
+ * setting; other values only query. */
 int krn_cuda_attn_block(struct krn_cuda_dev *dev, int bq);
 
 /* gu (n_rows, 2*n_ff) fp16 = [gate | up] -> out (n_rows, n_ff) fp16 = silu(gate) * up. */

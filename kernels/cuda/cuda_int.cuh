@@ -20,7 +20,7 @@ struct krn_cuda_dev {
     char name[128];
     char msg[320];         /* last error text */
     int attn_variant;      /* 0: default (KRN_ATT_DEFAULT_VARIANT) */
-    int attn_bq;           /* variant 2's queries per block: 0 by head size, 64, 128 */
+    int attn_bq;           /* variant 2's queries per block: 0 (128), 64, 128 */
     void *att_scr;         /* split-KV attention partials, owned */
     size_t att_scr_bytes;
     int sae_variant;       /* 0: default (2, the warp top-k where it applies) */

@@ -275,7 +275,8 @@ START_TEST(test_attn)
         check_attn(16, 0, 2, 1, 64);    /* one key tile */
         check_attn(2176, 0, 3, 1, 64);  /* a scan pass of the default shape (2048 + 128) */
     }
-    /* variant 2 with each block size forced (the default: 64 for hd 128, 128 for hd 64) */
+    /* variant 2 with each block size forced (the default: 128 queries over tiles of 128 keys;
+       64 over tiles of 128 for hd 64, of 64 for hd 128) */
     for (int bq = 64; bq <= 128; bq += 64) {
         krn_cuda_attn_block(g_dev, bq);
         check_attn(200, 0, 4, 2, 128);
