@@ -51,6 +51,7 @@ struct cuda_layer {
 
 struct eng_cuda_model {
     struct krn_cuda_dev *dev;    /* owned */
+    int ordinal;
     struct cuda_layer *layers;   /* (n_layer), owned */
     uint16_t *tok_embd;          /* (n_vocab, d) fp16 */
     uint16_t *output;            /* (n_vocab, d) fp16; == tok_embd when tied */
@@ -66,7 +67,8 @@ enum stage { ST_GEMM, ST_ATTN, ST_OTHER, ST_COPY, ST_LOGITS, ST_HOOKDEV, ST_N };
 struct eng_cuda_ctx {
     const struct eng_model *m;       /* borrowed */
     struct eng_cuda_model *cm;       /* borrowed */
-    struct krn_cuda_dev *dev;        /* borrowed from cm */
+    struct krn_cuda_dev *dev;        /* borrowed from cm, or own_dev */
+    struct krn_cuda_dev *own_dev;    /* a stream of its own (NULL: cm's) */
     int n_ctx, n_ub;
     uint16_t *kc, *vc;               /* (n_layer, n_head_kv, n_ctx, hd) fp16 */
     float *rope_cs;                  /* (n_ctx, n_rot) */
@@ -257,6 +259,7 @@ int eng__cuda_model_new(const struct eng_model *m, int ordinal, struct eng_cuda_
     const char *q8 = getenv("S3_CUDA_Q8ACT");
     cm->q8act = !(q8 && strcmp(q8, "0") == 0) && cm->d % 32 == 0 && cm->dq % 32 == 0 &&
                 cm->ff % 32 == 0;
+    cm->ordinal = ordinal;
     if ((rc = krn_cuda_dev_new(ordinal, &cm->dev)) < 0) {
         rc = s3_errf(err, S3_EDEVICE, "cuda: cannot open device %d%s%s", ordinal,
                      cm->dev ? ": " : "", cm->dev ? krn_cuda_errmsg(cm->dev) : "");
@@ -387,8 +390,10 @@ static int tune_gemms(struct eng_cuda_ctx *dc)
     return rc;
 }
 
-int eng__cuda_ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int n_ctx, int n_ub,
-                      struct eng_cuda_ctx **out, struct s3_errinfo *err)
+/* own_stream: the context queues its work on a stream (and cuBLAS handles, workspace, tuned
+ * GEMMs) of its own instead of the model's, so that it runs beside other contexts. */
+static int ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int n_ctx, int n_ub,
+                   int own_stream, struct eng_cuda_ctx **out, struct s3_errinfo *err)
 {
     int rc = 0;
     *out = NULL;
@@ -402,6 +407,14 @@ int eng__cuda_ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int 
     dc->m = m;
     dc->cm = cm;
     dc->dev = cm->dev;
+    if (own_stream) {
+        if ((rc = krn_cuda_dev_new(cm->ordinal, &dc->own_dev)) < 0) {
+            free(dc);
+            return s3_errf(err, S3_EDEVICE, "cuda: cannot open a stream on device %d",
+                           cm->ordinal);
+        }
+        dc->dev = dc->own_dev;
+    }
     dc->n_ctx = n_ctx;
     dc->n_ub = n_ub;
     const size_t u = (size_t)n_ub, kv = (size_t)cm->n_layer * cm->dkv * (size_t)n_ctx;
@@ -452,7 +465,10 @@ int eng__cuda_ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int 
     if ((rc = krn_cuda_upload(dc->dev, dc->rope_cs, cs_host,
                               (size_t)n_ctx * cm->n_rot * sizeof(float))) < 0)
         rc = dev_fail(dc->dev, rc, err);
-    else if (tune_gemms(dc) < 0) /* the context works with cuBLAS's default algorithms */
+    else if (own_stream && (rc = krn_cuda_gemm_copy_plans(dc->dev, cm->dev)) < 0)
+        rc = dev_fail(dc->dev, rc, err); /* own_stream: the model stream's GEMM choices, so
+                                            that every context computes alike */
+    else if (!own_stream && tune_gemms(dc) < 0) /* cuBLAS's default algorithms then */
         S3_LOG(S3_LOG_WARN, "event=cuda_gemm_tune_failed msg=\"%s\"", krn_cuda_errmsg(dc->dev));
 out:
     free(cs_host);
@@ -462,6 +478,12 @@ out:
     }
     *out = dc;
     return 0;
+}
+
+int eng__cuda_ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int n_ctx, int n_ub,
+                      struct eng_cuda_ctx **out, struct s3_errinfo *err)
+{
+    return ctx_new(m, cm, n_ctx, n_ub, 0, out, err);
 }
 
 static void free_events(struct eng_cuda_ctx *dc)
@@ -494,6 +516,7 @@ void eng__cuda_ctx_free(struct eng_cuda_ctx *dc)
         krn_cuda_event_free(dc->hook_ev[il]);
     free(dc->hook_ev);
     free_events(dc);
+    krn_cuda_dev_free(dc->own_dev);
     free(dc);
 }
 
@@ -651,11 +674,13 @@ static int hook_buffers(struct eng_cuda_ctx *dc, const struct hooks *hook,
             goto fail;                                                                         \
     } while (0)
 
-/* RMSNorm of n rows of the residual stream into the fp16 GEMM operand y. */
-static int rmsnorm(const struct eng_cuda_model *cm, const float *x, const float *w, int n,
+/* RMSNorm of n rows of the residual stream into the fp16 GEMM operand y, on dc's stream (a
+ * context may have one of its own). */
+static int rmsnorm(const struct eng_cuda_ctx *dc, const float *x, const float *w, int n,
                    uint16_t *y)
 {
-    return (cm->q8act ? krn_cuda_rmsnorm_q8 : krn_cuda_rmsnorm)(cm->dev, x, w, n, cm->d, cm->eps,
+    const struct eng_cuda_model *cm = dc->cm;
+    return (cm->q8act ? krn_cuda_rmsnorm_q8 : krn_cuda_rmsnorm)(dc->dev, x, w, n, cm->d, cm->eps,
                                                                 y);
 }
 
@@ -679,7 +704,7 @@ static int enqueue_layers(struct eng_cuda_ctx *dc, int n, int pos0,
             rc = S3_ECANCELED;
             goto fail;
         }
-        TRY(rmsnorm(cm, dc->x, L->attn_norm, n, dc->xn));
+        TRY(rmsnorm(dc, dc->x, L->attn_norm, n, dc->xn));
         TRY(mark(dc, ST_OTHER));
         /* the scan's last layer with nobody reading q: the k rows alone (wqkv's rows dq..) */
         const int k_only = il == last && hook && hook->scan_only && hook->no_q;
@@ -723,7 +748,7 @@ static int enqueue_layers(struct eng_cuda_ctx *dc, int n, int pos0,
         TRY(mark(dc, ST_ATTN));
         TRY(krn_cuda_gemm(dev, n, d, dq, dc->att, L->wo, dc->x, d, 1.0f, KRN_CUDA_F32));
         TRY(mark(dc, ST_GEMM));
-        TRY(rmsnorm(cm, dc->x, L->ffn_norm, n, dc->xn));
+        TRY(rmsnorm(dc, dc->x, L->ffn_norm, n, dc->xn));
         TRY(mark(dc, ST_OTHER));
         TRY(krn_cuda_gemm(dev, n, 2 * ff, d, dc->xn, L->wgu, dc->gu, 2 * ff, 0.0f, KRN_CUDA_F16));
         TRY(mark(dc, ST_GEMM));
@@ -744,7 +769,7 @@ static int enqueue_logits(struct eng_cuda_ctx *dc, int r0, int nr)
 {
     struct eng_cuda_model *cm = dc->cm;
     int rc;
-    if ((rc = rmsnorm(cm, dc->x + (size_t)r0 * cm->d, cm->output_norm, nr, dc->xn)) < 0)
+    if ((rc = rmsnorm(dc, dc->x + (size_t)r0 * cm->d, cm->output_norm, nr, dc->xn)) < 0)
         return rc;
     if ((rc = krn_cuda_gemm(dc->dev, nr, cm->n_vocab, cm->d, dc->xn, cm->output, dc->logits,
                             cm->n_vocab, 0.0f, KRN_CUDA_F32)) < 0)
@@ -891,18 +916,29 @@ int eng__cuda_ubatch_argmax(struct eng_cuda_ctx *dc, const int32_t *tokens, int 
 
 /* ---- device SAE scan -------------------------------------------------------------------------- */
 
+/* Most device memory two scan contexts with their buffers may take for a scan to run its
+ * passes two at a time, each on its own stream (small models: SmolLM2-135M's pass leaves the
+ * GPU partly idle; an 8B context alone takes 0.4 GiB). */
+#define ENG_CUDA_SCAN_TWO_BYTES ((size_t)256 << 20)
+
 struct eng_cuda_sae_scan {
     struct eng_ctx *c;               /* borrowed */
     struct eng_cuda_ctx *dc;         /* borrowed (c->cuda) */
-    struct krn_cuda_dev *dev;        /* borrowed */
+    struct krn_cuda_dev *dev;        /* borrowed (dc's) */
     const struct eng_sae *sae;       /* borrowed */
     int n_kv, hd, n_dict, k, n_rows, n_unit;
     uint64_t mask;                   /* indexed layers */
     float *d_w;                      /* per unit: W_enc (n_dict, hd), b_enc (n_dict), b_dec (hd) */
     size_t unit_floats;
-    float *d_scr;                    /* encoder scratch (n_ub, hd + n_dict) */
-    uint16_t *d_ids;                 /* (n_unit, n_rows, k) records of the pass being computed */
-    float *d_acts;
+    /* per buffer set: the context (and so the stream) its passes run on, the encoder scratch
+       (n_ub, hd + n_dict) and the records of the pass being computed (n_unit, n_rows, k).
+       Set 0 has dc; set 1 a context of its own where both fit ENG_CUDA_SCAN_TWO_BYTES (two
+       passes then run at once), else set 0's context and buffers */
+    struct eng_cuda_ctx *set_dc[2];
+    struct eng_cuda_ctx *own;        /* set 1's own context, or NULL */
+    float *d_scr[2];
+    uint16_t *d_ids[2];
+    float *d_acts[2];
     /* two sets of pinned host buffers, used in turn by successive passes */
     int32_t *h_tok[2];               /* (n_ctx) tokens of the pass */
     uint16_t *h_ids[2];              /* (n_unit, n_rows, k) */
@@ -911,7 +947,7 @@ struct eng_cuda_sae_scan {
     int n_out[2];
     int head, n_flight;              /* oldest set in flight, passes in flight */
     /* state of the pass being queued (read by the device hook) */
-    int prefix, cur_out, hook_rc;
+    int set, prefix, cur_out, hook_rc;
     /* CUDA graphs (S3_CUDA_GRAPHS=0 turns them off; never while profiling): per buffer set,
      * the pass of shape (g_n, g_prefix) captured once, then replayed. A shape is captured
      * when the set's previous pass had it too (last_n, last_prefix): the steady shape of a
@@ -932,12 +968,14 @@ void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss)
 {
     if (!ss)
         return;
-    if (ss->dev)
-        krn_cuda_sync(ss->dev);
+    eng__cuda_sae_scan_drain(ss);
     krn_cuda_free(ss->d_w);
-    krn_cuda_free(ss->d_scr);
-    krn_cuda_free(ss->d_ids);
-    krn_cuda_free(ss->d_acts);
+    for (int i = 0; i < 1 + (ss->own != NULL); i++) {
+        krn_cuda_free(ss->d_scr[i]);
+        krn_cuda_free(ss->d_ids[i]);
+        krn_cuda_free(ss->d_acts[i]);
+    }
+    eng__cuda_ctx_free(ss->own);
     for (int i = 0; i < 2; i++) {
         krn_cuda_host_free(ss->h_tok[i]);
         krn_cuda_host_free(ss->h_ids[i]);
@@ -946,6 +984,18 @@ void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss)
         krn_cuda_graph_free(ss->g[i]);
     }
     free(ss);
+}
+
+/* Set i's device buffers on its context's stream: encoder scratch and records. */
+static int set_buffers(struct eng_cuda_sae_scan *ss, int i, size_t scr_bytes, size_t nrec)
+{
+    struct krn_cuda_dev *dev = ss->set_dc[i]->dev;
+    int rc;
+    if ((rc = krn_cuda_malloc(dev, (void **)&ss->d_scr[i], scr_bytes)) < 0 ||
+        (rc = krn_cuda_malloc(dev, (void **)&ss->d_ids[i], nrec * sizeof(uint16_t))) < 0 ||
+        (rc = krn_cuda_malloc(dev, (void **)&ss->d_acts[i], nrec * sizeof(float))) < 0)
+        return rc;
+    return 0;
 }
 
 int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_rows, int k,
@@ -986,13 +1036,40 @@ int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_row
     const size_t nd = (size_t)ss->n_dict, hd = (size_t)ss->hd;
     ss->unit_floats = nd * hd + nd + hd;
     const size_t nrec = (size_t)ss->n_unit * (size_t)n_rows * (size_t)k;
+    const size_t scr_bytes = (size_t)dc->n_ub * (hd + nd) * sizeof(float);
+    ss->set_dc[0] = ss->set_dc[1] = dc;
     if ((rc = krn_cuda_malloc(ss->dev, (void **)&ss->d_w,
                               (size_t)ss->n_unit * ss->unit_floats * sizeof(float))) < 0 ||
-        (rc = krn_cuda_malloc(ss->dev, (void **)&ss->d_scr,
-                              (size_t)dc->n_ub * (hd + nd) * sizeof(float))) < 0 ||
-        (rc = krn_cuda_malloc(ss->dev, (void **)&ss->d_ids, nrec * sizeof(uint16_t))) < 0 ||
-        (rc = krn_cuda_malloc(ss->dev, (void **)&ss->d_acts, nrec * sizeof(float))) < 0)
+        (rc = set_buffers(ss, 0, scr_bytes, nrec)) < 0)
         goto fail;
+    /* a second context for set 1 where both sets' contexts and buffers are small (the model's
+       work per pass too: its kernels leave the GPU part idle, which the other pass fills) */
+    const size_t set_bytes = eng__cuda_ctx_bytes(dc) + scr_bytes + nrec * 6 + KRN_CUDA_WS_BYTES;
+    const char *streams = getenv("S3_CUDA_SCAN_STREAMS");
+    if (!(streams && streams[0] == '1') && 2 * set_bytes <= ENG_CUDA_SCAN_TWO_BYTES) {
+        struct s3_errinfo e2 = {0};
+        int trc = ctx_new(dc->m, dc->cm, dc->n_ctx, dc->n_ub, 1, &ss->own, &e2);
+        if (trc == 0) {
+            ss->set_dc[1] = ss->own;
+            if ((trc = set_buffers(ss, 1, scr_bytes, nrec)) < 0)
+                s3_errf(&e2, trc, "%s", krn_cuda_errmsg(ss->own->dev));
+        }
+        if (trc < 0) { /* one context for both sets, as where they do not fit */
+            S3_LOG(S3_LOG_WARN, "event=cuda_scan_one_stream msg=\"%s\"", e2.msg);
+            if (ss->own) {
+                krn_cuda_free(ss->d_scr[1]), krn_cuda_free(ss->d_ids[1]);
+                krn_cuda_free(ss->d_acts[1]);
+            }
+            eng__cuda_ctx_free(ss->own);
+            ss->own = NULL;
+            ss->set_dc[1] = dc;
+        }
+    }
+    if (!ss->own) {
+        ss->d_scr[1] = ss->d_scr[0];
+        ss->d_ids[1] = ss->d_ids[0];
+        ss->d_acts[1] = ss->d_acts[0];
+    }
     for (int i = 0; i < 2; i++)
         if ((rc = krn_cuda_host_alloc(ss->dev, (void **)&ss->h_tok[i],
                                       (size_t)dc->n_ctx * sizeof(int32_t))) < 0 ||
@@ -1057,8 +1134,8 @@ static int sae_scan_hook(void *ud, struct krn_cuda_dev *dev, int layer, int pos0
         const size_t rec = ((size_t)u * (size_t)ss->cur_out + (size_t)row0) * (size_t)ss->k;
         int rc = krn_cuda_sae_encode(dev, d_k + (size_t)r0 * (size_t)ld + (size_t)h * hd, ld,
                                      n - r0, ss->hd, w, w + nd * hd, w + nd * hd + nd,
-                                     ss->n_dict, ss->k, ss->d_scr, ss->d_ids + rec,
-                                     ss->d_acts + rec);
+                                     ss->n_dict, ss->k, ss->d_scr[ss->set],
+                                     ss->d_ids[ss->set] + rec, ss->d_acts[ss->set] + rec);
         if (rc < 0) {
             ss->hook_rc = rc;
             return 1;
@@ -1071,7 +1148,9 @@ void eng__cuda_sae_scan_drain(struct eng_cuda_sae_scan *ss)
 {
     if (!ss)
         return;
-    krn_cuda_sync(ss->dev);
+    for (int i = 0; i < 2; i++)
+        if (ss->set_dc[i])
+            krn_cuda_sync(ss->set_dc[i]->dev);
     ss->n_flight = 0;
     ss->head = 0;
 }
@@ -1081,13 +1160,18 @@ int eng__cuda_sae_scan_in_flight(const struct eng_cuda_sae_scan *ss)
     return ss ? ss->n_flight : 0;
 }
 
+int eng__cuda_sae_scan_streams(const struct eng_cuda_sae_scan *ss)
+{
+    return !ss ? 0 : ss->own ? 2 : 1;
+}
+
 /* Queue one pass: the token upload, the layers with the SAE hook and the records' copies (the
  * set's event is recorded by the caller, outside any capture: an event recorded during a
  * capture is not one the host can wait for). */
 static int enqueue_pass(struct eng_cuda_sae_scan *ss, int set, const int32_t *ids, int n,
                         struct s3_errinfo *err)
 {
-    struct eng_cuda_ctx *dc = ss->dc;
+    struct eng_cuda_ctx *dc = ss->set_dc[set];
     int rc = 0, n_hooked = 0;
     const struct hooks hs = {.mask = ss->mask, .cancel = ss->c->cancel, .scan_only = 1,
                              .no_q = 1, .dev_fn = sae_scan_hook, .dev_ud = ss};
@@ -1103,9 +1187,9 @@ static int enqueue_pass(struct eng_cuda_sae_scan *ss, int set, const int32_t *id
         }
     }
     const size_t nrec = (size_t)ss->n_unit * (size_t)ss->cur_out * (size_t)ss->k;
-    if ((rc = krn_cuda_download_async(ss->dev, ss->h_ids[set], ss->d_ids,
+    if ((rc = krn_cuda_download_async(dc->dev, ss->h_ids[set], ss->d_ids[set],
                                       nrec * sizeof(uint16_t))) < 0 ||
-        (rc = krn_cuda_download_async(ss->dev, ss->h_acts[set], ss->d_acts,
+        (rc = krn_cuda_download_async(dc->dev, ss->h_acts[set], ss->d_acts[set],
                                       nrec * sizeof(float))) < 0)
         return dev_fail(dc->dev, rc, err);
     return 0;
@@ -1118,12 +1202,13 @@ static int enqueue_pass(struct eng_cuda_sae_scan *ss, int set, const int32_t *id
 static int enqueue_pass_graph(struct eng_cuda_sae_scan *ss, int set, const int32_t *ids, int n,
                               int prefix, struct s3_errinfo *err)
 {
+    struct krn_cuda_dev *dev = ss->set_dc[set]->dev;
     if (ss->g[set] && ss->g_n[set] == n && ss->g_prefix[set] == prefix) {
         int rc = check_tokens(ss->dc, ids, n, err); /* as begin_ex on a plain pass */
         if (rc < 0)
             return rc;
-        rc = krn_cuda_graph_launch(ss->dev, ss->g[set]);
-        return rc < 0 ? dev_fail(ss->dev, rc, err) : 0;
+        rc = krn_cuda_graph_launch(dev, ss->g[set]);
+        return rc < 0 ? dev_fail(dev, rc, err) : 0;
     }
     const int steady = ss->last_n[set] == n && ss->last_prefix[set] == prefix;
     ss->last_n[set] = n;
@@ -1132,14 +1217,14 @@ static int enqueue_pass_graph(struct eng_cuda_sae_scan *ss, int set, const int32
         return enqueue_pass(ss, set, ids, n, err);
     krn_cuda_graph_free(ss->g[set]);
     ss->g[set] = NULL;
-    if (krn_cuda_capture_begin(ss->dev) < 0) {
+    if (krn_cuda_capture_begin(dev) < 0) {
         ss->graphs = 0;
         return enqueue_pass(ss, set, ids, n, err);
     }
     struct s3_errinfo cerr = {0};
     const int prc = enqueue_pass(ss, set, ids, n, &cerr);
     struct krn_cuda_graph *g = NULL;
-    const int grc = krn_cuda_capture_end(ss->dev, &g);
+    const int grc = krn_cuda_capture_end(dev, &g);
     if (prc < 0 && prc != S3_EDEVICE) { /* bad input or cancelled: not the capture's fault */
         krn_cuda_graph_free(g);
         if (err)
@@ -1149,15 +1234,15 @@ static int enqueue_pass_graph(struct eng_cuda_sae_scan *ss, int set, const int32
     if (prc < 0 || grc < 0) {
         krn_cuda_graph_free(g);
         S3_LOG(S3_LOG_WARN, "event=cuda_graph_off why=\"%s\"",
-               prc < 0 ? cerr.msg : krn_cuda_errmsg(ss->dev));
+               prc < 0 ? cerr.msg : krn_cuda_errmsg(dev));
         ss->graphs = 0;
         return enqueue_pass(ss, set, ids, n, err);
     }
     ss->g[set] = g;
     ss->g_n[set] = n;
     ss->g_prefix[set] = prefix;
-    const int rc = krn_cuda_graph_launch(ss->dev, g);
-    return rc < 0 ? dev_fail(ss->dev, rc, err) : 0;
+    const int rc = krn_cuda_graph_launch(dev, g);
+    return rc < 0 ? dev_fail(dev, rc, err) : 0;
 }
 
 int eng__cuda_sae_scan_submit(struct eng_cuda_sae_scan *ss, const int32_t *ids, int n,
@@ -1168,16 +1253,17 @@ int eng__cuda_sae_scan_submit(struct eng_cuda_sae_scan *ss, const int32_t *ids, 
         return s3_errf(err, S3_EINVAL, "cuda scan: bad pass (n %d, prefix %d)", n, prefix);
     if (ss->n_flight >= 2)
         return s3_errf(err, S3_EBUSY, "cuda scan: two passes in flight already");
-    struct eng_cuda_ctx *dc = ss->dc;
     const int set = (ss->head + ss->n_flight) & 1;
+    struct eng_cuda_ctx *dc = ss->set_dc[set];
     /* the set's previous pass was waited for: its tokens and records are free */
     memcpy(ss->h_tok[set], ids, (size_t)n * sizeof(int32_t));
+    ss->set = set;
     ss->prefix = prefix;
     ss->cur_out = n - prefix;
     ss->hook_rc = 0;
     int rc = ss->graphs && !dc->profile ? enqueue_pass_graph(ss, set, ids, n, prefix, err)
                                         : enqueue_pass(ss, set, ids, n, err);
-    if (rc == 0 && (rc = krn_cuda_event_record(ss->dev, ss->ev[set])) < 0)
+    if (rc == 0 && (rc = krn_cuda_event_record(dc->dev, ss->ev[set])) < 0)
         rc = dev_fail(dc->dev, rc, err);
     if (rc < 0) {
         eng__cuda_sae_scan_drain(ss);
@@ -1185,8 +1271,8 @@ int eng__cuda_sae_scan_submit(struct eng_cuda_sae_scan *ss, const int32_t *ids, 
     }
     ss->n_out[set] = ss->cur_out;
     ss->n_flight++;
-    dc->stats.n_tokens += n;
-    dc->stats.n_ubatch += (n + dc->n_ub - 1) / dc->n_ub;
+    ss->dc->stats.n_tokens += n; /* both sets' passes counted on the scan's context */
+    ss->dc->stats.n_ubatch += (n + dc->n_ub - 1) / dc->n_ub;
     return 0;
 }
 
@@ -1196,9 +1282,10 @@ int eng__cuda_sae_scan_wait(struct eng_cuda_sae_scan *ss, const uint16_t **ids,
     if (!ss || ss->n_flight < 1)
         return s3_errf(err, S3_EINVAL, "cuda scan: no pass in flight");
     const int set = ss->head;
-    int rc = krn_cuda_event_wait_host(ss->dev, ss->ev[set]);
+    struct krn_cuda_dev *dev = ss->set_dc[set]->dev;
+    int rc = krn_cuda_event_wait_host(dev, ss->ev[set]);
     if (rc < 0) {
-        rc = dev_fail(ss->dev, rc, err);
+        rc = dev_fail(dev, rc, err);
         eng__cuda_sae_scan_drain(ss);
         return rc;
     }
@@ -1342,6 +1429,12 @@ void eng__cuda_sae_scan_drain(struct eng_cuda_sae_scan *ss)
 }
 
 int eng__cuda_sae_scan_in_flight(const struct eng_cuda_sae_scan *ss)
+{
+    (void)ss;
+    return 0;
+}
+
+int eng__cuda_sae_scan_streams(const struct eng_cuda_sae_scan *ss)
 {
     (void)ss;
     return 0;

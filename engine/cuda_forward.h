@@ -144,7 +144,11 @@ int eng__cuda_ctx_on_device(const struct eng_ctx *c);
  * ss; must fit c's model): upload the encoders and allocate the buffers for passes of at most
  * n_rows indexed rows, k latents kept per row (1 <= k <= the SAE's k). *out is new; free with
  * eng__cuda_sae_scan_free (NULL allowed). S3_EDEVICE when c is not on a device or the device
- * fails, S3_ENOMEM, S3_EINVAL for bad sizes. */
+ * fails, S3_ENOMEM, S3_EINVAL for bad sizes. Where a second context of c's shape and its
+ * buffers fit with the first in 256 MiB (small models) and S3_CUDA_SCAN_STREAMS is not 1,
+ * successive passes alternate between c and a context of its own on a stream of its own, so
+ * that two run at once; that context takes c's GEMM choices (the records are the same bit for
+ * bit) and lives as long as ss. */
 int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_rows, int k,
                            struct eng_cuda_sae_scan **out, struct s3_errinfo *err);
 void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss);
@@ -167,3 +171,5 @@ int eng__cuda_sae_scan_wait(struct eng_cuda_sae_scan *ss, const uint16_t **ids,
 void eng__cuda_sae_scan_drain(struct eng_cuda_sae_scan *ss);
 /* Passes in flight (0..2). */
 int eng__cuda_sae_scan_in_flight(const struct eng_cuda_sae_scan *ss);
+/* Streams its passes run on: 2 with a context of its own beside c's, else 1 (0 for NULL). */
+int eng__cuda_sae_scan_streams(const struct eng_cuda_sae_scan *ss);

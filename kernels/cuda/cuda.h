@@ -40,6 +40,7 @@ int krn_cuda_device_count(void);
 /* Open device `ordinal`: a compute stream, a copy stream and a cuBLAS handle. *out is new;
  * free with krn_cuda_dev_free (NULL allowed). S3_EDEVICE when there is no such device. */
 int krn_cuda_dev_new(int ordinal, struct krn_cuda_dev **out);
+#define KRN_CUDA_WS_BYTES ((size_t)32 << 20) /* each handle's cuBLAS(Lt) workspace */
 void krn_cuda_dev_free(struct krn_cuda_dev *dev);
 /* Text of the last error on dev (borrowed, valid until the next failing call). Never NULL. */
 const char *krn_cuda_errmsg(const struct krn_cuda_dev *dev);
@@ -151,6 +152,11 @@ struct krn_cuda_gemm_trial {
 int krn_cuda_gemm_tune(struct krn_cuda_dev *dev, int m, int n, int k, const uint16_t *d_x,
                        int ldx, const uint16_t *d_w, void *d_y, int ldy, float beta, int y_type,
                        struct krn_cuda_gemm_trial *trials, int max_trials, int *n_trials);
+
+/* Give dst (another handle on the same device) every GEMM choice src has made, so that both
+ * compute those shapes with the same algorithm (bit for bit the same outputs); shapes dst has
+ * already are left as they are. */
+int krn_cuda_gemm_copy_plans(struct krn_cuda_dev *dst, const struct krn_cuda_dev *src);
 
 /* y[r*ldy + i] += b[i] for r < n_rows, i < n. */
 int krn_cuda_add_bias(struct krn_cuda_dev *dev, float *d_y, int n_rows, int n, int ldy,

@@ -54,7 +54,7 @@ extern "C" int krn_cuda_dev_new(int ordinal, struct krn_cuda_dev **out)
     /* tensor-op GEMMs with fp32 accumulation; results are deterministic for a given shape */
     cublasSetMathMode(dev->blas, CUBLAS_DEFAULT_MATH);
     /* one workspace for cuBLAS and the tuned cuBLASLt GEMMs: both run on the compute stream */
-    dev->gemm_ws_bytes = (size_t)32 << 20;
+    dev->gemm_ws_bytes = KRN_CUDA_WS_BYTES;
     if (cublasLtCreate(&dev->lt) != CUBLAS_STATUS_SUCCESS ||
         cudaMalloc(&dev->gemm_ws, dev->gemm_ws_bytes) != cudaSuccess ||
         cublasSetWorkspace(dev->blas, dev->gemm_ws, dev->gemm_ws_bytes) !=

@@ -277,3 +277,31 @@ extern "C" int krn_cuda_gemm_tune(struct krn_cuda_dev *dev, int m, int n, int k,
     dev->n_plans++;
     return 0;
 }
+
+extern "C" int krn_cuda_gemm_copy_plans(struct krn_cuda_dev *dst, const struct krn_cuda_dev *src)
+{
+    for (int i = 0; i < src->n_plans; i++) {
+        const struct krn_gemm_plan *q = &src->plans[i];
+        if (plan_find(dst, q->m, q->n, q->k, q->ldx, q->ldy, q->y_type, q->acc))
+            continue;
+        struct krn_gemm_plan *np = (struct krn_gemm_plan *)realloc(
+            dst->plans, sizeof(*np) * (size_t)(dst->n_plans + 1));
+        if (!np)
+            return S3_ENOMEM;
+        dst->plans = np;
+        struct krn_gemm_plan *p = &np[dst->n_plans];
+        *p = (struct krn_gemm_plan){.m = q->m, .n = q->n, .k = q->k, .ldx = q->ldx,
+                                    .ldy = q->ldy, .y_type = q->y_type, .acc = q->acc};
+        if (q->use_lt) { /* descriptors of dst's own; the algorithm is plain data */
+            const int rc = plan_init(dst, p);
+            if (rc < 0) {
+                plan_release(p);
+                return rc;
+            }
+            p->use_lt = 1;
+            p->algo = q->algo;
+        }
+        dst->n_plans++;
+    }
+    return 0;
+}

@@ -378,6 +378,32 @@ START_TEST(test_device_encoder)
     ck_assert_int_ge(100 * same_top, 95 * total);
     ck_assert_int_ge(n_dec, total / 2);
     ck_assert_int_ge(1000 * same_dec, 995 * n_dec);
+    /* the slice is small: A ran on c's stream, B on the encoder's own context. One stream for
+       both (S3_CUDA_SCAN_STREAMS=1, as for models whose second context would not fit) gives
+       the same records bit for bit */
+    ck_assert_int_eq(eng__cuda_sae_scan_streams(ss), 2);
+    setenv("S3_CUDA_SCAN_STREAMS", "1", 1);
+    struct eng_ctx *c1 = NULL;
+    struct eng_cuda_sae_scan *s1 = NULL;
+    ck_assert_msg(eng_ctx_new(f.mg, &co, &c1, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng__cuda_sae_scan_new(c1, f.sae, 2048, K, &s1, &err) == 0, "%s", err.msg);
+    unsetenv("S3_CUDA_SCAN_STREAMS");
+    ck_assert_int_eq(eng__cuda_sae_scan_streams(s1), 1);
+    const uint16_t *ja, *jb;
+    const float *ba, *bb;
+    int ma, mb;
+    ck_assert_msg(eng__cuda_sae_scan_submit(s1, f.ids, n, 0, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng__cuda_sae_scan_submit(s1, f.ids, n, pre, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng__cuda_sae_scan_wait(s1, &ja, &ba, &ma, &err) == 0, "%s", err.msg);
+    ck_assert_msg(eng__cuda_sae_scan_wait(s1, &jb, &bb, &mb, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(ma, na);
+    ck_assert_int_eq(mb, nb);
+    ck_assert_int_eq(memcmp(ja, ia, sizeof *ia * (size_t)n_unit * na * K), 0);
+    ck_assert_int_eq(memcmp(ba, aa, sizeof *aa * (size_t)n_unit * na * K), 0);
+    ck_assert_int_eq(memcmp(jb, ib, sizeof *ib * (size_t)n_unit * nb * K), 0);
+    ck_assert_int_eq(memcmp(bb, ab, sizeof *ab * (size_t)n_unit * nb * K), 0);
+    eng__cuda_sae_scan_free(s1);
+    eng_ctx_free(c1);
     /* bad passes */
     ck_assert_int_eq(eng__cuda_sae_scan_submit(ss, f.ids, n, n, &err), S3_EINVAL);
     ck_assert_int_eq(eng__cuda_sae_scan_submit(ss, f.ids, 0, 0, &err), S3_EINVAL);
