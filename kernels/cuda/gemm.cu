@@ -57,6 +57,22 @@ static const struct krn_gemm_plan *plan_find(const struct krn_cuda_dev *dev, int
     return NULL;
 }
 
+/* A new slot at the end of dev's plans for this shape (not counted in n_plans until the
+ * caller keeps it), or NULL when out of memory. */
+static struct krn_gemm_plan *plan_add(struct krn_cuda_dev *dev, int m, int n, int k, int ldx,
+                                      int ldy, int y_type, int acc)
+{
+    struct krn_gemm_plan *np = (struct krn_gemm_plan *)realloc(
+        dev->plans, sizeof(*np) * (size_t)(dev->n_plans + 1));
+    if (!np)
+        return NULL;
+    dev->plans = np;
+    struct krn_gemm_plan *p = &np[dev->n_plans];
+    *p = (struct krn_gemm_plan){.m = m, .n = n, .k = k, .ldx = ldx, .ldy = ldy,
+                                .y_type = y_type, .acc = acc};
+    return p;
+}
+
 static int check_args(int m, int n, int k, int ldx, int ldy, float beta, int y_type)
 {
     if (m < 0 || n <= 0 || k <= 0 || ldx < k || ldy < n || (beta != 0.0f && beta != 1.0f) ||
@@ -247,14 +263,9 @@ extern "C" int krn_cuda_gemm_tune(struct krn_cuda_dev *dev, int m, int n, int k,
     const int acc = beta != 0.0f;
     if (plan_find(dev, m, n, k, ldx, ldy, y_type, acc))
         return 0;
-    struct krn_gemm_plan *np = (struct krn_gemm_plan *)realloc(
-        dev->plans, sizeof(*np) * (size_t)(dev->n_plans + 1));
-    if (!np)
+    struct krn_gemm_plan *p = plan_add(dev, m, n, k, ldx, ldy, y_type, acc);
+    if (!p)
         return S3_ENOMEM;
-    dev->plans = np;
-    struct krn_gemm_plan *p = &np[dev->n_plans];
-    *p = (struct krn_gemm_plan){.m = m, .n = n, .k = k, .ldx = ldx, .ldy = ldy,
-                                .y_type = y_type, .acc = acc};
     cudaEvent_t e0 = NULL, e1 = NULL;
     int rc = 0;
     if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
@@ -284,14 +295,10 @@ extern "C" int krn_cuda_gemm_copy_plans(struct krn_cuda_dev *dst, const struct k
         const struct krn_gemm_plan *q = &src->plans[i];
         if (plan_find(dst, q->m, q->n, q->k, q->ldx, q->ldy, q->y_type, q->acc))
             continue;
-        struct krn_gemm_plan *np = (struct krn_gemm_plan *)realloc(
-            dst->plans, sizeof(*np) * (size_t)(dst->n_plans + 1));
-        if (!np)
+        struct krn_gemm_plan *p = plan_add(dst, q->m, q->n, q->k, q->ldx, q->ldy, q->y_type,
+                                           q->acc);
+        if (!p)
             return S3_ENOMEM;
-        dst->plans = np;
-        struct krn_gemm_plan *p = &np[dst->n_plans];
-        *p = (struct krn_gemm_plan){.m = q->m, .n = q->n, .k = q->k, .ldx = q->ldx,
-                                    .ldy = q->ldy, .y_type = q->y_type, .acc = q->acc};
         if (q->use_lt) { /* descriptors of dst's own; the algorithm is plain data */
             const int rc = plan_init(dst, p);
             if (rc < 0) {
