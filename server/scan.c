@@ -152,6 +152,8 @@ int srv_scan_new(const struct eng_model *m, struct eng_sae *s, const struct srv_
         rc = eng__cuda_sae_scan_new(sc->ctx, s, B, sc->KI, &sc->dev_sae, err);
         if (rc < 0)
             goto out;
+        S3_LOG(S3_LOG_INFO, "event=cuda_scan streams=%d chunk=%d overlap=%d",
+               eng__cuda_sae_scan_streams(sc->dev_sae), B, sc->W);
     }
     rc = eng_sae_enc_new(s, ENC_ROWS, &sc->enc);
     if (rc < 0) {
