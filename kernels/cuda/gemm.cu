@@ -2,7 +2,6 @@
  * algorithm, or for a shape tuned by krn_cuda_gemm_tune the fastest cuBLASLt algorithm found by
  * timing the heuristic's candidates on this device. */
 #include <stdlib.h>
-#include <string.h>
 
 #include "cuda_int.cuh"
 #include "gemm.cuh"
@@ -17,6 +16,7 @@ struct krn_gemm_plan {
     cublasLtMatmulAlgo_t algo;
 };
 
+/* Destroy p's cuBLASLt descriptors; its shape stays (a plan of cuBLAS's default). */
 static void plan_release(struct krn_gemm_plan *p)
 {
     if (p->op)
@@ -27,7 +27,9 @@ static void plan_release(struct krn_gemm_plan *p)
         cublasLtMatrixLayoutDestroy(p->lx);
     if (p->ly)
         cublasLtMatrixLayoutDestroy(p->ly);
-    memset(p, 0, sizeof(*p));
+    p->op = NULL;
+    p->lw = p->lx = p->ly = NULL;
+    p->use_lt = 0;
 }
 
 void krn_cuda__gemm_free(struct krn_cuda_dev *dev)
@@ -283,8 +285,7 @@ extern "C" int krn_cuda_gemm_tune(struct krn_cuda_dev *dev, int m, int n, int k,
         return rc;
     }
     if (!p->use_lt)
-        plan_release(p), *p = (struct krn_gemm_plan){.m = m, .n = n, .k = k, .ldx = ldx,
-                                                     .ldy = ldy, .y_type = y_type, .acc = acc};
+        plan_release(p); /* cuBLAS's default was fastest: the shape alone */
     dev->n_plans++;
     return 0;
 }
