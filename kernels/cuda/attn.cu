@@ -644,15 +644,27 @@ static int launch_mma2_w(struct krn_cuda_dev *dev, const __half *q, const __half
  * over 64: 48). Blocks of 64 (4 warps) take tiles of 128 for head size 64 and of 64 for 128,
  * where 4 warps over tiles of 128 are slower (220 us). */
 template <int HD, bool Q8>
-static int launch_mma2(struct krn_cuda_dev *dev, const __half *q, const __half *kc,
-                       const __half *vc, __half *out, int n, int pos0, int n_head, int group,
-                       int n_ctx, float sl2)
+static int launch_mma2_hd(struct krn_cuda_dev *dev, const __half *q, const __half *kc,
+                          const __half *vc, __half *out, int n, int pos0, int n_head, int group,
+                          int n_ctx, float sl2)
 {
     if (dev->attn_bq == 64)
         return launch_mma2_w<HD, 4, Q8, HD == 64 ? 128 : 64>(dev, q, kc, vc, out, n, pos0,
                                                              n_head, group, n_ctx, sl2);
     return launch_mma2_w<HD, 8, Q8, 128>(dev, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
                                          sl2);
+}
+
+/* hd 64 or 128. */
+template <bool Q8>
+static int launch_mma2(struct krn_cuda_dev *dev, int hd, const __half *q, const __half *kc,
+                       const __half *vc, __half *out, int n, int pos0, int n_head, int group,
+                       int n_ctx, float sl2)
+{
+    return hd == 64 ? launch_mma2_hd<64, Q8>(dev, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
+                                             sl2)
+                    : launch_mma2_hd<128, Q8>(dev, q, kc, vc, out, n, pos0, n_head, group,
+                                              n_ctx, sl2);
 }
 
 extern "C" int krn_cuda_attn_block(struct krn_cuda_dev *dev, int bq)
@@ -689,18 +701,13 @@ static int attn(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16_t *d
     if ((hd == 64 || hd == 128) && n >= KRN_ATT_MMA_MIN_N) {
         dim3 grid(krn_cuda__blocks(n, KRN_ATT_BQ), n_head);
         int rc = 0;
-        if (variant == 2 && q8) { /* the rounding in the kernel's epilogue */
-            rc = hd == 64 ? launch_mma2<64, true>(dev, q, kc, vc, out, n, pos0, n_head, group,
-                                                  n_ctx, sl2)
-                          : launch_mma2<128, true>(dev, q, kc, vc, out, n, pos0, n_head, group,
-                                                   n_ctx, sl2);
-            q8 = false;
-        } else if (variant == 2)
-            rc = hd == 64 ? launch_mma2<64, false>(dev, q, kc, vc, out, n, pos0, n_head, group,
-                                                   n_ctx, sl2)
-                          : launch_mma2<128, false>(dev, q, kc, vc, out, n, pos0, n_head, group,
-                                                    n_ctx, sl2);
-        else if (hd == 64)
+        if (variant == 2) {
+            rc = q8 ? launch_mma2<true>(dev, hd, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
+                                        sl2)
+                    : launch_mma2<false>(dev, hd, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
+                                         sl2);
+            q8 = false; /* rounded in the kernel's epilogue */
+        } else if (hd == 64)
             k_attn_mma<64><<<grid, KRN_ATT_WARPS * 32, 0, dev->stream>>>(q, kc, vc, out, n, pos0,
                                                                          n_head, group, n_ctx, sl2);
         else
