@@ -964,18 +964,31 @@ int eng__cuda_ctx_on_device(const struct eng_ctx *c)
     return c && c->cuda;
 }
 
+/* Set 1 on set 0's context and buffers, its own (if any) freed. */
+static void share_set0(struct eng_cuda_sae_scan *ss)
+{
+    if (ss->own) {
+        krn_cuda_free(ss->d_scr[1]), krn_cuda_free(ss->d_ids[1]);
+        krn_cuda_free(ss->d_acts[1]);
+        eng__cuda_ctx_free(ss->own);
+        ss->own = NULL;
+    }
+    ss->set_dc[1] = ss->set_dc[0];
+    ss->d_scr[1] = ss->d_scr[0];
+    ss->d_ids[1] = ss->d_ids[0];
+    ss->d_acts[1] = ss->d_acts[0];
+}
+
 void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss)
 {
     if (!ss)
         return;
     eng__cuda_sae_scan_drain(ss);
+    share_set0(ss);
     krn_cuda_free(ss->d_w);
-    for (int i = 0; i < 1 + (ss->own != NULL); i++) {
-        krn_cuda_free(ss->d_scr[i]);
-        krn_cuda_free(ss->d_ids[i]);
-        krn_cuda_free(ss->d_acts[i]);
-    }
-    eng__cuda_ctx_free(ss->own);
+    krn_cuda_free(ss->d_scr[0]);
+    krn_cuda_free(ss->d_ids[0]);
+    krn_cuda_free(ss->d_acts[0]);
     for (int i = 0; i < 2; i++) {
         krn_cuda_host_free(ss->h_tok[i]);
         krn_cuda_host_free(ss->h_ids[i]);
@@ -1046,6 +1059,7 @@ int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_row
        work per pass too: its kernels leave the GPU part idle, which the other pass fills) */
     const size_t set_bytes = eng__cuda_ctx_bytes(dc) + scr_bytes + nrec * 6 + KRN_CUDA_WS_BYTES;
     const char *streams = getenv("S3_CUDA_SCAN_STREAMS");
+    int two = 0;
     if (!(streams && streams[0] == '1') && 2 * set_bytes <= ENG_CUDA_SCAN_TWO_BYTES) {
         struct s3_errinfo e2 = {0};
         int trc = ctx_new(dc->m, dc->cm, dc->n_ctx, dc->n_ub, 1, &ss->own, &e2);
@@ -1054,22 +1068,12 @@ int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_row
             if ((trc = set_buffers(ss, 1, scr_bytes, nrec)) < 0)
                 s3_errf(&e2, trc, "%s", krn_cuda_errmsg(ss->own->dev));
         }
-        if (trc < 0) { /* one context for both sets, as where they do not fit */
+        if (trc < 0) /* one context for both sets, as where they do not fit */
             S3_LOG(S3_LOG_WARN, "event=cuda_scan_one_stream msg=\"%s\"", e2.msg);
-            if (ss->own) {
-                krn_cuda_free(ss->d_scr[1]), krn_cuda_free(ss->d_ids[1]);
-                krn_cuda_free(ss->d_acts[1]);
-            }
-            eng__cuda_ctx_free(ss->own);
-            ss->own = NULL;
-            ss->set_dc[1] = dc;
-        }
+        two = trc == 0;
     }
-    if (!ss->own) {
-        ss->d_scr[1] = ss->d_scr[0];
-        ss->d_ids[1] = ss->d_ids[0];
-        ss->d_acts[1] = ss->d_acts[0];
-    }
+    if (!two)
+        share_set0(ss);
     for (int i = 0; i < 2; i++)
         if ((rc = krn_cuda_host_alloc(ss->dev, (void **)&ss->h_tok[i],
                                       (size_t)dc->n_ctx * sizeof(int32_t))) < 0 ||
