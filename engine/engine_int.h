@@ -70,3 +70,8 @@ struct eng_ctx {
     struct eng_cuda_ctx *cuda;   /* device KV cache and scratch (device = "cuda"), owned; the
                                     CPU buffers above are then not allocated */
 };
+
+/* The last token eng_sampler_sample keeps for these logits after top-k and top-p, as its
+ * (logit, id) in the order (descending logit, ascending id); *ib = INT32_MAX where every
+ * candidate (within 40 of the maximum) is kept. For tests of the cuts. */
+void eng__sampler_cut(struct eng_sampler *s, const float *logits, float *lb, int32_t *ib);

@@ -24,6 +24,7 @@ static int krn_threads_default(void)
 }
 
 #define BENCH_MAX_SIZES 16
+#define BENCH_SAMPLERS  2
 
 static int parse_sizes(const char *s, int *out, int max)
 {
@@ -84,8 +85,10 @@ int cli_bench_engine(int argc, char **argv)
     struct s3_errinfo err = {0};
     struct eng_model *m = NULL;
     struct eng_ctx *c = NULL;
-    float *logits = NULL;
+    float *logits = NULL, *scratch = NULL;
     int32_t *ids = NULL;
+    struct eng_sampler *smp[BENCH_SAMPLERS] = {0};
+    double sample_ms[BENCH_SAMPLERS] = {0};
     int rc = 1;
     double t0 = s3_now_ms();
     struct eng_model_opts mo = {.n_threads = n_threads};
@@ -104,8 +107,9 @@ int cli_bench_engine(int argc, char **argv)
         goto out;
     }
     logits = malloc((size_t)hp->n_vocab * sizeof(float));
+    scratch = malloc((size_t)hp->n_vocab * sizeof(float));
     ids = malloc((size_t)max_p * sizeof(int32_t));
-    if (!logits || !ids)
+    if (!logits || !scratch || !ids)
         goto out;
     uint64_t x = 42;
     for (int i = 0; i < max_p; i++) {
@@ -130,19 +134,36 @@ int cli_bench_engine(int argc, char **argv)
         pp_best[si] = best;
         pp_mean[si] = sum / reps;
     }
+    /* sampling on the decode's own logits, timed apart from decode (llama-bench's decode
+       does not sample): OpenAI's defaults, and a nucleus with top-k */
+    static const struct eng_sample_params sp[BENCH_SAMPLERS] = {
+        {.temperature = 1.0f, .top_p = 1.0f, .seed = 1},
+        {.temperature = 0.7f, .top_p = 0.9f, .top_k = 40, .seed = 1}};
+    for (int k = 0; k < BENCH_SAMPLERS; k++)
+        if (eng_sampler_new(&sp[k], hp->n_vocab, &smp[k]) < 0)
+            goto out;
     double tg_best = 0, tg_sum = 0;
     for (int r = 0; r < reps && n_gen > 0; r++) {
         eng_ctx_reset(c);
-        double t = s3_now_ms();
-        for (int i = 0; i < n_gen; i++)
+        double t = s3_now_ms(), t_sample = 0;
+        for (int i = 0; i < n_gen; i++) {
             if (eng_ctx_decode(c, ids[i], logits) < 0) {
                 fprintf(stderr, "bench-engine: decode failed\n");
                 goto out;
             }
-        double tps = n_gen / ((s3_now_ms() - t) / 1000.0);
+            for (int k = 0; k < BENCH_SAMPLERS && r == 0; k++) {
+                memcpy(scratch, logits, (size_t)hp->n_vocab * sizeof(float));
+                const double ts = s3_now_ms();
+                (void)eng_sampler_sample(smp[k], scratch);
+                sample_ms[k] += s3_now_ms() - ts;
+                t_sample += s3_now_ms() - ts;
+            }
+        }
+        double tps = n_gen / ((s3_now_ms() - t - t_sample) / 1000.0);
         tg_best = tps > tg_best ? tps : tg_best;
         tg_sum += tps;
     }
+    const double per = n_gen > 0 ? n_gen : 1;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     const double rss_mb = (double)ru.ru_maxrss / 1024.0;
@@ -153,8 +174,10 @@ int cli_bench_engine(int argc, char **argv)
             printf("%s{\"tokens\":%d,\"tps_best\":%.1f,\"tps_mean\":%.1f}", si ? "," : "",
                    sizes[si], pp_best[si], pp_mean[si]);
         printf("],\"decode\":{\"tokens\":%d,\"tps_best\":%.1f,\"tps_mean\":%.1f},"
+               "\"sample_us\":{\"t1\":%.1f,\"t0.7_p0.9_k40\":%.1f},"
                "\"reps\":%d,\"peak_rss_mb\":%.1f}\n",
-               n_gen, tg_best, reps ? tg_sum / reps : 0.0, reps, rss_mb);
+               n_gen, tg_best, reps ? tg_sum / reps : 0.0, 1e3 * sample_ms[0] / per,
+               1e3 * sample_ms[1] / per, reps, rss_mb);
     } else {
         printf("model %s (%s, %d layers), threads %d, load %.0f ms\n", model, hp->arch,
                hp->n_layer, nth ? nth : krn_threads_default(), load_ms);
@@ -163,12 +186,18 @@ int cli_bench_engine(int argc, char **argv)
                    pp_mean[si]);
         printf("decode  %6d tokens: %8.1f tok/s best, %8.1f mean\n", n_gen, tg_best,
                tg_sum / reps);
+        printf("sample  %6d vocab:  %8.1f us/token (temperature 1), %.1f us/token (0.7, "
+               "top_p 0.9, top_k 40)\n",
+               hp->n_vocab, 1e3 * sample_ms[0] / per, 1e3 * sample_ms[1] / per);
         printf("peak RSS %.1f MiB\n", rss_mb);
     }
     rc = 0;
 out:
+    for (int k = 0; k < BENCH_SAMPLERS; k++)
+        eng_sampler_free(smp[k]);
     free(ids);
     free(logits);
+    free(scratch);
     eng_ctx_free(c);
     eng_model_free(m);
     return rc;

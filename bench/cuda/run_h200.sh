@@ -67,6 +67,11 @@ S3_CUDA_GEMM_TUNE_MS=1 timeout 150 compute-sanitizer --tool memcheck --leak-chec
 grep -E "ERROR SUMMARY|Checks" $OUT/memcheck.log
 timeout 120 compute-sanitizer --tool memcheck --leak-check full --report-api-errors no $B/cuda_test_backend > $OUT/memcheck_backend.log 2>&1
 grep -E "ERROR SUMMARY|Checks" $OUT/memcheck_backend.log
+# the whole-model and scan tests (the device encoder's second context and stream live there)
+S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf timeout 240 compute-sanitizer --tool memcheck --leak-check full --report-api-errors no $B/cuda_test_forward > $OUT/memcheck_forward.log 2>&1
+grep -E "ERROR SUMMARY|Checks" $OUT/memcheck_forward.log
+S3_ROOT=$ROOT S3_CUDA_MODEL=$ROOT/vendor-deb/slice3.gguf S3_CUDA_SAE=$SAE3 timeout 300 compute-sanitizer --tool memcheck --leak-check full --report-api-errors no $B/cuda_test_scan > $OUT/memcheck_scan.log 2>&1
+grep -E "ERROR SUMMARY|Checks" $OUT/memcheck_scan.log
 fi
 [ "${1:-}" = quick ] && exit 0
 if [ "${ATTN:-1}" = 1 ]; then
