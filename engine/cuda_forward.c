@@ -82,7 +82,7 @@ struct eng_cuda_ctx {
     float *logits;                   /* (LOGIT_ROWS, n_vocab) = big */
     /* scratch B: normed input (n_ub, d), then rotated q (n_ub, dq), attention output in place */
     uint16_t *xn, *qr, *att;
-    int32_t *argmax;                 /* (1) */
+    int32_t *argmax;                 /* (2) the picked token, and how it was picked */
     size_t bytes;
     /* pinned host side */
     int32_t *h_tok;                  /* (n_ub) */
@@ -433,7 +433,7 @@ static int ctx_new(const struct eng_model *m, struct eng_cuda_model *cm, int n_c
         (rc = calloc_dev(dc, &dc->big, big_bytes, err)) < 0 ||
         (rc = calloc_dev(dc, (void **)&dc->xn, u * (size_t)(cm->dq > cm->d ? cm->dq : cm->d) * 2,
                          err)) < 0 ||
-        (rc = calloc_dev(dc, (void **)&dc->argmax, 4, err)) < 0)
+        (rc = calloc_dev(dc, (void **)&dc->argmax, 2 * sizeof(int32_t), err)) < 0)
         goto out;
     dc->qkv = dc->big;
     dc->gu = dc->big;
@@ -896,23 +896,50 @@ int eng__cuda_ubatch_scan(struct eng_cuda_ctx *dc, const int32_t *tokens, int n,
     return ubatch(dc, tokens, n, pos0, NULL, NULL, &hs, err);
 }
 
+int eng__cuda_ubatch_pick(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
+                          const struct eng_sample_params *sp, double u,
+                          const struct eng_cuda_hook *hook, int32_t *next, int *how,
+                          struct s3_errinfo *err)
+{
+    const struct hooks hs = merge_hooks(hook, NULL);
+    int rc = begin(dc, tokens, n, pos0, &hs, err), n_hooked = 0;
+    if (rc < 0)
+        return rc;
+    const int nv = dc->cm->n_vocab;
+    int32_t out[2] = {0, ENG_CUDA_PICK_HOST}; /* a vocabulary over the sampler's: the host */
+    rc = enqueue_layers(dc, n, pos0, &hs, &n_hooked);
+    if (rc == 0)
+        rc = enqueue_logits(dc, n - 1, 1);
+    if (rc == 0 && n_hooked)
+        rc = run_hooks(dc, n, pos0, &hs);
+    if (rc == 0 && !sp)
+        rc = krn_cuda_argmax(dc->dev, dc->logits, 1, nv, dc->argmax);
+    else if (rc == 0 && nv <= KRN_CUDA_SAMPLE_MAX_N)
+        rc = krn_cuda_sample(dc->dev, dc->logits, nv,
+                             &(struct krn_cuda_sample_params){sp->temperature, sp->top_p,
+                                                              sp->top_k},
+                             u, dc->argmax);
+    if (rc == 0 && (!sp || nv <= KRN_CUDA_SAMPLE_MAX_N))
+        rc = krn_cuda_download(dc->dev, out, dc->argmax, (sp ? 2 : 1) * sizeof(int32_t));
+    if ((rc = finish(dc, n, rc, err)) < 0)
+        return rc;
+    *next = out[0];
+    if (how)
+        *how = sp ? out[1] : ENG_CUDA_PICK_NO_DRAW;
+    return 0;
+}
+
 int eng__cuda_ubatch_argmax(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
                             int32_t *next, struct s3_errinfo *err)
 {
-    const struct hooks none = {0};
-    int rc = begin(dc, tokens, n, pos0, &none, err), n_hooked = 0;
-    if (rc < 0)
-        return rc;
-    rc = enqueue_layers(dc, n, pos0, &none, &n_hooked);
-    if (rc == 0)
-        rc = enqueue_logits(dc, n - 1, 1);
-    if (rc == 0)
-        rc = krn_cuda_argmax(dc->dev, dc->logits, 1, dc->cm->n_vocab, dc->argmax);
-    if (rc == 0)
-        rc = krn_cuda_download(dc->dev, next, dc->argmax, sizeof(int32_t));
-    return finish(dc, n, rc, err);
+    return eng__cuda_ubatch_pick(dc, tokens, n, pos0, NULL, 0.0, NULL, next, NULL, err);
 }
 
+int eng__cuda_last_logits(struct eng_cuda_ctx *dc, float *out, struct s3_errinfo *err)
+{
+    int rc = krn_cuda_download(dc->dev, out, dc->logits, (size_t)dc->cm->n_vocab * sizeof(float));
+    return rc < 0 ? dev_fail(dc->dev, rc, err) : 0;
+}
 
 /* ---- device SAE scan -------------------------------------------------------------------------- */
 
@@ -1367,10 +1394,26 @@ int eng__cuda_ubatch_scan(struct eng_cuda_ctx *dc, const int32_t *tokens, int n,
     return no_cuda(err);
 }
 
+int eng__cuda_ubatch_pick(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
+                          const struct eng_sample_params *sp, double u,
+                          const struct eng_cuda_hook *hook, int32_t *next, int *how,
+                          struct s3_errinfo *err)
+{
+    (void)dc, (void)tokens, (void)n, (void)pos0, (void)sp, (void)u, (void)hook, (void)next,
+        (void)how;
+    return no_cuda(err);
+}
+
 int eng__cuda_ubatch_argmax(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
                             int32_t *next, struct s3_errinfo *err)
 {
     (void)dc, (void)tokens, (void)n, (void)pos0, (void)next;
+    return no_cuda(err);
+}
+
+int eng__cuda_last_logits(struct eng_cuda_ctx *dc, float *out, struct s3_errinfo *err)
+{
+    (void)dc, (void)out;
     return no_cuda(err);
 }
 

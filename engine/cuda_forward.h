@@ -99,9 +99,23 @@ int eng__cuda_ubatch(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int 
 int eng__cuda_ubatch_scan(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
                           const struct eng_cuda_hook *hook, const struct eng_cuda_scan *sc,
                           struct s3_errinfo *err);
-/* Greedy decode step without copying logits: *next = argmax of the last token's logits. */
+/* A ubatch whose next token is picked on the device, so that only its id comes back: sp
+ * NULL, the argmax of the last token's logits (lowest id on ties); else one draw as
+ * eng_sampler_sample makes it, with the uniform u in [0, 1) (krn_cuda_sample). *how (may be
+ * NULL): ENG_CUDA_PICK_DRAW where u was used, ENG_CUDA_PICK_NO_DRAW where not (greedy, or no
+ * finite logit), ENG_CUDA_PICK_HOST where the host must draw from the logits
+ * (eng__cuda_last_logits): a cut among more equal candidates than the device sorts, or a
+ * vocabulary over 262144. hook as for eng__cuda_ubatch. */
+enum { ENG_CUDA_PICK_NO_DRAW = 0, ENG_CUDA_PICK_DRAW = 1, ENG_CUDA_PICK_HOST = 2 };
+int eng__cuda_ubatch_pick(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
+                          const struct eng_sample_params *sp, double u,
+                          const struct eng_cuda_hook *hook, int32_t *next, int *how,
+                          struct s3_errinfo *err);
+/* The argmax pick without a hook. */
 int eng__cuda_ubatch_argmax(struct eng_cuda_ctx *dc, const int32_t *tokens, int n, int pos0,
                             int32_t *next, struct s3_errinfo *err);
+/* The last picked ubatch's logits of its last token (n_vocab floats). */
+int eng__cuda_last_logits(struct eng_cuda_ctx *dc, float *out, struct s3_errinfo *err);
 
 /* The context's device (borrowed), for device hooks and callers' own buffers. */
 struct krn_cuda_dev *eng__cuda_ctx_dev(const struct eng_cuda_ctx *dc);

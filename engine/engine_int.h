@@ -75,3 +75,18 @@ struct eng_ctx {
  * (logit, id) in the order (descending logit, ascending id); *ib = INT32_MAX where every
  * candidate (within 40 of the maximum) is kept. For tests of the cuts. */
 void eng__sampler_cut(struct eng_sampler *s, const float *logits, float *lb, int32_t *ib);
+
+/* A device that picks tokens itself: whether s is greedy, its parameters, and the uniform
+ * draw eng_sampler_sample would make next (saved: the generator before it, for
+ * eng__sampler_undraw where the device did not use the draw). */
+int eng__sampler_greedy(const struct eng_sampler *s);
+const struct eng_sample_params *eng__sampler_params(const struct eng_sampler *s);
+double eng__sampler_draw(struct eng_sampler *s, uint64_t saved[4]);
+void eng__sampler_undraw(struct eng_sampler *s, const uint64_t saved[4]);
+
+/* eng_ctx_prefill (n >= 1 tokens: a prompt or one decode step) and the next token as smp
+ * picks it. On the CPU the last token's logits go to logits (n_vocab floats) and smp samples
+ * them; on a device the pick is made there and only the token comes back (logits is used
+ * only where the device leaves the draw to the host). */
+int eng__ctx_prefill_pick(struct eng_ctx *c, const int32_t *tokens, size_t n,
+                          struct eng_sampler *smp, float *logits, int32_t *next);

@@ -338,6 +338,46 @@ int eng_ctx_prefill(struct eng_ctx *c, const int32_t *tokens, size_t n, float *l
     return 0;
 }
 
+int eng__ctx_prefill_pick(struct eng_ctx *c, const int32_t *tokens, size_t n,
+                          struct eng_sampler *smp, float *logits, int32_t *next)
+{
+    if (!c || !tokens || n == 0 || !smp || !logits || !next)
+        return S3_EINVAL;
+    if (!c->cuda) {
+        int rc = eng_ctx_prefill(c, tokens, n, logits, NULL);
+        if (rc == 0)
+            *next = eng_sampler_sample(smp, logits);
+        return rc;
+    }
+    if (n > (size_t)(c->n_ctx - c->pos))
+        return S3_ETOOBIG;
+    size_t done = 0;
+    for (; n - done > (size_t)c->n_ub; done += (size_t)c->n_ub) {
+        int rc = forward_ubatch(c, tokens + done, c->n_ub, NULL, NULL);
+        if (rc < 0)
+            return rc;
+    }
+    const int greedy = eng__sampler_greedy(smp), nb = (int)(n - done);
+    uint64_t saved[4];
+    const double u = greedy ? 0.0 : eng__sampler_draw(smp, saved);
+    struct eng_cuda_hook h = {c->hook, c->hook_ud, c->hook_mask, c->cancel};
+    int how = ENG_CUDA_PICK_NO_DRAW;
+    int rc = eng__cuda_ubatch_pick(c->cuda, tokens + done, nb, c->pos,
+                                   greedy ? NULL : eng__sampler_params(smp), u, &h, next, &how,
+                                   NULL);
+    if (!greedy && (rc < 0 || how != ENG_CUDA_PICK_DRAW))
+        eng__sampler_undraw(smp, saved); /* the host draws, or nobody did */
+    if (rc < 0)
+        return rc;
+    c->pos += nb;
+    if (how == ENG_CUDA_PICK_HOST) {
+        if ((rc = eng__cuda_last_logits(c->cuda, logits, NULL)) < 0)
+            return rc;
+        *next = eng_sampler_sample(smp, logits);
+    }
+    return 0;
+}
+
 int eng_ctx_decode(struct eng_ctx *c, int32_t token, float *logits)
 {
     if (!c || !logits)

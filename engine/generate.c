@@ -92,7 +92,8 @@ int eng_generate(struct eng_ctx *c, const int32_t *prompt, size_t n_prompt,
     eng_ctx_reset(c);
     r.n_prompt = (int)n_prompt;
     double t0 = s3_now_ms();
-    if ((rc = eng_ctx_prefill(c, prompt, n_prompt, logits, NULL)) < 0) {
+    int32_t id = 0; /* on a device the pick is made there: logits stay unless it hands back */
+    if ((rc = eng__ctx_prefill_pick(c, prompt, n_prompt, smp, logits, &id)) < 0) {
         if (rc == S3_ECANCELED)
             r.finish = ENG_FINISH_CANCEL, rc = 0;
         else
@@ -104,7 +105,6 @@ int eng_generate(struct eng_ctx *c, const int32_t *prompt, size_t n_prompt,
     t0 = s3_now_ms();
     const int max_tokens = p->max_tokens > 0 ? p->max_tokens : c->n_ctx;
     for (;;) {
-        const int32_t id = eng_sampler_sample(smp, logits);
         if (eng_tok_is_eog(tok, id)) {
             r.finish = ENG_FINISH_STOP;
             break;
@@ -156,7 +156,8 @@ int eng_generate(struct eng_ctx *c, const int32_t *prompt, size_t n_prompt,
             r.finish = ENG_FINISH_LENGTH;
             break;
         }
-        if ((rc = eng_ctx_decode(c, id, logits)) < 0) {
+        const int32_t cur = id;
+        if ((rc = eng__ctx_prefill_pick(c, &cur, 1, smp, logits, &id)) < 0) {
             if (rc == S3_ECANCELED) {
                 r.finish = ENG_FINISH_CANCEL, rc = 0;
                 n_pend = 0;

@@ -237,6 +237,27 @@ static void cut(struct eng_sampler *s, const float *logits, float mx, float *lb,
     *ib = s->cand[j].id;
 }
 
+int eng__sampler_greedy(const struct eng_sampler *s)
+{
+    return s->p.temperature <= 0.0f || s->p.top_k == 1;
+}
+
+const struct eng_sample_params *eng__sampler_params(const struct eng_sampler *s)
+{
+    return &s->p;
+}
+
+double eng__sampler_draw(struct eng_sampler *s, uint64_t saved[4])
+{
+    memcpy(saved, s->s, sizeof(s->s));
+    return rng_uniform(s->s);
+}
+
+void eng__sampler_undraw(struct eng_sampler *s, const uint64_t saved[4])
+{
+    memcpy(s->s, saved, sizeof(s->s));
+}
+
 void eng__sampler_cut(struct eng_sampler *s, const float *logits, float *lb, int32_t *ib)
 {
     const int32_t top = argmax(logits, s->n_vocab);

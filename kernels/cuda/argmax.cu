@@ -5,14 +5,6 @@
 #include "argmax.cuh"
 #include "cuda_int.cuh"
 
-__device__ __forceinline__ void better(float &v, int &i, float ov, int oi)
-{
-    if (ov > v || (ov == v && oi < i)) {
-        v = ov;
-        i = oi;
-    }
-}
-
 __global__ void __launch_bounds__(KRN_ARGMAX_THREADS)
     k_argmax(const float *x, int n, int32_t *out)
 {
@@ -24,10 +16,11 @@ __global__ void __launch_bounds__(KRN_ARGMAX_THREADS)
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         const float e = xr[j];
         if (!isnan(e))
-            better(v, idx, e, j);
+            krn_argmax_better(v, idx, e, j);
     }
     for (int o = 16; o > 0; o >>= 1)
-        better(v, idx, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, idx, o));
+        krn_argmax_better(v, idx, __shfl_xor_sync(0xffffffffu, v, o),
+                          __shfl_xor_sync(0xffffffffu, idx, o));
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     if (lane == 0)
         sv[wid] = v, si[wid] = idx;
@@ -37,7 +30,7 @@ __global__ void __launch_bounds__(KRN_ARGMAX_THREADS)
         v = lane < nw ? sv[lane] : -INFINITY;
         idx = lane < nw ? si[lane] : 0x7fffffff;
         for (int o = 16; o > 0; o >>= 1)
-            better(v, idx, __shfl_xor_sync(0xffffffffu, v, o),
+            krn_argmax_better(v, idx, __shfl_xor_sync(0xffffffffu, v, o),
                    __shfl_xor_sync(0xffffffffu, idx, o));
         if (lane == 0)
             out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;

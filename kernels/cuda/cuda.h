@@ -226,6 +226,21 @@ int krn_cuda_kv_rows(struct krn_cuda_dev *dev, const float *d_rows, int n, int p
 int krn_cuda_argmax(struct krn_cuda_dev *dev, const float *d_x, int n_rows, int n,
                     int32_t *d_out);
 
+/* One draw from the n logits x as engine/sample.c draws it (top-k, top-p on the softmax of
+ * the logits, temperature; the kept tokens walked in id order) with the uniform u in [0, 1):
+ * the same logits and u give the same token. out[0]: the token; out[1]: 1 where u was used,
+ * 0 where not (greedy: temperature <= 0 or top_k == 1; no finite maximum), 2 where a cut
+ * fell among more equal-bin candidates than the device sorts (the host must draw).
+ * n <= KRN_CUDA_SAMPLE_MAX_N. */
+#define KRN_CUDA_SAMPLE_MAX_N 262144
+struct krn_cuda_sample_params {
+    float temperature;
+    float top_p;  /* 1 = off */
+    int top_k;    /* 0 = off */
+};
+int krn_cuda_sample(struct krn_cuda_dev *dev, const float *d_x, int n,
+                    const struct krn_cuda_sample_params *p, double u, int32_t *d_out);
+
 /* ---- Top-k SAE encoding ------------------------------------------------------------------------
  * For n rows x (row stride ldx f32) and one SAE (W_enc (n_dict, d) f32, b_enc (n_dict),
  * b_dec (d)): pre = W_enc (x - b_dec) + b_enc, a = relu(pre); keep the k largest (ties: lowest

@@ -404,6 +404,91 @@ START_TEST(test_scan_flavour)
 }
 END_TEST
 
+/* Text of a generation (the emit callback's). */
+struct gen_text {
+    char s[4096];
+    size_t n;
+};
+
+static int gen_emit(void *ud, const char *text, size_t len)
+{
+    struct gen_text *g = ud;
+    if (g->n + len < sizeof g->s) {
+        memcpy(g->s + g->n, text, len);
+        g->n += len;
+        g->s[g->n] = 0;
+    }
+    return 0;
+}
+
+/* eng_generate on a device context picks each token on the device (only its id comes back):
+ * the same text as the host sampler's picks from the same device's logits, step by step,
+ * greedy and sampled (seeded), with a prompt over several ubatches. */
+START_TEST(test_generate_device)
+{
+    char buf[1024];
+    const char *path = gpu_model_path(buf, sizeof buf);
+    if (!path)
+        return;
+    struct s3_errinfo err = {0};
+    struct eng_model *mg = NULL;
+    struct eng_ctx *cg = NULL;
+    struct eng_model_opts go = {.device = "cuda"};
+    ck_assert_msg(eng_model_load(path, &go, &mg, &err) == 0, "%s", err.msg);
+    const int nv = eng_model_hparams(mg)->n_vocab;
+    struct eng_ctx_opts co = {.n_ctx = 512, .n_batch = 16};
+    ck_assert_msg(eng_ctx_new(mg, &co, &cg, &err) == 0, "%s", err.msg);
+    const char *text = "Once upon a time, in a small village by the sea, there lived an old "
+                       "fisherman who every morning walked down to the harbour, mended his "
+                       "nets and told the children stories about the storms of his youth.";
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(eng_tok_encode(eng_model_tok(mg), text, strlen(text), 0, &ids, &n), 0);
+    ck_assert_int_gt((int)n, 32); /* three ubatches of 16 and more */
+    static const struct eng_sample_params sps[] = {
+        {.temperature = 0.0f, .top_p = 1.0f},
+        {.temperature = 0.8f, .top_p = 1.0f, .seed = 7},
+        {.temperature = 0.7f, .top_p = 0.9f, .top_k = 40, .seed = 9},
+        {.temperature = 1.2f, .top_p = 0.95f, .seed = 11}};
+    float *lg = malloc(sizeof(float) * nv);
+    for (size_t k = 0; k < sizeof sps / sizeof sps[0]; k++) {
+        struct eng_gen_params gp = {.sample = sps[k], .max_tokens = 24};
+        struct gen_text a = {{0}, 0}, b = {{0}, 0};
+        struct eng_gen_result res;
+        ck_assert_msg(eng_generate(cg, ids, n, &gp, gen_emit, &a, &res, &err) == 0, "%s",
+                      err.msg);
+        /* the same steps with the logits downloaded and sampled on the host */
+        struct eng_sampler *smp = NULL;
+        ck_assert_int_eq(eng_sampler_new(&sps[k], nv, &smp), 0);
+        eng_ctx_reset(cg);
+        ck_assert_int_eq(eng_ctx_prefill(cg, ids, n, lg, NULL), 0);
+        int steps = 0;
+        for (;;) {
+            const int32_t id = eng_sampler_sample(smp, lg);
+            if (eng_tok_is_eog(eng_model_tok(mg), id))
+                break;
+            char *piece = NULL;
+            size_t plen = 0;
+            ck_assert_int_eq(eng_tok_decode(eng_model_tok(mg), &id, 1, 0, &piece, &plen), 0);
+            gen_emit(&b, piece, plen);
+            free(piece);
+            if (++steps >= gp.max_tokens)
+                break;
+            ck_assert_int_eq(eng_ctx_decode(cg, id, lg), 0);
+        }
+        eng_sampler_free(smp);
+        fprintf(stderr, "generate on the device (T %.1f top_p %.2f top_k %d): %d tokens: %s\n",
+                (double)sps[k].temperature, (double)sps[k].top_p, sps[k].top_k,
+                res.n_completion, a.s);
+        ck_assert_int_eq(res.n_completion, steps);
+        ck_assert_str_eq(a.s, b.s);
+    }
+    free(ids), free(lg);
+    eng_ctx_free(cg);
+    eng_model_free(mg);
+}
+END_TEST
+
 START_TEST(test_errors)
 {
     struct s3_errinfo err = {0};
@@ -427,6 +512,7 @@ int main(void)
     tcase_add_test(tc, test_scan_flavour);
     tcase_add_test(tc, test_public_api_device);
     tcase_add_test(tc, test_public_api_long_step);
+    tcase_add_test(tc, test_generate_device);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
     return s3t_run(s, CK_NOFORK);

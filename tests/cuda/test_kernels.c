@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine.h"
+#include "engine_int.h"
 #include "kernels.h"
 #include "s3.h"
 #include "testutil.h"
@@ -517,6 +519,96 @@ START_TEST(test_swiglu_argmax_embed)
 }
 END_TEST
 
+/* The device sampler against the host's (engine/sample.c) on the same logits and the same
+ * uniform draw: the same token, every time; a cut in an over-full bin is left to the host. */
+static void sample_case(const float *x, int n, float *dx, int32_t *dout, float *buf, float t,
+                        float top_p, int top_k, int want_how, int *n_cases)
+{
+    struct eng_sample_params sp = {.temperature = t, .top_p = top_p, .top_k = top_k,
+                                   .seed = (uint64_t)n * 31u + (uint64_t)top_k};
+    struct eng_sampler *s = NULL;
+    ck_assert_int_eq(eng_sampler_new(&sp, n, &s), 0);
+    ck_assert_int_eq(krn_cuda_upload(g_dev, dx, x, sizeof(float) * (size_t)n), 0);
+    for (int d = 0; d < 8; d++) {
+        uint64_t saved[4];
+        const double u = eng__sampler_draw(s, saved);
+        eng__sampler_undraw(s, saved); /* the host's own draw below takes the same u */
+        memcpy(buf, x, sizeof(float) * (size_t)n);
+        const int32_t host = eng_sampler_sample(s, buf);
+        const struct krn_cuda_sample_params kp = {t, top_p, top_k};
+        int32_t out[2] = {-1, -1};
+        ck_assert_int_eq(krn_cuda_sample(g_dev, dx, n, &kp, u, dout), 0);
+        ck_assert_int_eq(krn_cuda_download(g_dev, out, dout, sizeof out), 0);
+        ck_assert_msg(out[1] == want_how, "n %d T %.2f top_p %.3f top_k %d: how %d, want %d", n,
+                      (double)t, (double)top_p, top_k, out[1], want_how);
+        if (want_how != 2)
+            ck_assert_msg(out[0] == host,
+                          "n %d T %.2f top_p %.3f top_k %d draw %d (u %.6f): device %d, host %d",
+                          n, (double)t, (double)top_p, top_k, d, u, out[0], host);
+        ++*n_cases;
+    }
+    eng_sampler_free(s);
+}
+
+START_TEST(test_sample)
+{
+    if (!have_gpu())
+        return;
+    enum { NMAX = 128256 };
+    float *x = malloc(sizeof(float) * NMAX), *buf = malloc(sizeof(float) * NMAX);
+    float *dx = NULL;
+    int32_t *dout = dev_poisoned(8);
+    ck_assert_int_eq(krn_cuda_malloc(g_dev, (void **)&dx, sizeof(float) * NMAX), 0);
+    static const struct {
+        float t, p;
+        int k;
+    } ps[] = {{1.0f, 1.0f, 0},    {0.7f, 0.9f, 0},    {0.8f, 1.0f, 40},  {1.3f, 0.95f, 40},
+              {0.5f, 0.5f, 1000}, {1.0f, 0.999f, 0},  {2.0f, 0.0f, 0},   {0.01f, 1.0f, 0},
+              {1.0f, 0.3f, 7}};
+    const int sizes[] = {5, 300, 49152, NMAX};
+    int n_cases = 0;
+    for (int si = 0; si < 4; si++)
+        for (int shape = 0; shape < 3; shape++) {
+            const int n = sizes[si];
+            /* (no bin of 1/16 nat holds over 4096 of the 128k: the device sorts every cut) */
+            const float spread = shape == 0 ? 3.0f : shape == 1 ? 1.0f : 2.0f;
+            for (int i = 0; i < n; i++) {
+                x[i] = (frand() + frand() + frand()) * spread;
+                if (shape == 2)
+                    x[i] = floorf(x[i] * 16.0f) / 16.0f; /* ties */
+            }
+            x[(7 * n) / 9] = 6.0f * spread;
+            if (n > 10)
+                x[n / 3] = NAN, x[n / 2] = -INFINITY;
+            for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++)
+                sample_case(x, n, dx, dout, buf, ps[pi].t, ps[pi].p, ps[pi].k, 1, &n_cases);
+            /* greedy: the argmax, no draw */
+            sample_case(x, n, dx, dout, buf, 0.0f, 1.0f, 0, 0, &n_cases);
+            sample_case(x, n, dx, dout, buf, 1.0f, 0.9f, 1, 0, &n_cases);
+        }
+    /* no finite logit: the first (all -inf), or 0 (all NaN); no draw */
+    for (int i = 0; i < 300; i++)
+        x[i] = -INFINITY;
+    sample_case(x, 300, dx, dout, buf, 1.0f, 0.9f, 0, 0, &n_cases);
+    for (int i = 0; i < 300; i++)
+        x[i] = NAN;
+    sample_case(x, 300, dx, dout, buf, 1.0f, 1.0f, 0, 0, &n_cases);
+    /* 10000 logits in one bin of 1/16 nat, top-p cutting inside it: the host's */
+    for (int i = 0; i < 10000; i++)
+        x[i] = 1.0f + 0.03f * (float)(i % 97) / 97.0f;
+    sample_case(x, 10000, dx, dout, buf, 1.0f, 0.5f, 0, 2, &n_cases);
+    /* but the whole bin kept needs no sort */
+    sample_case(x, 10000, dx, dout, buf, 1.0f, 1.0f, 0, 1, &n_cases);
+    const struct krn_cuda_sample_params kp = {1.0f, 1.0f, 0};
+    ck_assert_int_eq(krn_cuda_sample(g_dev, dx, KRN_CUDA_SAMPLE_MAX_N + 1, &kp, 0.5, dout),
+                     S3_EINVAL);
+    ck_assert_int_eq(krn_cuda_sample(g_dev, dx, 0, &kp, 0.5, dout), S3_EINVAL);
+    fprintf(stderr, "sample: %d draws, device and host the same token\n", n_cases);
+    krn_cuda_free(dx), krn_cuda_free(dout);
+    free(x), free(buf);
+}
+END_TEST
+
 START_TEST(test_dequant)
 {
     if (!have_gpu())
@@ -699,6 +791,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_q8_act);
     tcase_add_test(tc, test_dequant);
     tcase_add_test(tc, test_sae_topk);
+    tcase_add_test(tc, test_sample);
     tcase_add_test(tc, test_errors);
 #else
     tcase_add_test(tc, test_no_backend);
