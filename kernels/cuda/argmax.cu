@@ -10,31 +10,11 @@ __global__ void __launch_bounds__(KRN_ARGMAX_THREADS)
 {
     __shared__ float sv[32];
     __shared__ int si[32];
-    const float *xr = x + (size_t)blockIdx.x * n;
-    float v = -INFINITY;
-    int idx = 0x7fffffff;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float e = xr[j];
-        if (!isnan(e))
-            krn_argmax_better(v, idx, e, j);
-    }
-    for (int o = 16; o > 0; o >>= 1)
-        krn_argmax_better(v, idx, __shfl_xor_sync(0xffffffffu, v, o),
-                          __shfl_xor_sync(0xffffffffu, idx, o));
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    if (lane == 0)
-        sv[wid] = v, si[wid] = idx;
-    __syncthreads();
-    if (wid == 0) {
-        const int nw = blockDim.x >> 5;
-        v = lane < nw ? sv[lane] : -INFINITY;
-        idx = lane < nw ? si[lane] : 0x7fffffff;
-        for (int o = 16; o > 0; o >>= 1)
-            krn_argmax_better(v, idx, __shfl_xor_sync(0xffffffffu, v, o),
-                   __shfl_xor_sync(0xffffffffu, idx, o));
-        if (lane == 0)
-            out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;
-    }
+    float v;
+    int idx;
+    krn_block_argmax(x + (size_t)blockIdx.x * n, n, sv, si, &v, &idx);
+    if (threadIdx.x == 0)
+        out[blockIdx.x] = idx;
 }
 
 extern "C" int krn_cuda_argmax(struct krn_cuda_dev *dev, const float *d_x, int n_rows, int n,

@@ -9,9 +9,6 @@
  * larger bin is left to the host). The draw walks the kept tokens in id order by blocks of
  * 256 ids, with the host's exp polynomial, lane order and double sums to the bit, so that the
  * same logits and the same uniform draw give the same token on both. */
-#include <limits.h>
-#include <math.h>
-
 #include "argmax.cuh"
 #include "cuda_int.cuh"
 
@@ -137,34 +134,11 @@ __global__ void __launch_bounds__(KRN_SAMPLE_THREADS)
     __shared__ int s_ib, s_bin, s_m;
     __shared__ unsigned long long s_cum;
     __shared__ double s_target;
-    const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+    const int tid = threadIdx.x;
     /* the maximum, lowest id first */
-    float v = -INFINITY;
-    int idx = INT_MAX;
-    for (int i = tid; i < n; i += blockDim.x) {
-        const float e = x[i];
-        if (!isnan(e))
-            krn_argmax_better(v, idx, e, i);
-    }
-    for (int o = 16; o > 0; o >>= 1)
-        krn_argmax_better(v, idx, __shfl_xor_sync(0xffffffffu, v, o),
-                          __shfl_xor_sync(0xffffffffu, idx, o));
-    if (lane == 0)
-        sm.rv[wid] = v, sm.ri[wid] = idx;
-    __syncthreads();
-    if (wid == 0) {
-        const int nw = blockDim.x >> 5;
-        v = lane < nw ? sm.rv[lane] : -INFINITY;
-        idx = lane < nw ? sm.ri[lane] : INT_MAX;
-        for (int o = 16; o > 0; o >>= 1)
-            krn_argmax_better(v, idx, __shfl_xor_sync(0xffffffffu, v, o),
-                              __shfl_xor_sync(0xffffffffu, idx, o));
-        if (lane == 0)
-            sm.rv[0] = v, sm.ri[0] = idx == INT_MAX ? 0 : idx;
-    }
-    __syncthreads();
-    const float mx = sm.rv[0];
-    const int top = sm.ri[0];
+    float mx;
+    int top;
+    krn_block_argmax(x, n, sm.rv, sm.ri, &mx, &top);
     if (t <= 0.0f || top_k == 1 || !isfinite(mx)) {
         if (tid == 0)
             out[0] = top, out[1] = 0;
