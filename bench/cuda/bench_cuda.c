@@ -417,36 +417,6 @@ static int cmd_scan(int argc, char **argv)
     return 0;
 }
 
-/* Query features of the question: each query head's pre-RoPE q encoded by its kv group's SAE,
- * activations summed per (slot, feature). */
-struct qcap {
-    const struct eng_sae *sae;
-    struct eng_sae_enc *enc;
-    int n_head, n_kv, hd, n_dict;
-    float *sum;                    /* (n_slot, n_dict) */
-    uint16_t *ids;
-    float *acts;
-};
-
-static int q_hook(void *ud, int layer, int pos0, int n, const float *q, const float *k)
-{
-    struct qcap *c = ud;
-    const int sl = eng_sae_slot_of_layer(c->sae, layer);
-    const int kk = eng_sae_get_info(c->sae)->k;
-    (void)pos0, (void)k;
-    if (sl < 0 || !q || n > 64)
-        return 0;
-    for (int h = 0; h < c->n_head; h++) {
-        const int kv = eng_sae_kv_of_q_head(c->sae, h);
-        if (eng_sae_encode(c->enc, sl, kv, q + (size_t)h * c->hd, (size_t)c->n_head * c->hd, n,
-                           c->ids, c->acts) < 0)
-            return 1;
-        float *v = c->sum + ((size_t)sl * c->n_kv + kv) * c->n_dict;
-        for (int i = 0; i < n * kk; i++)
-            v[c->ids[i]] += c->acts[i];
-    }
-    return 0;
-}
 /* ---- ingest: the product's scan pipeline over a long document, then a question ------------- */
 
 /* A /proc/self/status field in MiB ("VmRSS", "VmHWM"); -1 where there is none. */
@@ -524,7 +494,7 @@ static int cmd_ingest(int argc, char **argv)
     struct eng_model_opts mo = {.device = "cuda"};
     struct eng_ctx *ctx = NULL, *gen = NULL;
     struct eng_sae *sae = NULL;
-    struct eng_sae_enc *enc = NULL;
+    struct srv_scan *qsc = NULL; /* the server's query scanner */
     struct eng_cuda_sae_scan *ss = NULL;
     struct idx_db *db = NULL;
     struct idx_writer *w = NULL;
@@ -684,45 +654,22 @@ static int cmd_ingest(int argc, char **argv)
            (double)db_bytes / n_tok,
            (double)(free0 - min_free) / 1073741824.0, rss0, rss_peak);
     fflush(stdout);
-    /* the question */
-    const double tq = s3_now_ms();
-    double tq0 = tq;
+    /* the question, its features as the server finds them (srv_scan_query_ids on the
+       server's query scanner: default options, warmed by an earlier question) */
     int32_t q[64];
     for (int i = 0; i < q_len; i++)
         q[i] = 2 + rand_tok(hp->n_vocab - 2);
-    struct qcap qc = {.sae = sae, .n_head = hp->n_head, .hd = hp->head_dim, .n_dict = sae_dict,
-                      .sum = calloc((size_t)n_slot * sae_dict, sizeof(float))};
-    if (!qc.sum || eng_sae_enc_new(sae, 64, &enc) < 0)
-        goto fail;
-    qc.enc = enc;
-    qc.ids = malloc(sizeof(uint16_t) * 64 * sae_k);
-    qc.acts = malloc(sizeof(float) * 64 * sae_k);
-    qc.n_kv = hp->n_head_kv;
-    eng_ctx_reset(ctx);
-    eng_ctx_set_qk_hook(ctx, q_hook, &qc, eng_sae_layer_mask(sae));
-    if (eng_ctx_prefill(ctx, q, (size_t)q_len, NULL, NULL) < 0)
-        goto fail;
-    eng_ctx_set_qk_hook(ctx, NULL, NULL, 0);
-    struct idx_qfeat *qf = malloc(sizeof(*qf) * (size_t)n_slot * 32);
+    struct idx_qfeat *qf = NULL;
     size_t nqf = 0;
-    for (int s = 0; s < n_slot; s++) { /* top 32 per slot, weights summing to 1 */
-        float *v = qc.sum + (size_t)s * sae_dict;
-        double tot = 0;
-        const size_t s0 = nqf;
-        for (int r = 0; r < 32; r++) {
-            int b = -1;
-            for (int f = 0; f < sae_dict; f++)
-                if (v[f] > 0 && (b < 0 || v[f] > v[b]))
-                    b = f;
-            if (b < 0)
-                break;
-            qf[nqf++] = (struct idx_qfeat){slots[s].layer, slots[s].kv_head, b, v[b]};
-            tot += v[b];
-            v[b] = 0;
-        }
-        for (size_t i = s0; i < nqf; i++)
-            qf[i].weight = (float)(qf[i].weight / tot);
-    }
+    if (srv_scan_new(m, sae, NULL, &qsc, &err) < 0 ||
+        srv_scan_query_ids(qsc, q + 1, (size_t)q_len - 1, 0, &qf, &nqf, &err) < 0)
+        goto fail;
+    free(qf);
+    qf = NULL;
+    const double tq = s3_now_ms();
+    double tq0 = tq;
+    if (srv_scan_query_ids(qsc, q, (size_t)q_len, 0, &qf, &nqf, &err) < 0)
+        goto fail;
     const double qenc_ms = dt_ms(&tq0);
     struct idx_query iq = {.mode = IDX_MODE_S3, .budget = budget, .feats = qf, .n_feats = nqf,
                            .docs = &doc, .n_docs = 1};
@@ -815,7 +762,7 @@ static int cmd_ingest(int argc, char **argv)
             fprintf(stderr, "question_product: %s\n", err.msg);
         srv_scan_free(sc);
     }
-    free(prompt), free(logits), free(qf), free(qc.sum), free(qc.ids), free(qc.acts);
+    free(prompt), free(logits), free(qf);
     free(ids), free(off), free(text), free(feat), free(slots), free(pas), free(sent_t),
         free(sent_c);
     {
@@ -829,8 +776,8 @@ static int cmd_ingest(int argc, char **argv)
 fail:
     if (rc)
         fprintf(stderr, "ingest: %s\n", err.msg[0] ? err.msg : "failed");
+    srv_scan_free(qsc);
     eng__cuda_sae_scan_free(ss);
-    eng_sae_enc_free(enc);
     idx_async_end(aw, NULL);
     idx_writer_free(w);
     idx_close(db);
