@@ -948,6 +948,15 @@ int eng__cuda_last_logits(struct eng_cuda_ctx *dc, float *out, struct s3_errinfo
  * GPU partly idle; an 8B context alone takes 0.4 GiB). */
 #define ENG_CUDA_SCAN_TWO_BYTES ((size_t)256 << 20)
 
+#define SCAN_GRAPHS 2 /* graphs kept per buffer set: the steady pass, a document's first */
+#define SCAN_SEEN   4 /* plainly queued shapes remembered per buffer set */
+
+struct scan_graph {
+    struct krn_cuda_graph *g;        /* NULL: empty slot */
+    int n, prefix;
+    unsigned long long used;         /* stamp of its last launch */
+};
+
 struct eng_cuda_sae_scan {
     struct eng_ctx *c;               /* borrowed */
     struct eng_cuda_ctx *dc;         /* borrowed (c->cuda) */
@@ -976,14 +985,15 @@ struct eng_cuda_sae_scan {
     /* state of the pass being queued (read by the device hook) */
     int set, prefix, cur_out, hook_rc;
     /* CUDA graphs (S3_CUDA_GRAPHS=0 turns them off; never while profiling): per buffer set,
-     * the pass of shape (g_n, g_prefix) captured once, then replayed. A shape is captured
-     * when the set's previous pass had it too (last_n, last_prefix): the steady shape of a
-     * scan, not a document's first or last chunk, which are queued plainly and leave the
-     * graph for the next document */
+     * up to SCAN_GRAPHS pass shapes (n, prefix) captured once, then replayed. A shape is
+     * captured when it comes again among the set's last SCAN_SEEN plainly queued shapes: the
+     * steady pass of a scan within its first passes, a document's first pass (no prefix)
+     * once a set has started two documents; a document's last, shorter chunk rarely repeats
+     * and is queued plainly. A new capture replaces the set's least recently used graph. */
     int graphs;                      /* 1 on, 0 off (also after a failed capture) */
-    struct krn_cuda_graph *g[2];
-    int g_n[2], g_prefix[2];
-    int last_n[2], last_prefix[2];   /* 0, 0: none yet */
+    struct scan_graph gs[2][SCAN_GRAPHS];
+    int seen_n[2][SCAN_SEEN], seen_prefix[2][SCAN_SEEN], seen_next[2]; /* n 0: none */
+    unsigned long long stamp;        /* graph launches so far (least recently used) */
 };
 
 int eng__cuda_ctx_on_device(const struct eng_ctx *c)
@@ -1021,7 +1031,8 @@ void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss)
         krn_cuda_host_free(ss->h_ids[i]);
         krn_cuda_host_free(ss->h_acts[i]);
         krn_cuda_event_free(ss->ev[i]);
-        krn_cuda_graph_free(ss->g[i]);
+        for (int j = 0; j < SCAN_GRAPHS; j++)
+            krn_cuda_graph_free(ss->gs[i][j].g);
     }
     free(ss);
 }
@@ -1234,20 +1245,30 @@ static int enqueue_pass_graph(struct eng_cuda_sae_scan *ss, int set, const int32
                               int prefix, struct s3_errinfo *err)
 {
     struct krn_cuda_dev *dev = ss->set_dc[set]->dev;
-    if (ss->g[set] && ss->g_n[set] == n && ss->g_prefix[set] == prefix) {
-        int rc = check_tokens(ss->dc, ids, n, err); /* as begin_ex on a plain pass */
-        if (rc < 0)
-            return rc;
-        rc = krn_cuda_graph_launch(dev, ss->g[set]);
-        return rc < 0 ? dev_fail(dev, rc, err) : 0;
-    }
-    const int steady = ss->last_n[set] == n && ss->last_prefix[set] == prefix;
-    ss->last_n[set] = n;
-    ss->last_prefix[set] = prefix;
-    if (!steady)
+    struct scan_graph *gs = ss->gs[set], *slot = &gs[0];
+    for (int i = 0; i < SCAN_GRAPHS; i++)
+        if (gs[i].g && gs[i].n == n && gs[i].prefix == prefix) {
+            int rc = check_tokens(ss->dc, ids, n, err); /* as begin_ex on a plain pass */
+            if (rc < 0)
+                return rc;
+            gs[i].used = ++ss->stamp;
+            rc = krn_cuda_graph_launch(dev, gs[i].g);
+            return rc < 0 ? dev_fail(dev, rc, err) : 0;
+        }
+    int seen = 0;
+    for (int j = 0; j < SCAN_SEEN; j++)
+        seen |= ss->seen_n[set][j] == n && ss->seen_prefix[set][j] == prefix;
+    if (!seen) {
+        ss->seen_n[set][ss->seen_next[set]] = n;
+        ss->seen_prefix[set][ss->seen_next[set]] = prefix;
+        ss->seen_next[set] = (ss->seen_next[set] + 1) % SCAN_SEEN;
         return enqueue_pass(ss, set, ids, n, err);
-    krn_cuda_graph_free(ss->g[set]);
-    ss->g[set] = NULL;
+    }
+    for (int i = 1; i < SCAN_GRAPHS && slot->g; i++) /* an empty slot, or the oldest */
+        if (!gs[i].g || gs[i].used < slot->used)
+            slot = &gs[i];
+    krn_cuda_graph_free(slot->g);
+    slot->g = NULL;
     if (krn_cuda_capture_begin(dev) < 0) {
         ss->graphs = 0;
         return enqueue_pass(ss, set, ids, n, err);
@@ -1269,9 +1290,7 @@ static int enqueue_pass_graph(struct eng_cuda_sae_scan *ss, int set, const int32
         ss->graphs = 0;
         return enqueue_pass(ss, set, ids, n, err);
     }
-    ss->g[set] = g;
-    ss->g_n[set] = n;
-    ss->g_prefix[set] = prefix;
+    *slot = (struct scan_graph){g, n, prefix, ++ss->stamp};
     const int rc = krn_cuda_graph_launch(dev, g);
     return rc < 0 ? dev_fail(dev, rc, err) : 0;
 }
