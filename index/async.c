@@ -13,11 +13,19 @@
 #include "index_int.h"
 
 /* One queued chunk: the chunk with its slots, passages and feature arrays copied into mem
- * (bytes in use of cap; the buffer stays with its ring entry and is reused). */
+ * (bytes in use of cap). A written chunk's buffer goes back to the free stack, and the next
+ * chunk queued takes the one freed last: a scan whose writer keeps up touches two or three
+ * buffers, warm in cache, instead of one per ring entry, each new to the process (page
+ * faults and zeroed pages: 0.3 ms per 800 KB chunk). */
 struct qchunk {
     struct idx_chunk c;
     uint8_t *mem;
     size_t bytes, cap;
+};
+
+struct qbuf {
+    uint8_t *mem;
+    size_t cap;
 };
 
 /* Encoder threads: the writer's thread posts a chunk (generation gen) with the set of blobs
@@ -52,6 +60,8 @@ struct idx_async {
     /* under mu */
     struct qchunk *q;          /* ring of depth entries */
     int depth, head, count;    /* count includes the chunk being written */
+    struct qbuf *free_buf;     /* (depth) buffers of written chunks, the last freed on top */
+    int n_free;
     size_t bytes;              /* held by the queued chunks; at most max_bytes unless one
                                   chunk alone is larger */
     size_t max_bytes;          /* the writer's tuning: async_bytes */
@@ -138,6 +148,11 @@ static void *async_main(void *arg)
         if (rc < 0 && a->rc == 0) {
             a->rc = rc;
             a->err = e;
+        }
+        if (qc.mem) { /* the buffer to the free stack: the next chunk queued takes it */
+            a->free_buf[a->n_free++] = (struct qbuf){qc.mem, qc.cap};
+            a->q[a->head].mem = NULL;
+            a->q[a->head].cap = 0;
         }
         a->head = (a->head + 1) % a->depth;
         a->count--;
@@ -303,7 +318,10 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
     if (!w || depth < 1)
         return s3_errf(err, S3_EINVAL, "index: async writer needs a writer and a depth >= 1");
     struct idx_async *a = calloc(1, sizeof *a);
-    if (!a || !(a->q = calloc((size_t)depth, sizeof *a->q))) {
+    if (!a || !(a->q = calloc((size_t)depth, sizeof *a->q)) ||
+        !(a->free_buf = calloc((size_t)depth, sizeof *a->free_buf))) {
+        if (a)
+            free(a->q);
         free(a);
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
     }
@@ -315,6 +333,7 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
     const int prc = enc_pool_init(&a->ep, tun->async_encoders);
     if (prc < 0) {
         free(a->q);
+        free(a->free_buf);
         free(a);
         return s3_errf(err, prc, "index: cannot start the encoder threads");
     }
@@ -336,6 +355,7 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
 fail:
     enc_pool_free(&a->ep);
     free(a->q);
+    free(a->free_buf);
     free(a);
     return s3_errf(err, S3_EINTERNAL, "index: cannot start the writer thread");
 }
@@ -426,6 +446,11 @@ int idx_async_add(struct idx_async *a, const struct idx_chunk *c, struct s3_erri
     if (rc < 0 && err)
         *err = a->err;
     struct qchunk *qc = &a->q[(a->head + a->count) % a->depth];
+    if (rc == 0 && !qc->mem && a->n_free > 0) { /* the buffer freed last */
+        const struct qbuf b = a->free_buf[--a->n_free];
+        qc->mem = b.mem;
+        qc->cap = b.cap;
+    }
     pthread_mutex_unlock(&a->mu);
     if (rc < 0)
         return rc;
@@ -457,7 +482,10 @@ int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
     enc_pool_free(&a->ep);
     for (int i = 0; i < a->depth; i++)
         free(a->q[i].mem);
+    for (int i = 0; i < a->n_free; i++)
+        free(a->free_buf[i].mem);
     free(a->q);
+    free(a->free_buf);
     free(a);
     return rc;
 }
