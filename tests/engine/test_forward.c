@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "engine_int.h"
 #include "gguf.h"
 #include "kernels.h"
 #include "s3.h"
@@ -574,6 +575,59 @@ START_TEST(generate_greedy_stop_and_cancel)
 }
 END_TEST
 
+/* eng__ctx_prefill_pick, the step eng_generate takes: on the CPU the last token's logits and
+ * the sampler's pick on them, the same as eng_ctx_prefill then eng_sampler_sample with the
+ * same seed; bad arguments and a prompt past the context are refused. */
+START_TEST(prefill_pick_contract)
+{
+    if (!have_model())
+        return;
+    const int nv = eng_model_hparams(g_model)->n_vocab;
+    struct eng_ctx *c = new_ctx(64, 0);
+    int32_t prompt[12];
+    for (int i = 0; i < 12; i++)
+        prompt[i] = 100 + 37 * i;
+    float *la = malloc(sizeof(float) * nv), *lb = malloc(sizeof(float) * nv);
+    const struct eng_sample_params sp = {.temperature = 0.9f, .top_p = 0.95f, .seed = 5};
+    struct eng_sampler *sa = NULL, *sb = NULL;
+    ck_assert_int_eq(eng_sampler_new(&sp, nv, &sa), 0);
+    ck_assert_int_eq(eng_sampler_new(&sp, nv, &sb), 0);
+    int32_t ta = -1, tb;
+    ck_assert_int_eq(eng__ctx_prefill_pick(c, prompt, 12, sa, la, &ta), 0);
+    ck_assert_int_eq(eng_ctx_pos(c), 12);
+    for (int s = 0; s < 6; s++) { /* decode steps */
+        const int32_t cur = ta;
+        ck_assert_int_eq(eng__ctx_prefill_pick(c, &cur, 1, sa, la, &ta), 0);
+    }
+    eng_ctx_reset(c);
+    ck_assert_int_eq(eng_ctx_prefill(c, prompt, 12, lb, NULL), 0);
+    tb = eng_sampler_sample(sb, lb);
+    for (int s = 0; s < 6; s++) {
+        ck_assert_int_eq(eng_ctx_decode(c, tb, lb), 0);
+        tb = eng_sampler_sample(sb, lb);
+    }
+    ck_assert_int_eq(ta, tb);
+    ck_assert_int_eq(eng_ctx_pos(c), 18);
+    /* refused: no tokens, no sampler, no logits or output, a prompt past the context */
+    int32_t t = 0;
+    ck_assert_int_eq(eng__ctx_prefill_pick(c, prompt, 0, sa, la, &t), S3_EINVAL);
+    ck_assert_int_eq(eng__ctx_prefill_pick(c, NULL, 1, sa, la, &t), S3_EINVAL);
+    ck_assert_int_eq(eng__ctx_prefill_pick(c, prompt, 1, NULL, la, &t), S3_EINVAL);
+    ck_assert_int_eq(eng__ctx_prefill_pick(c, prompt, 1, sa, NULL, &t), S3_EINVAL);
+    ck_assert_int_eq(eng__ctx_prefill_pick(c, prompt, 1, sa, la, NULL), S3_EINVAL);
+    eng_ctx_reset(c);
+    int32_t *longp = calloc(65, sizeof(int32_t));
+    ck_assert_int_eq(eng__ctx_prefill_pick(c, longp, 65, sa, la, &t), S3_ETOOBIG);
+    ck_assert_int_eq(eng_ctx_pos(c), 0);
+    /* a token outside the vocabulary */
+    const int32_t bad = nv;
+    ck_assert_int_eq(eng__ctx_prefill_pick(c, &bad, 1, sa, la, &t), S3_EINVAL);
+    free(longp), free(la), free(lb);
+    eng_sampler_free(sa), eng_sampler_free(sb);
+    eng_ctx_free(c);
+}
+END_TEST
+
 START_TEST(load_errors)
 {
     struct eng_model *m = (struct eng_model *)1;
@@ -598,6 +652,7 @@ static Suite *forward_suite(void)
     tcase_add_test(tc, f32_activations_are_exact);
     tcase_add_test(tc, scan_mode_keeps_hooked_projections);
     tcase_add_test(tc, generate_greedy_stop_and_cancel);
+    tcase_add_test(tc, prefill_pick_contract);
     suite_add_tcase(s, tc);
     return s;
 }
