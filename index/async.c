@@ -311,6 +311,20 @@ static int enc_wait(struct enc_pool *p, struct s3_errinfo *err)
     return rc;
 }
 
+/* The queue's memory and a itself (a may be NULL; its ring may be NULL). */
+static void async_free(struct idx_async *a)
+{
+    if (!a)
+        return;
+    for (int i = 0; a->q && i < a->depth; i++)
+        free(a->q[i].mem);
+    for (int i = 0; i < a->n_free; i++)
+        free(a->free_buf[i].mem);
+    free(a->q);
+    free(a->free_buf);
+    free(a);
+}
+
 int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
                     struct s3_errinfo *err)
 {
@@ -320,9 +334,7 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
     struct idx_async *a = calloc(1, sizeof *a);
     if (!a || !(a->q = calloc((size_t)depth, sizeof *a->q)) ||
         !(a->free_buf = calloc((size_t)depth, sizeof *a->free_buf))) {
-        if (a)
-            free(a->q);
-        free(a);
+        async_free(a);
         return s3_errf(err, S3_ENOMEM, "index: out of memory");
     }
     a->w = w;
@@ -332,9 +344,7 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
     a->max_bytes = tun->async_bytes;
     const int prc = enc_pool_init(&a->ep, tun->async_encoders);
     if (prc < 0) {
-        free(a->q);
-        free(a->free_buf);
-        free(a);
+        async_free(a);
         return s3_errf(err, prc, "index: cannot start the encoder threads");
     }
     if (pthread_mutex_init(&a->mu, NULL) != 0)
@@ -354,9 +364,7 @@ int idx_async_start(struct idx_writer *w, int depth, struct idx_async **out,
     return 0;
 fail:
     enc_pool_free(&a->ep);
-    free(a->q);
-    free(a->free_buf);
-    free(a);
+    async_free(a);
     return s3_errf(err, S3_EINTERNAL, "index: cannot start the writer thread");
 }
 
@@ -480,12 +488,6 @@ int idx_async_end(struct idx_async *a, struct s3_errinfo *err)
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->mu);
     enc_pool_free(&a->ep);
-    for (int i = 0; i < a->depth; i++)
-        free(a->q[i].mem);
-    for (int i = 0; i < a->n_free; i++)
-        free(a->free_buf[i].mem);
-    free(a->q);
-    free(a->free_buf);
-    free(a);
+    async_free(a);
     return rc;
 }
