@@ -906,7 +906,9 @@ int eng__cuda_ubatch_pick(struct eng_cuda_ctx *dc, const int32_t *tokens, int n,
     if (rc < 0)
         return rc;
     const int nv = dc->cm->n_vocab;
-    int32_t out[2] = {0, ENG_CUDA_PICK_HOST}; /* a vocabulary over the sampler's: the host */
+    /* a vocabulary over the sampler's: the host draws from the logits */
+    const int on_device = !sp || nv <= KRN_CUDA_SAMPLE_MAX_N;
+    int32_t out[2] = {0, ENG_CUDA_PICK_HOST};
     rc = enqueue_layers(dc, n, pos0, &hs, &n_hooked);
     if (rc == 0)
         rc = enqueue_logits(dc, n - 1, 1);
@@ -914,12 +916,12 @@ int eng__cuda_ubatch_pick(struct eng_cuda_ctx *dc, const int32_t *tokens, int n,
         rc = run_hooks(dc, n, pos0, &hs);
     if (rc == 0 && !sp)
         rc = krn_cuda_argmax(dc->dev, dc->logits, 1, nv, dc->argmax);
-    else if (rc == 0 && nv <= KRN_CUDA_SAMPLE_MAX_N)
+    else if (rc == 0 && on_device)
         rc = krn_cuda_sample(dc->dev, dc->logits, nv,
                              &(struct krn_cuda_sample_params){sp->temperature, sp->top_p,
                                                               sp->top_k},
                              u, dc->argmax);
-    if (rc == 0 && (!sp || nv <= KRN_CUDA_SAMPLE_MAX_N))
+    if (rc == 0 && on_device)
         rc = krn_cuda_download(dc->dev, out, dc->argmax, (sp ? 2 : 1) * sizeof(int32_t));
     if ((rc = finish(dc, n, rc, err)) < 0)
         return rc;

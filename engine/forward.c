@@ -232,6 +232,12 @@ static void run_matmul(struct eng_ctx *c, struct job *j, const struct krn_qact *
 
 /* One ubatch. logits_last: n_vocab floats for the last token, or NULL; logits_all:
  * (n, n_vocab) or NULL. */
+/* The device path's view of c's hook and cancel flag. */
+static struct eng_cuda_hook cuda_hook(const struct eng_ctx *c)
+{
+    return (struct eng_cuda_hook){c->hook, c->hook_ud, c->hook_mask, c->cancel};
+}
+
 static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float *logits_last,
                           float *logits_all)
 {
@@ -248,7 +254,7 @@ static int forward_ubatch(struct eng_ctx *c, const int32_t *tokens, int n, float
     const int scan = c->scan_only && !logits_last && !logits_all && c->hook && c->hook_mask;
     const int n_run = scan ? 64 - __builtin_clzll(c->hook_mask) : hp->n_layer;
     if (c->cuda) {
-        struct eng_cuda_hook h = {c->hook, c->hook_ud, c->hook_mask, c->cancel};
+        const struct eng_cuda_hook h = cuda_hook(c);
         int rc = scan ? eng__cuda_ubatch_scan(c->cuda, tokens, n, pos0, &h,
                                               &(struct eng_cuda_scan){.full = 0}, NULL)
                       : eng__cuda_ubatch(c->cuda, tokens, n, pos0, logits_last, logits_all, &h,
@@ -351,20 +357,19 @@ int eng__ctx_prefill_pick(struct eng_ctx *c, const int32_t *tokens, size_t n,
     }
     if (n > (size_t)(c->n_ctx - c->pos))
         return S3_ETOOBIG;
-    size_t done = 0;
-    for (; n - done > (size_t)c->n_ub; done += (size_t)c->n_ub) {
-        int rc = forward_ubatch(c, tokens + done, c->n_ub, NULL, NULL);
-        if (rc < 0)
-            return rc;
-    }
+    /* every ubatch but the last as eng_ctx_prefill splits them, then the last one picking */
+    const size_t done = (n - 1) / (size_t)c->n_ub * (size_t)c->n_ub;
+    int rc = eng_ctx_prefill(c, tokens, done, NULL, NULL);
+    if (rc < 0)
+        return rc;
     const int greedy = eng__sampler_greedy(smp), nb = (int)(n - done);
     uint64_t saved[4];
     const double u = greedy ? 0.0 : eng__sampler_draw(smp, saved);
-    struct eng_cuda_hook h = {c->hook, c->hook_ud, c->hook_mask, c->cancel};
+    const struct eng_cuda_hook h = cuda_hook(c);
     int how = ENG_CUDA_PICK_NO_DRAW;
-    int rc = eng__cuda_ubatch_pick(c->cuda, tokens + done, nb, c->pos,
-                                   greedy ? NULL : eng__sampler_params(smp), u, &h, next, &how,
-                                   NULL);
+    rc = eng__cuda_ubatch_pick(c->cuda, tokens + done, nb, c->pos,
+                               greedy ? NULL : eng__sampler_params(smp), u, &h, next, &how,
+                               NULL);
     if (!greedy && (rc < 0 || how != ENG_CUDA_PICK_DRAW))
         eng__sampler_undraw(smp, saved); /* the host draws, or nobody did */
     if (rc < 0)

@@ -258,7 +258,10 @@ void eng__sampler_undraw(struct eng_sampler *s, const uint64_t saved[4])
     memcpy(s->s, saved, sizeof(s->s));
 }
 
-void eng__sampler_cut(struct eng_sampler *s, const float *logits, float *lb, int32_t *ib)
+/* The argmax (-1: no logit is a number) and the last kept candidate (*lb, *ib) of logits:
+ * every candidate (within SPAN of the maximum) unless top-k or top-p cut, or a draw would not
+ * be made (greedy, no finite maximum). */
+static int32_t kept(struct eng_sampler *s, const float *logits, float *lb, int32_t *ib)
 {
     const int32_t top = argmax(logits, s->n_vocab);
     const float mx = top < 0 ? 0.0f : logits[top];
@@ -266,23 +269,30 @@ void eng__sampler_cut(struct eng_sampler *s, const float *logits, float *lb, int
     *ib = INT32_MAX;
     if (top >= 0 && isfinite(mx) && (s->p.top_k > 0 || s->p.top_p < 1.0f))
         cut(s, logits, mx, lb, ib);
+    return top;
+}
+
+void eng__sampler_cut(struct eng_sampler *s, const float *logits, float *lb, int32_t *ib)
+{
+    (void)kept(s, logits, lb, ib);
 }
 
 int32_t eng_sampler_sample(struct eng_sampler *s, float *logits)
 {
     const int n = s->n_vocab;
-    const int32_t top = argmax(logits, n);
+    if (eng__sampler_greedy(s)) {
+        const int32_t top = argmax(logits, n);
+        return top < 0 ? 0 : top;
+    }
+    /* kept: candidates up to (lb, ib) in the order */
+    float lb;
+    int32_t ib;
+    const int32_t top = kept(s, logits, &lb, &ib);
     if (top < 0)
         return 0; /* no logit is a number */
-    const float mx = logits[top], t = s->p.temperature;
-    if (t <= 0.0f || s->p.top_k == 1 || !isfinite(mx))
+    const float mx = logits[top], t = s->p.temperature, lo = mx - SPAN;
+    if (!isfinite(mx))
         return top;
-    /* kept: candidates up to (lb, ib) in the order; all of them unless a cut says less */
-    const float lo = mx - SPAN;
-    float lb = lo;
-    int32_t ib = INT32_MAX;
-    if (s->p.top_k > 0 || s->p.top_p < 1.0f)
-        cut(s, logits, mx, &lb, &ib);
     /* one draw over the kept tokens in id order: weights, their sums per block, the block the
        draw falls in, the token in it */
     float *w = s->e;
@@ -292,8 +302,6 @@ int32_t eng_sampler_sample(struct eng_sampler *s, float *logits)
         const float e = exp_neg((l - mx) / t);
         w[i] = keep ? e : 0.0f;
     }
-    for (int i = n; i < s->n_pad; i++)
-        w[i] = 0.0f;
     const int n_blk = s->n_pad / BLK;
     double sum = 0.0;
     for (int b = 0; b < n_blk; b++) {

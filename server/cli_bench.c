@@ -155,8 +155,9 @@ int cli_bench_engine(int argc, char **argv)
                 memcpy(scratch, logits, (size_t)hp->n_vocab * sizeof(float));
                 const double ts = s3_now_ms();
                 (void)eng_sampler_sample(smp[k], scratch);
-                sample_ms[k] += s3_now_ms() - ts;
-                t_sample += s3_now_ms() - ts;
+                const double dt = s3_now_ms() - ts;
+                sample_ms[k] += dt;
+                t_sample += dt;
             }
         }
         double tps = n_gen / ((s3_now_ms() - t - t_sample) / 1000.0);

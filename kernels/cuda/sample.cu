@@ -42,9 +42,10 @@ __device__ __forceinline__ int bin_of(float l, float mx)
     return x < (float)(N_BIN - 1) ? (int)x : N_BIN - 1;
 }
 
-__device__ __forceinline__ unsigned long long fixed(float e)
+/* A candidate's e^(l - mx) in fixed point: its share of a bin's mass, the same wherever summed */
+__device__ __forceinline__ unsigned long long mass_of(float l, float mx)
 {
-    return (unsigned long long)((double)e * FIX);
+    return (unsigned long long)((double)exp_neg(__fsub_rn(l, mx)) * FIX);
 }
 
 /* (l, id) comes before (ol, oid): higher logit, then lower id */
@@ -158,7 +159,7 @@ __global__ void __launch_bounds__(KRN_SAMPLE_THREADS)
                 const int b = bin_of(l, mx);
                 atomicAdd(&sm.count[b], 1);
                 if (want_p)
-                    atomicAdd(&sm.mass[b], fixed(exp_neg(__fsub_rn(l, mx))));
+                    atomicAdd(&sm.mass[b], mass_of(l, mx));
             }
         }
         __syncthreads();
@@ -190,7 +191,7 @@ __global__ void __launch_bounds__(KRN_SAMPLE_THREADS)
                 if (want_p) {
                     unsigned long long mk = 0;
                     for (int j = 0; j < m; j++)
-                        mk += fixed(exp_neg(__fsub_rn(sm.u.bin.l[j], mx)));
+                        mk += mass_of(sm.u.bin.l[j], mx);
                     sm.mass[kbin] = mk;
                 }
             }
@@ -219,7 +220,7 @@ __global__ void __launch_bounds__(KRN_SAMPLE_THREADS)
                 unsigned long long cum = s_cum;
                 int j = 0;
                 for (; j < m - 1; j++) {
-                    cum += fixed(exp_neg(__fsub_rn(sm.u.bin.l[j], mx)));
+                    cum += mass_of(sm.u.bin.l[j], mx);
                     if ((double)cum >= s_target)
                         break;
                 }
