@@ -966,7 +966,9 @@ struct eng_cuda_sae_scan {
     const struct eng_sae *sae;       /* borrowed */
     int n_kv, hd, n_dict, k, n_rows, n_unit;
     uint64_t mask;                   /* indexed layers */
-    float *d_w;                      /* per unit: W_enc (n_dict, hd), b_enc (n_dict), b_dec (hd) */
+    float *d_w;                      /* per unit: W_enc split for the tensor cores (n_dict, 2 hd)
+                                        fp16 (krn_cuda_sae_split), b_enc (n_dict), b_dec (hd) */
+    float *w_inv;                    /* (n_unit) krn_cuda_sae_split's scale, owned */
     size_t unit_floats;
     /* per buffer set: the context (and so the stream) its passes run on, the encoder scratch
        (n_ub, hd + n_dict) and the records of the pass being computed (n_unit, n_rows, k).
@@ -1025,6 +1027,7 @@ void eng__cuda_sae_scan_free(struct eng_cuda_sae_scan *ss)
     eng__cuda_sae_scan_drain(ss);
     share_set0(ss);
     krn_cuda_free(ss->d_w);
+    free(ss->w_inv);
     krn_cuda_free(ss->d_scr[0]);
     krn_cuda_free(ss->d_ids[0]);
     krn_cuda_free(ss->d_acts[0]);
@@ -1089,7 +1092,7 @@ int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_row
     const size_t nd = (size_t)ss->n_dict, hd = (size_t)ss->hd;
     ss->unit_floats = nd * hd + nd + hd;
     const size_t nrec = (size_t)ss->n_unit * (size_t)n_rows * (size_t)k;
-    const size_t scr_bytes = (size_t)dc->n_ub * (hd + nd) * sizeof(float);
+    const size_t scr_bytes = krn_cuda_sae_scratch_bytes(dc->n_ub, ss->hd, ss->n_dict);
     ss->set_dc[0] = ss->set_dc[1] = dc;
     if ((rc = krn_cuda_malloc(ss->dev, (void **)&ss->d_w,
                               (size_t)ss->n_unit * ss->unit_floats * sizeof(float))) < 0 ||
@@ -1124,7 +1127,8 @@ int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_row
             (rc = krn_cuda_event_new(ss->dev, &ss->ev[i])) < 0)
             goto fail;
     host = malloc(ss->unit_floats * sizeof(float));
-    if (!host) {
+    ss->w_inv = malloc((size_t)ss->n_unit * sizeof(float));
+    if (!host || !ss->w_inv) {
         rc = s3_errf(err, S3_ENOMEM, "cuda scan: out of memory");
         goto out;
     }
@@ -1136,7 +1140,7 @@ int eng__cuda_sae_scan_new(struct eng_ctx *c, const struct eng_sae *s, int n_row
             rc = s3_errf(err, S3_EINTERNAL, "cuda scan: SAE unit %d missing", u);
             goto out;
         }
-        memcpy(host, un.w_enc, nd * hd * sizeof(float));
+        ss->w_inv[u] = krn_cuda_sae_split(un.w_enc, ss->n_dict, ss->hd, (uint16_t *)host);
         memcpy(host + nd * hd, un.b_enc, nd * sizeof(float));
         memcpy(host + nd * hd + nd, un.b_dec, hd * sizeof(float));
         if ((rc = krn_cuda_upload(ss->dev, ss->d_w + (size_t)u * ss->unit_floats, host,
@@ -1177,7 +1181,8 @@ static int sae_scan_hook(void *ud, struct krn_cuda_dev *dev, int layer, int pos0
         const float *w = ss->d_w + (size_t)u * ss->unit_floats;
         const size_t rec = ((size_t)u * (size_t)ss->cur_out + (size_t)row0) * (size_t)ss->k;
         int rc = krn_cuda_sae_encode(dev, d_k + (size_t)r0 * (size_t)ld + (size_t)h * hd, ld,
-                                     n - r0, ss->hd, w, w + nd * hd, w + nd * hd + nd,
+                                     n - r0, ss->hd, (const uint16_t *)w, ss->w_inv[u],
+                                     w + nd * hd, w + nd * hd + nd,
                                      ss->n_dict, ss->k, ss->d_scr[ss->set],
                                      ss->d_ids[ss->set] + rec, ss->d_acts[ss->set] + rec);
         if (rc < 0) {

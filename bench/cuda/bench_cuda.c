@@ -58,7 +58,9 @@ struct scan_state {
     struct krn_cuda_dev *dev;
     int sae_dict, sae_k, hd, n_head_kv;
     int n_rows_max;
-    float *d_x, *d_wenc, *d_benc, *d_bdec, *d_scr, *d_acts, *h_acts;
+    float *d_x, *d_benc, *d_bdec, *d_scr, *d_acts, *h_acts;
+    uint16_t *d_wenc;               /* split (krn_cuda_sae_split) */
+    float w_inv;
     uint16_t *d_ids, *h_ids;
 };
 
@@ -76,7 +78,7 @@ static int scan_hook(void *ud, int layer, int pos0, int n, const float *q, const
             return 1;
         for (int h = 0; h < s->n_head_kv; h++) {
             if (krn_cuda_sae_encode(s->dev, s->d_x + h * s->hd, dkv, n, s->hd, s->d_wenc,
-                                    s->d_benc, s->d_bdec, s->sae_dict, s->sae_k, s->d_scr,
+                                    s->w_inv, s->d_benc, s->d_bdec, s->sae_dict, s->sae_k, s->d_scr,
                                     s->d_ids + (size_t)h * n * s->sae_k,
                                     s->d_acts + (size_t)h * n * s->sae_k) < 0)
                 return 1;
@@ -104,7 +106,8 @@ static int scan_dev_hook(void *ud, struct krn_cuda_dev *dev, int layer, int pos0
     if (s->n_slots >= 64)
         return 1;
     for (int h = 0; h < s->n_head_kv; h++)
-        if (krn_cuda_sae_encode(dev, d_k + h * s->hd, ld, n, s->hd, s->d_wenc, s->d_benc,
+        if (krn_cuda_sae_encode(dev, d_k + h * s->hd, ld, n, s->hd, s->d_wenc, s->w_inv,
+                                s->d_benc,
                                 s->d_bdec, s->sae_dict, s->sae_k, s->d_scr,
                                 s->d_ids + (size_t)h * n * s->sae_k,
                                 s->d_acts + (size_t)h * n * s->sae_k) < 0)
@@ -234,8 +237,10 @@ static int cmd_scan(int argc, char **argv)
         const size_t dkv = (size_t)hp->head_dim * hp->n_head_kv, nrec =
                                                                      (size_t)hp->n_head_kv * chunk * sae_k;
         float *w = malloc(sizeof(float) * (size_t)sae_dict * hp->head_dim);
+        uint16_t *hilo = malloc(sizeof(float) * (size_t)sae_dict * hp->head_dim);
         for (size_t i = 0; i < (size_t)sae_dict * hp->head_dim; i++)
             w[i] = (float)((int)(i * 2654435761u % 2001) - 1000) * 1e-4f;
+        st.w_inv = krn_cuda_sae_split(w, sae_dict, hp->head_dim, hilo);
         struct krn_cuda_dev *sd = dev_path ? eng__cuda_ctx_dev(dc) : probe;
         if ((!dev_path && krn_cuda_malloc(probe, (void **)&st.d_x, (size_t)chunk * dkv * 4) < 0) ||
             (dev_path &&
@@ -245,18 +250,18 @@ static int cmd_scan(int argc, char **argv)
             krn_cuda_malloc(probe, (void **)&st.d_benc, (size_t)sae_dict * 4) < 0 ||
             krn_cuda_malloc(probe, (void **)&st.d_bdec, (size_t)hp->head_dim * 4) < 0 ||
             krn_cuda_malloc(probe, (void **)&st.d_scr,
-                            (size_t)chunk * (hp->head_dim + sae_dict) * 4) < 0 ||
+                            krn_cuda_sae_scratch_bytes(chunk, hp->head_dim, sae_dict)) < 0 ||
             krn_cuda_malloc(probe, (void **)&st.d_ids, nrec * 2) < 0 ||
             krn_cuda_malloc(probe, (void **)&st.d_acts, nrec * 4) < 0 ||
             krn_cuda_host_alloc(probe, (void **)&st.h_ids, nrec * 2) < 0 ||
             krn_cuda_host_alloc(probe, (void **)&st.h_acts, nrec * 4) < 0 ||
-            krn_cuda_upload(probe, st.d_wenc, w, (size_t)sae_dict * hp->head_dim * 4) < 0 ||
+            krn_cuda_upload(probe, st.d_wenc, hilo, (size_t)sae_dict * hp->head_dim * 4) < 0 ||
             krn_cuda_memset(probe, st.d_benc, 0, (size_t)sae_dict * 4) < 0 ||
             krn_cuda_memset(probe, st.d_bdec, 0, (size_t)hp->head_dim * 4) < 0) {
             fprintf(stderr, "sae buffers: %s\n", krn_cuda_errmsg(probe));
             return 1;
         }
-        free(w);
+        free(w), free(hilo);
     }
     uint64_t mask = 0;
     for (int i = 0; i < n_hooks; i++)
@@ -960,14 +965,19 @@ static int cmd_sae(void)
         hx[i] = (float)((int)rand_tok(2001) - 1000) * 1e-3f;
     for (size_t i = 0; i < unit * hkv; i++)
         hw[i] = (float)((int)rand_tok(2001) - 1000) * 1e-4f;
+    float inv[8];
+    float *hs = malloc(sizeof(float) * unit * hkv); /* W_enc split, biases as they are */
+    memcpy(hs, hw, sizeof(float) * unit * hkv);
+    for (int h = 0; h < hkv; h++)
+        inv[h] = krn_cuda_sae_split(hw + unit * h, nd, hd, (uint16_t *)(hs + unit * h));
     int rc = 0;
     if (krn_cuda_malloc(dev, (void **)&dx, sizeof(float) * (size_t)n * ld) < 0 ||
         krn_cuda_malloc(dev, (void **)&dw, sizeof(float) * unit * hkv) < 0 ||
-        krn_cuda_malloc(dev, (void **)&scr, sizeof(float) * (size_t)n * (hd + nd)) < 0 ||
+        krn_cuda_malloc(dev, (void **)&scr, krn_cuda_sae_scratch_bytes(n, hd, nd)) < 0 ||
         krn_cuda_malloc(dev, (void **)&acts, sizeof(float) * (size_t)hkv * n * kk) < 0 ||
         krn_cuda_malloc(dev, (void **)&ids, 2 * (size_t)hkv * n * kk) < 0 ||
         krn_cuda_upload(dev, dx, hx, sizeof(float) * (size_t)n * ld) < 0 ||
-        krn_cuda_upload(dev, dw, hw, sizeof(float) * unit * hkv) < 0) {
+        krn_cuda_upload(dev, dw, hs, sizeof(float) * unit * hkv) < 0) {
         fprintf(stderr, "sae: %s\n", krn_cuda_errmsg(dev));
         rc = 1;
     }
@@ -981,8 +991,9 @@ static int cmd_sae(void)
                 krn_cuda_event_record(dev, e0);
             for (int h = 0; h < hkv && rc == 0; h++) {
                 const float *w = dw + unit * h;
-                rc = krn_cuda_sae_encode(dev, dx + 2048 + h * hd, ld, n, hd, w, w + (size_t)nd * hd,
-                                         w + (size_t)nd * hd + nd, nd, kr, scr,
+                rc = krn_cuda_sae_encode(dev, dx + 2048 + h * hd, ld, n, hd, (const uint16_t *)w,
+                                         inv[h], w + (size_t)nd * hd, w + (size_t)nd * hd + nd,
+                                         nd, kr, scr,
                                          ids + (size_t)h * n * kk, acts + (size_t)h * n * kk);
             }
         }
@@ -996,7 +1007,7 @@ static int cmd_sae(void)
     krn_cuda_event_free(e0), krn_cuda_event_free(e1);
     krn_cuda_free(dx), krn_cuda_free(dw), krn_cuda_free(scr), krn_cuda_free(acts);
     krn_cuda_free(ids);
-    free(hx), free(hw);
+    free(hx), free(hw), free(hs);
     krn_cuda_dev_free(dev);
     return rc;
 }

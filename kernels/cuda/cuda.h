@@ -242,13 +242,21 @@ int krn_cuda_sample(struct krn_cuda_dev *dev, const float *d_x, int n,
                     const struct krn_cuda_sample_params *p, double u, int32_t *d_out);
 
 /* ---- Top-k SAE encoding ------------------------------------------------------------------------
- * For n rows x (row stride ldx f32) and one SAE (W_enc (n_dict, d) f32, b_enc (n_dict),
- * b_dec (d)): pre = W_enc (x - b_dec) + b_enc, a = relu(pre); keep the k largest (ties: lowest
- * id), ordered by activation descending then id ascending: ids (n, k) u16, acts (n, k) f32.
- * scratch: n*(d + n_dict) floats. k <= 256, n_dict <= 65536. */
+ * For n rows x (row stride ldx f32) and one SAE (W_enc (n_dict, d), b_enc (n_dict), b_dec (d)):
+ * pre = W_enc (x - b_dec) + b_enc, a = relu(pre); keep the k largest (ties: lowest id), ordered
+ * by activation descending then id ascending: ids (n, k) u16, acts (n, k) f32. W_enc comes
+ * split for the tensor cores by krn_cuda_sae_split (d_whilo, w_inv_scale); the pre-activations
+ * are within fp32 rounding of an fp32 GEMM's. x - b_dec must stay within fp16's range.
+ * scratch: krn_cuda_sae_scratch_bytes(n, d, n_dict). k <= 256, n_dict <= 65536. */
 int krn_cuda_sae_encode(struct krn_cuda_dev *dev, const float *d_x, int ldx, int n, int d,
-                        const float *d_wenc, const float *d_benc, const float *d_bdec,
-                        int n_dict, int k, float *d_scratch, uint16_t *d_ids, float *d_acts);
+                        const uint16_t *d_whilo, float w_inv_scale, const float *d_benc,
+                        const float *d_bdec, int n_dict, int k, void *d_scratch,
+                        uint16_t *d_ids, float *d_acts);
+size_t krn_cuda_sae_scratch_bytes(int n, int d, int n_dict);
+/* Host: W_enc (n_dict, d) f32 row-major scaled by a power of two s and split into fp16 head
+ * and remainder, hilo (n_dict, 2d) row-major [head | remainder] (n_dict * d * 4 bytes, the
+ * size of W_enc); returns 1 / s, krn_cuda_sae_encode's w_inv_scale. */
+float krn_cuda_sae_split(const float *w_enc, int n_dict, int d, uint16_t *hilo);
 /* Top-k selection kernel: 2 (default) one warp per row with the row in registers where
  * n_dict <= 2048, 1 the block-per-row kernel everywhere; both pick and order identically.
  * Returns the previous one; other values only query. */

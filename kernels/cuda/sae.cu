@@ -1,18 +1,62 @@
-/* kernels/cuda/sae.cu - Top-k SAE encoding: centre, one fp32 GEMM (cuBLAS) for the
- * pre-activations of every latent, then a selection kernel: for n_dict <= 2048 one warp per
- * row with the row in registers (each lane lists its 4 best; k rounds of a warp-wide argmax
- * over the lists' heads), else k rounds of a block-wide
- * (activation desc, id asc) maximum below the previous pick, one block per row. */
+/* kernels/cuda/sae.cu - Top-k SAE encoding: centre, the pre-activations of every latent on the
+ * tensor cores, then a selection kernel: for n_dict <= 2048 one warp per row with the row in
+ * registers (each lane lists its 4 best; k rounds of a warp-wide argmax over the lists' heads),
+ * else k rounds of a block-wide (activation desc, id asc) maximum below the previous pick, one
+ * block per row.
+ *
+ * The pre-activations keep fp32 accuracy on fp16 tensor cores: each operand is split into an
+ * fp16 head and an fp16 remainder (x = xh + xl, W s = Wh + Wl with s a power of two that puts
+ * W's largest entry near 2^14, so that Wl stays clear of fp16's subnormals), and
+ * W x = (xh Wh + xh Wl + xl Wh) / s with fp32 accumulation; the dropped xl Wl is 2^-22 of the
+ * product. Two GEMMs: [xh | xh] against [Wh | Wl], then xl against Wh accumulated. */
 #include <math.h>
 
 #include "cuda_int.cuh"
 #include "sae.cuh"
 
-__global__ void k_sae_center(const float *x, int ldx, int d, const float *bdec, float *xc)
+/* x3 row t: [xh | xh | xl] of x_t - b_dec (fp16, 3d) */
+__global__ void k_sae_center(const float *x, int ldx, int d, const float *bdec, __half *x3)
 {
     const int t = blockIdx.x;
-    for (int i = threadIdx.x; i < d; i += blockDim.x)
-        xc[(size_t)t * d + i] = x[(size_t)t * ldx + i] - bdec[i];
+    __half *r = x3 + (size_t)t * 3 * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        const float v = x[(size_t)t * ldx + i] - bdec[i];
+        const __half h = __float2half_rn(v);
+        r[i] = h;
+        r[d + i] = h;
+        r[2 * d + i] = __float2half_rn(v - __half2float(h));
+    }
+}
+
+/* Offset of x3 in the scratch, bytes (pre first, 256-byte aligned after it). */
+static size_t x3_offset(int n, int n_dict)
+{
+    return ((size_t)n * (size_t)n_dict * sizeof(float) + 255) & ~(size_t)255;
+}
+
+extern "C" size_t krn_cuda_sae_scratch_bytes(int n, int d, int n_dict)
+{
+    return x3_offset(n, n_dict) + (size_t)n * 3 * (size_t)d * sizeof(__half);
+}
+
+extern "C" float krn_cuda_sae_split(const float *w_enc, int n_dict, int d, uint16_t *hilo)
+{
+    float mx = 0.0f;
+    for (size_t i = 0; i < (size_t)n_dict * d; i++)
+        mx = fabsf(w_enc[i]) > mx ? fabsf(w_enc[i]) : mx;
+    int e = 0;
+    if (mx > 0.0f && isfinite(mx))
+        frexpf(mx, &e); /* mx = m 2^e, m in [0.5, 1) */
+    const float s = mx > 0.0f && isfinite(mx) ? ldexpf(1.0f, 14 - e) : 1.0f;
+    for (int j = 0; j < n_dict; j++)
+        for (int i = 0; i < d; i++) {
+            const float v = w_enc[(size_t)j * d + i] * s;
+            const __half h = __float2half_rn(v);
+            const __half l = __float2half_rn(v - __half2float(h));
+            hilo[(size_t)j * 2 * d + i] = __half_as_ushort(h);
+            hilo[(size_t)j * 2 * d + d + i] = __half_as_ushort(l);
+        }
+    return 1.0f / s;
 }
 
 /* (v, id) ranks before (ov, oid): larger activation, then lower id */
@@ -155,22 +199,30 @@ extern "C" int krn_cuda_sae_variant(struct krn_cuda_dev *dev, int variant)
 }
 
 extern "C" int krn_cuda_sae_encode(struct krn_cuda_dev *dev, const float *d_x, int ldx, int n,
-                                   int d, const float *d_wenc, const float *d_benc,
-                                   const float *d_bdec, int n_dict, int k, float *d_scratch,
-                                   uint16_t *d_ids, float *d_acts)
+                                   int d, const uint16_t *d_whilo, float w_inv_scale,
+                                   const float *d_benc, const float *d_bdec, int n_dict, int k,
+                                   void *d_scratch, uint16_t *d_ids, float *d_acts)
 {
     if (n < 0 || d <= 0 || ldx < d || n_dict <= 0 || n_dict > 65536 || k <= 0 ||
-        k > KRN_SAE_MAX_K || k > n_dict)
+        k > KRN_SAE_MAX_K || k > n_dict || !(w_inv_scale > 0.0f))
         return S3_EINVAL;
     if (n == 0)
         return 0;
-    float *xc = d_scratch, *pre = d_scratch + (size_t)n * d;
-    k_sae_center<<<n, 128, 0, dev->stream>>>(d_x, ldx, d, d_bdec, xc);
+    float *pre = (float *)d_scratch;
+    __half *x3 = (__half *)((char *)d_scratch + x3_offset(n, n_dict));
+    k_sae_center<<<n, 128, 0, dev->stream>>>(d_x, ldx, d, d_bdec, x3);
     KRN_CHECK_LAUNCH(dev);
-    /* pre (n, n_dict) row-major = xc (n, d) W_enc^T, W_enc (n_dict, d) row-major */
-    const float one = 1.0f, zero = 0.0f;
-    KRN_CHECK_BLAS(dev, cublasSgemm(dev->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_dict, n, d, &one,
-                                    d_wenc, d, xc, d, &zero, pre, n_dict));
+    /* pre (n, n_dict) row-major = x3 (n, 3d) against [Wh | Wl] (n_dict, 2d) row-major:
+       column-major, pre^T = W' x3^T with W' read transposed */
+    const float zero = 0.0f, one = 1.0f;
+    KRN_CHECK_BLAS(dev, cublasGemmEx(dev->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_dict, n, 2 * d,
+                                     &w_inv_scale, d_whilo, CUDA_R_16F, 2 * d, x3, CUDA_R_16F,
+                                     3 * d, &zero, pre, CUDA_R_32F, n_dict, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+    KRN_CHECK_BLAS(dev, cublasGemmEx(dev->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_dict, n, d,
+                                     &w_inv_scale, d_whilo, CUDA_R_16F, 2 * d, x3 + 2 * d,
+                                     CUDA_R_16F, 3 * d, &one, pre, CUDA_R_32F, n_dict,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     const int variant = dev->sae_variant ? dev->sae_variant : 2;
     const unsigned wblocks = krn_cuda__blocks(n, KRN_SAE_WARP_ROWS);
     if (variant == 2 && n_dict <= 256)
