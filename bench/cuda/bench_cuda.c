@@ -846,9 +846,10 @@ static int cmd_attn(void)
         for (int i = 0; i < n; i++)
             keys += cs[ci].pos0 + i + 1;
         const double flop = 4.0 * hd * H * keys;
-        /* variant 1, then variant 2 with its default block size, 64 and 128 queries */
-        static const int runs[4][2] = {{1, 0}, {2, 0}, {2, 64}, {2, 128}};
-        for (int ri = 0; ri < 4; ri++) {
+        /* variant 1, variant 2 with its default block size, 64 and 128 queries, then the
+           Hopper kernel (variant 3; 2 where it does not run) */
+        static const int runs[5][2] = {{1, 0}, {2, 0}, {2, 64}, {2, 128}, {3, 0}};
+        for (int ri = 0; ri < 5; ri++) {
             const int var = runs[ri][0];
             krn_cuda_attn_variant(dev, var);
             krn_cuda_attn_block(dev, runs[ri][1]);

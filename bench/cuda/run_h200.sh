@@ -77,6 +77,8 @@ fi
 if [ "${ATTN:-1}" = 1 ]; then
 log bench-attn
 $B/bench_cuda/s3cuda_bench attn 2>&1 | tee $OUT/bench_attn.jsonl
+# the peers on the same chunks (PyTorch SDPA: FlashAttention-2, cuDNN), where PyTorch is installed
+python3 -c "import torch" 2>/dev/null && python3 bench/cuda/attn_peer.py 2>&1 | grep '^{' | tee -a $OUT/bench_attn.jsonl
 log bench-gemm
 $B/bench_cuda/s3cuda_bench gemm 2>&1 | tee $OUT/bench_gemm.jsonl
 # each candidate timed over 2 x 200 ms instead of 2 x 10 ms

@@ -4,6 +4,7 @@
 #include "attn.cuh"
 #include "cuda_int.cuh"
 #include "reduce.cuh"
+#include "wgmma.cuh"
 
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0,
                                           uint32_t b1)
@@ -211,6 +212,134 @@ __device__ __forceinline__ float ex2(float x)
     return y;
 }
 
+/* One key tile of the online softmax on the m16n8 accumulator layout (rows r0 = g and r1 =
+ * g + 8 of a warp's 16; columns 8j + 2 t4 + {0, 1} of the tile): the causal mask where the
+ * tile meets the diagonal, the running maxima and sums, the factors a0, a1 the output
+ * accumulators are to be scaled by (rescale_rows), and the probabilities as fp16 A fragments
+ * pf for P V. */
+template <int NJ>
+__device__ __forceinline__ void tile_probs(float (&s)[NJ][4], uint32_t (&pf)[NJ / 2][4],
+                                           int kbase, bool diag, int qp0, int qp1, int t4,
+                                           float sl2, float &m0, float &m1, float &l0, float &l1,
+                                           float &a0, float &a1)
+{
+    if (diag) { /* a tile on this warp's diagonal */
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int key = kbase + 8 * j + 2 * t4 + e;
+                if (key > qp0)
+                    s[j][e] = -INFINITY;
+                if (key > qp1)
+                    s[j][2 + e] = -INFINITY;
+            }
+    }
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    /* running maxima in log2 units (sl2 > 0: the max of the scaled scores is the
+       scaled max); a row whose keys are all masked so far keeps m = -inf and uses 0 */
+    const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
+    const float ref0 = mn0 == -INFINITY ? 0.0f : mn0;
+    const float ref1 = mn1 == -INFINITY ? 0.0f : mn1;
+    a0 = m0 == ref0 ? 1.0f : ex2(m0 - ref0);
+    a1 = m1 == ref1 ? 1.0f : ex2(m1 - ref1);
+    m0 = mn0;
+    m1 = mn1;
+    l0 *= a0;
+    l1 *= a1;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+        const __half2 h0 = __floats2half2_rn(ex2(fmaf(s[j][0], sl2, -ref0)),
+                                             ex2(fmaf(s[j][1], sl2, -ref0)));
+        const __half2 h1 = __floats2half2_rn(ex2(fmaf(s[j][2], sl2, -ref1)),
+                                             ex2(fmaf(s[j][3], sl2, -ref1)));
+        l0 += __low2float(h0) + __high2float(h0);
+        l1 += __low2float(h1) + __high2float(h1);
+        pf[j >> 1][(j & 1) * 2 + 0] = *(const uint32_t *)&h0;
+        pf[j >> 1][(j & 1) * 2 + 1] = *(const uint32_t *)&h1;
+    }
+}
+
+/* The output accumulators times the rows' factors, where some row's maximum rose. */
+template <int NNT>
+__device__ __forceinline__ void rescale_rows(float (&o)[NNT][4], float a0, float a1)
+{
+    if (__any_sync(0xffffffffu, a0 != 1.0f || a1 != 1.0f)) { /* some row's max rose */
+#pragma unroll
+        for (int i = 0; i < NNT; i++) {
+            o[i][0] *= a0;
+            o[i][1] *= a0;
+            o[i][2] *= a1;
+            o[i][3] *= a1;
+        }
+    }
+}
+
+template <int NJ, int NNT>
+__device__ __forceinline__ void tile_softmax(float (&s)[NJ][4], float (&o)[NNT][4],
+                                             uint32_t (&pf)[NJ / 2][4], int kbase, bool diag,
+                                             int qp0, int qp1, int t4, float sl2, float &m0,
+                                             float &m1, float &l0, float &l1)
+{
+    float a0, a1;
+    tile_probs<NJ>(s, pf, kbase, diag, qp0, qp1, t4, sl2, m0, m1, l0, l1, a0, a1);
+    rescale_rows<NNT>(o, a0, a1);
+}
+
+/* The rows' outputs o / l as fp16 (Q8: rounded as krn_cuda_q8_round does) into out at row
+ * stride dq, columns c0 + 8 i (c0 includes the lane's 2 t4). */
+template <int NNT, bool Q8>
+__device__ __forceinline__ void store_rows(float (&o)[NNT][4], float l0, float l1, __half *out,
+                                           int r0, int r1, int n, int dq, int c0)
+{
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    if (Q8) {
+        /* the fp16 outputs rounded as krn_cuda_q8_round does: a block of 32 columns of a row
+           is o[4b .. 4b+3] of the 4 lanes of a quad (8 values each) */
+#pragma unroll
+        for (int i = 0; i < NNT; i++) {
+            o[i][0] = __half2float(__float2half_rn(o[i][0] * i0));
+            o[i][1] = __half2float(__float2half_rn(o[i][1] * i0));
+            o[i][2] = __half2float(__float2half_rn(o[i][2] * i1));
+            o[i][3] = __half2float(__float2half_rn(o[i][3] * i1));
+        }
+#pragma unroll
+        for (int b = 0; b < NNT / 4; b++) {
+            float y0[8], y1[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                y0[e] = o[4 * b + e / 2][e % 2], y1[e] = o[4 * b + e / 2][2 + e % 2];
+            krn_q8_round8(y0, 0xffffffffu);
+            krn_q8_round8(y1, 0xffffffffu);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                o[4 * b + e / 2][e % 2] = y0[e], o[4 * b + e / 2][2 + e % 2] = y1[e];
+        }
+    }
+    const float f0 = Q8 ? 1.0f : i0, f1 = Q8 ? 1.0f : i1;
+#pragma unroll
+    for (int i = 0; i < NNT; i++) {
+        const int col = c0 + 8 * i;
+        if (r0 < n)
+            *(uint32_t *)&out[(size_t)r0 * dq + col] = pack_h2(o[i][0] * f0, o[i][1] * f0);
+        if (r1 < n)
+            *(uint32_t *)&out[(size_t)r1 * dq + col] = pack_h2(o[i][2] * f1, o[i][3] * f1);
+    }
+}
+
 /* The pipelined tensor-core kernel (variant 2): the same per-warp algorithm as k_attn_mma,
  * with K/V tiles brought in by cp.async two stages deep (tile kt+1 loads while tile kt is
  * used), K fragments read with ldmatrix, and the query blocks taken heaviest first (the last
@@ -297,60 +426,9 @@ __global__ void __launch_bounds__(W * 32, 1)
                     mma_16816(s[j], qf[kk + 1], b[2], b[3]);
                 }
             }
-            if (kbase + BK - 1 > wmin) { /* a tile on this warp's diagonal */
-#pragma unroll
-                for (int j = 0; j < NJ; j++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const int key = kbase + 8 * j + 2 * t4 + e;
-                        if (key > qp0)
-                            s[j][e] = -INFINITY;
-                        if (key > qp1)
-                            s[j][2 + e] = -INFINITY;
-                    }
-            }
-            float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-                mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-            }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            /* running maxima in log2 units (sl2 > 0: the max of the scaled scores is the
-               scaled max); a row whose keys are all masked so far keeps m = -inf and uses 0 */
-            const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
-            const float ref0 = mn0 == -INFINITY ? 0.0f : mn0;
-            const float ref1 = mn1 == -INFINITY ? 0.0f : mn1;
-            const float a0 = m0 == ref0 ? 1.0f : ex2(m0 - ref0);
-            const float a1 = m1 == ref1 ? 1.0f : ex2(m1 - ref1);
-            m0 = mn0;
-            m1 = mn1;
-            l0 *= a0;
-            l1 *= a1;
-            if (__any_sync(0xffffffffu, a0 != 1.0f || a1 != 1.0f)) { /* some row's max rose */
-#pragma unroll
-                for (int i = 0; i < NNT; i++) {
-                    o[i][0] *= a0;
-                    o[i][1] *= a0;
-                    o[i][2] *= a1;
-                    o[i][3] *= a1;
-                }
-            }
             uint32_t pf[NPK][4];
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                const __half2 h0 = __floats2half2_rn(ex2(fmaf(s[j][0], sl2, -ref0)),
-                                                     ex2(fmaf(s[j][1], sl2, -ref0)));
-                const __half2 h1 = __floats2half2_rn(ex2(fmaf(s[j][2], sl2, -ref1)),
-                                                     ex2(fmaf(s[j][3], sl2, -ref1)));
-                l0 += __low2float(h0) + __high2float(h0);
-                l1 += __low2float(h1) + __high2float(h1);
-                pf[j >> 1][(j & 1) * 2 + 0] = *(const uint32_t *)&h0;
-                pf[j >> 1][(j & 1) * 2 + 1] = *(const uint32_t *)&h1;
-            }
+            tile_softmax<NJ, NNT>(s, o, pf, kbase, kbase + BK - 1 > wmin, qp0, qp1, t4, sl2, m0, m1,
+                                  l0, l1);
 #pragma unroll
             for (int kk = 0; kk < NPK; kk++) {
 #pragma unroll
@@ -364,43 +442,173 @@ __global__ void __launch_bounds__(W * 32, 1)
         }
         __syncthreads(); /* this stage is refilled by the load issued in the next iteration */
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    if (Q8) {
-        /* the fp16 outputs rounded as krn_cuda_q8_round does: a block of 32 columns of a row
-           is o[4b .. 4b+3] of the 4 lanes of a quad (8 values each) */
+    store_rows<NNT, Q8>(o, l0, l1, out, r0, r1, n, dq, h * HD + 2 * t4);
+}
+
+/* Offset (halves) of row r, columns 8c..8c+7 of an R x HD tile in wgmma's 128-byte swizzled
+ * layout: atoms of 8 rows x 64 columns (1 KiB, rows 128 bytes apart, the 16-byte column
+ * blocks of row r at block c ^ (r & 7)); the atoms of a column block of 64 stacked by rows,
+ * column blocks R / 8 KiB apart. The tile must start 1 KiB-aligned. */
+template <int R> __device__ __forceinline__ int wg_off(int r, int c)
+{
+    return (c >> 3) * (R * 64) + (r >> 3) * 512 + (r & 7) * 64 + (((c & 7) ^ (r & 7)) << 3);
+}
+
+/* Rows row0.. of a BR x HD fp16 tile (global row stride ld halves) into shared memory in the
+ * wg_off layout, 16 bytes per cp.async; rows past rlim are zero-filled. Consecutive threads
+ * take consecutive 16-byte blocks of a row (coalesced reads, conflict-free stores). */
+template <int HD, int BR>
+__device__ __forceinline__ void wg_load(__half *dst, const __half *src, size_t ld, int row0,
+                                        int rlim)
+{
+    for (int i = threadIdx.x; i < BR * HD / 8; i += blockDim.x) {
+        const int r = i / (HD / 8), c = i % (HD / 8);
+        const bool ok = row0 + r <= rlim;
+        cp_async16(dst + wg_off<BR>(r, c), ok ? src + (size_t)(row0 + r) * ld + c * 8 : src,
+                   ok ? 16 : 0);
+    }
+}
+
+/* Variant 3 (Hopper, sm_90a): the online softmax of variant 2 with both products on
+ * warpgroup MMAs. A block of two warpgroups takes 128 queries (64 rows each); Q (the block's
+ * rows), K and V tiles of 128 keys sit in shared memory in wgmma's 128-byte swizzled layout, K/V
+ * KRN_ATT_WG_STAGES deep by cp.async (one barrier per tile), the softmax of a tile overlapping
+ * the previous tile's P V on the tensor cores. S = Q K^T is one m64n128k16 chain per warpgroup from shared
+ * memory; P stays in registers as the A operand of O += P V, with V read N-major. Tiles past
+ * a warpgroup's rows are skipped. */
+template <int HD, bool Q8>
+__global__ void __launch_bounds__(256, 1)
+    k_attn_wg(const __half *q, const __half *kc, const __half *vc, __half *out, int n, int pos0,
+              int n_head, int group, int n_ctx, float sl2)
+{
+#ifdef KRN_WGMMA
+    constexpr int BQ = 128, BK = 128, NNT = HD / 8, NJ = BK / 8, NPK = BK / 16, NKK = HD / 16;
+    constexpr int TILE = BK * HD;
+    extern __shared__ __align__(1024) __half wsm[]; /* Q, then [stage][K, V] */
+    __half *const smem = wsm, *qs = wsm;
+
+    const int h = blockIdx.y, hk = h / group;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int wg = warp >> 2;
+    const int dq = n_head * HD;
+    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+    const int qp0 = pos0 + r0, qp1 = pos0 + r1;
+    const int last_q = min(n - 1, q0 + BQ - 1);
+    const int kmax = pos0 + last_q;
+    const int klim = pos0 + n - 1;
+    const int n_kt = kmax / BK + 1;
+    const int wmin = pos0 + q0 + warp * 16;
+    const int gmax = pos0 + q0 + wg * 64 + 63; /* the warpgroup's last row */
+    const __half *kb = kc + (size_t)hk * n_ctx * HD;
+    const __half *vb = vc + (size_t)hk * n_ctx * HD;
+
+    auto stage = [&](int kt) { return smem + BQ * HD + (kt % KRN_ATT_WG_STAGES) * 2 * TILE; };
+    auto load_tile = [&](int kt) {
+        wg_load<HD, BK>(stage(kt), kb, HD, kt * BK, klim);
+        wg_load<HD, BK>(stage(kt) + TILE, vb, HD, kt * BK, klim);
+        cp_async_commit();
+    };
+    const __half *qw = qs + wg * 64 * 64; /* the warpgroup's 8 row groups of each block */
+    /* S = Q K^T of tile kt into s (16 columns a step: 32 bytes into a 64-column block) */
+    auto issue_s = [&](float (&s)[NJ][4], int kt) {
+        const __half *ks = stage(kt);
+        krn_wg_fence();
 #pragma unroll
-        for (int i = 0; i < NNT; i++) {
-            o[i][0] = __half2float(__float2half_rn(o[i][0] * i0));
-            o[i][1] = __half2float(__float2half_rn(o[i][1] * i0));
-            o[i][2] = __half2float(__float2half_rn(o[i][2] * i1));
-            o[i][3] = __half2float(__float2half_rn(o[i][3] * i1));
+        for (int kk = 0; kk < NKK; kk++)
+            krn_wg_ss128(s, krn_wg_desc(qw + (kk >> 2) * BQ * 64 + (kk & 3) * 16, 16, 1024),
+                         krn_wg_desc(ks + (kk >> 2) * BK * 64 + (kk & 3) * 16, 16, 1024), kk > 0);
+        krn_wg_commit();
+    };
+    wg_load<HD, BQ>(qs, q + (size_t)h * HD, dq, q0, n - 1);
+    load_tile(0);
+    if (n_kt > 1)
+        load_tile(1);
+
+    float o[NNT][4], s[NJ][4];
+#pragma unroll
+    for (int i = 0; i < NNT; i++)
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NJ; j++)
+        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    if (n_kt > 1)
+        cp_async_wait<1>();
+    else
+        cp_async_wait<0>();
+    krn_wg_proxy_fence();
+    __syncthreads();
+    issue_s(s, 0); /* tile 0 is never past a warpgroup's rows */
+    krn_wg_wait<0>();
+    krn_wg_fence_acc128(s);
+
+    /* Tile kt's softmax runs while the tensor cores finish P V of tile kt - 1; S of tile
+       kt + 1 is issued before P V of tile kt and waited for first. Tile kt + 2 loads into the
+       stage of tile kt - 1 once every thread is done with it (the barrier). */
+    for (int kt = 0; kt < n_kt; kt++) {
+        const int kbase = kt * BK;
+        const bool live = kbase <= gmax, next = kt + 1 < n_kt && kbase + BK <= gmax;
+        uint32_t pf[NPK][4];
+        float a0 = 1.0f, a1 = 1.0f;
+        if (live)
+            tile_probs<NJ>(s, pf, kbase, kbase + BK - 1 > wmin, qp0, qp1, t4, sl2, m0, m1, l0,
+                           l1, a0, a1);
+        krn_wg_wait<0>(); /* P V of tile kt - 1 */
+        if constexpr (HD == 128)
+            krn_wg_fence_acc128(o);
+        else
+            krn_wg_fence_acc64(o);
+        if (live)
+            rescale_rows<NNT>(o, a0, a1);
+        if (kt + 1 < n_kt) {
+            cp_async_wait<0>();
+            krn_wg_proxy_fence();
+            __syncthreads();
+            if (kt + 2 < n_kt)
+                load_tile(kt + 2);
         }
+        if (next)
+            issue_s(s, kt + 1);
+        if (live) {
+            const __half *vs = stage(kt) + TILE;
+            krn_wg_fence();
 #pragma unroll
-        for (int b = 0; b < NNT / 4; b++) {
-            float y0[8], y1[8];
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-                y0[e] = o[4 * b + e / 2][e % 2], y1[e] = o[4 * b + e / 2][2 + e % 2];
-            krn_q8_round8(y0, 0xffffffffu);
-            krn_q8_round8(y1, 0xffffffffu);
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-                o[4 * b + e / 2][e % 2] = y0[e], o[4 * b + e / 2][2 + e % 2] = y1[e];
+            for (int kk = 0; kk < NPK; kk++) {
+                /* keys 16 kk..: two groups of 8 rows; N-major, column blocks of 64 at LBO */
+                const uint64_t dv = krn_wg_desc(vs + kk * 1024, BK * 128, 1024);
+                if constexpr (HD == 128)
+                    krn_wg_rs128(o, pf[kk], dv);
+                else
+                    krn_wg_rs64(o, pf[kk], dv);
+            }
+            krn_wg_commit();
+        }
+        if (next) {
+            if (live)
+                krn_wg_wait<1>(); /* S of tile kt + 1; P V of tile kt may still run */
+            else
+                krn_wg_wait<0>();
+            krn_wg_fence_acc128(s);
         }
     }
-    const float f0 = Q8 ? 1.0f : i0, f1 = Q8 ? 1.0f : i1;
-#pragma unroll
-    for (int i = 0; i < NNT; i++) {
-        const int col = h * HD + 8 * i + 2 * t4;
-        if (r0 < n)
-            *(uint32_t *)&out[(size_t)r0 * dq + col] = pack_h2(o[i][0] * f0, o[i][1] * f0);
-        if (r1 < n)
-            *(uint32_t *)&out[(size_t)r1 * dq + col] = pack_h2(o[i][2] * f1, o[i][3] * f1);
-    }
+    krn_wg_wait<0>();
+    if constexpr (HD == 128)
+        krn_wg_fence_acc128(o);
+    else
+        krn_wg_fence_acc64(o);
+    store_rows<NNT, Q8>(o, l0, l1, out, r0, r1, n, dq, h * HD + 2 * t4);
+#endif
+}
+
+/* 1 where this build's attention has the Hopper kernel (sm_90a code), 0 where not. */
+__global__ void k_attn_wg_probe(int *out)
+{
+#ifdef KRN_WGMMA
+    *out = 1;
+#else
+    *out = 0;
+#endif
 }
 
 /* Split-KV attention for short batches (decode): block (split s, head h, query i) takes keys
@@ -667,6 +875,47 @@ static int launch_mma2(struct krn_cuda_dev *dev, int hd, const __half *q, const 
                                               n_ctx, sl2);
 }
 
+template <int HD, bool Q8>
+static int launch_wg_hd(struct krn_cuda_dev *dev, const __half *q, const __half *kc,
+                        const __half *vc, __half *out, int n, int pos0, int n_head, int group,
+                        int n_ctx, float sl2)
+{
+    const int smem = (128 * HD + KRN_ATT_WG_STAGES * 2 * 128 * HD) * (int)sizeof(__half);
+    KRN_CHECK(dev, cudaFuncSetAttribute(k_attn_wg<HD, Q8>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    dim3 grid(krn_cuda__blocks(n, 128), n_head);
+    k_attn_wg<HD, Q8><<<grid, 256, smem, dev->stream>>>(q, kc, vc, out, n, pos0, n_head, group,
+                                                        n_ctx, sl2);
+    return 0;
+}
+
+/* hd 64 or 128. */
+template <bool Q8>
+static int launch_wg(struct krn_cuda_dev *dev, int hd, const __half *q, const __half *kc,
+                     const __half *vc, __half *out, int n, int pos0, int n_head, int group,
+                     int n_ctx, float sl2)
+{
+    return hd == 64 ? launch_wg_hd<64, Q8>(dev, q, kc, vc, out, n, pos0, n_head, group, n_ctx, sl2)
+                    : launch_wg_hd<128, Q8>(dev, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
+                                            sl2);
+}
+
+int krn_cuda__attn_probe(struct krn_cuda_dev *dev)
+{
+    int *d = NULL, h = 0;
+    KRN_CHECK(dev, cudaMalloc(&d, sizeof(int)));
+    k_attn_wg_probe<<<1, 1, 0, dev->stream>>>(d);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(&h, d, sizeof(int), cudaMemcpyDeviceToHost, dev->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(dev->stream);
+    cudaFree(d);
+    KRN_CHECK(dev, e);
+    dev->attn_wg = h == 1;
+    return 0;
+}
+
 extern "C" int krn_cuda_attn_block(struct krn_cuda_dev *dev, int bq)
 {
     const int old = dev->attn_bq;
@@ -675,10 +924,18 @@ extern "C" int krn_cuda_attn_block(struct krn_cuda_dev *dev, int bq)
     return old;
 }
 
+/* 3 where the Hopper kernel runs and the head size is 128 (hd 0: any), else 2. H200, causal
+ * chunk of 2048: 8B heads (hd 128) 159-164 us against 183; 135M heads (hd 64) 44 us against
+ * 42-43, so they stay on 2. */
+static int default_variant(const struct krn_cuda_dev *dev, int hd)
+{
+    return dev->attn_wg && (hd == 128 || hd == 0) ? 3 : KRN_ATT_DEFAULT_VARIANT;
+}
+
 extern "C" int krn_cuda_attn_variant(struct krn_cuda_dev *dev, int variant)
 {
-    const int old = dev->attn_variant ? dev->attn_variant : KRN_ATT_DEFAULT_VARIANT;
-    if (variant >= 1 && variant <= 2)
+    const int old = dev->attn_variant ? dev->attn_variant : default_variant(dev, 0);
+    if (variant >= 1 && variant <= 3)
         dev->attn_variant = variant;
     return old;
 }
@@ -697,11 +954,18 @@ static int attn(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16_t *d
                  *vc = (const __half *)d_vc;
     __half *out = (__half *)d_out;
     const float sl2 = scale * 1.4426950408889634f;
-    const int variant = dev->attn_variant ? dev->attn_variant : KRN_ATT_DEFAULT_VARIANT;
+    int variant = dev->attn_variant ? dev->attn_variant : default_variant(dev, hd);
+    if (variant == 3 && !dev->attn_wg)
+        variant = 2;
     if ((hd == 64 || hd == 128) && n >= KRN_ATT_MMA_MIN_N) {
         dim3 grid(krn_cuda__blocks(n, KRN_ATT_BQ), n_head);
         int rc = 0;
-        if (variant == 2) {
+        if (variant == 3) {
+            rc = q8 ? launch_wg<true>(dev, hd, q, kc, vc, out, n, pos0, n_head, group, n_ctx, sl2)
+                    : launch_wg<false>(dev, hd, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
+                                       sl2);
+            q8 = false; /* rounded in the kernel's epilogue */
+        } else if (variant == 2) {
             rc = q8 ? launch_mma2<true>(dev, hd, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
                                         sl2)
                     : launch_mma2<false>(dev, hd, q, kc, vc, out, n, pos0, n_head, group, n_ctx,
@@ -715,7 +979,7 @@ static int attn(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16_t *d
                 q, kc, vc, out, n, pos0, n_head, group, n_ctx, sl2);
         if (rc < 0)
             return rc;
-    } else if (n <= KRN_ATT_SPLIT_MAX_N && variant == 2) {
+    } else if (n <= KRN_ATT_SPLIT_MAX_N && variant >= 2) {
         /* keys per split: a multiple of 128, at least KRN_ATT_SPLIT_MIN_KEYS, at most
            KRN_ATT_MAX_SPLIT splits */
         const long long nk = (long long)pos0 + n;

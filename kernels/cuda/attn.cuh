@@ -15,6 +15,11 @@
  * output accumulators only when some row's maximum rose; variant 1 is the single-stage kernel
  * above (kept for comparison).
  *
+ * Variant 3 (Hopper, sm_90a builds; the default for head size 128 there) does the same online
+ * softmax with both products on warpgroup MMAs (wgmma): two warpgroups of 64 query rows, Q, K
+ * and V in shared memory in the 128-byte swizzled layout, three K/V stages, P from registers,
+ * a tile's softmax overlapping the previous tile's P V (kernels/cuda/wgmma.cuh).
+ *
  * Split-KV path (n <= KRN_ATT_SPLIT_MAX_N, decode): keys split over blocks, partial softmax
  * states combined by a second kernel; partials live in a device scratch owned by the device
  * handle (n * n_head * splits * (hd + 2) floats, splits <= KRN_ATT_MAX_SPLIT).
@@ -34,3 +39,4 @@
 #define KRN_ATT_SPLIT_MAX_N 15
 #define KRN_ATT_SPLIT_MIN_KEYS 256
 #define KRN_ATT_MAX_SPLIT 128
+#define KRN_ATT_WG_STAGES 3 /* K/V tiles in flight (variant 3) */

@@ -193,8 +193,10 @@ int krn_cuda_attn_q8(struct krn_cuda_dev *dev, const uint16_t *d_q, const uint16
                      int n_ctx, float scale, uint16_t *d_out);
 
 /* Select the attention kernel variant of the tensor-core path (1: single-stage, 2:
- * cp.async-pipelined, the default; 2 also enables the split-KV decode path). Returns the
- * previous one; other values only query. */
+ * cp.async-pipelined mma.sync, 3: Hopper warpgroup MMAs; by default 3 for head size 128 where
+ * the build has sm_90a code and the device is a Hopper, else 2; 3 falls back to 2 elsewhere;
+ * 2 and 3 also enable the split-KV decode path). Returns the previous one (the default for
+ * head size 128 when none was set); other values only query. */
 int krn_cuda_attn_variant(struct krn_cuda_dev *dev, int variant);
 
 /* Queries per block of variant 2: 64, 128, or 0 (the default, 128). Returns the previous

@@ -21,6 +21,7 @@ struct krn_cuda_dev {
     char msg[320];         /* last error text */
     int attn_variant;      /* 0: default (KRN_ATT_DEFAULT_VARIANT) */
     int attn_bq;           /* variant 2's queries per block: 0 (128), 64, 128 */
+    int attn_wg;           /* 1: the Hopper attention kernel (variant 3) runs here */
     void *att_scr;         /* split-KV attention partials, owned */
     size_t att_scr_bytes;
     int sae_variant;       /* 0: default (2, the warp top-k where it applies) */
@@ -30,6 +31,9 @@ struct krn_cuda_dev {
     struct krn_gemm_plan *plans; /* tuned shapes (gemm.cu), owned */
     int n_plans;
 };
+
+/* attn.cu: sets dev->attn_wg (launches a probe kernel and waits for it). */
+int krn_cuda__attn_probe(struct krn_cuda_dev *dev);
 
 /* gemm.cu: frees the tuned plans and the cuBLASLt handle (krn_cuda_dev_free). */
 void krn_cuda__gemm_free(struct krn_cuda_dev *dev);

@@ -63,10 +63,15 @@ extern "C" int krn_cuda_dev_new(int ordinal, struct krn_cuda_dev **out)
         rc = S3_EDEVICE;
         goto out;
     }
+    if (prop.major == 9 && krn_cuda__attn_probe(dev) < 0) {
+        rc = S3_EDEVICE;
+        goto out;
+    }
     {
-        /* S3_CUDA_ATTN=1 selects the single-stage attention kernel (comparison, fallback) */
+        /* S3_CUDA_ATTN=1 selects the single-stage attention kernel, 2 the mma.sync pipelined
+           one (comparison, fallback), 3 the Hopper one where it runs */
         const char *v = getenv("S3_CUDA_ATTN");
-        if (v && (v[0] == '1' || v[0] == '2') && v[1] == 0)
+        if (v && v[0] >= '1' && v[0] <= '3' && v[1] == 0)
             dev->attn_variant = v[0] - '0';
     }
 out:
