@@ -340,6 +340,38 @@ __device__ __forceinline__ void store_rows(float (&o)[NNT][4], float l0, float l
     }
 }
 
+/* A query block of the tiled kernels (blocks taken heaviest first; warps of 16 rows; g, t4:
+ * the lane's row and column pair in the m16n8 accumulator layout): rows r0, r1 = r0 + 8 at
+ * positions qp0, qp1, keys up to klim in n_kt tiles of BK, wmin the warp's first position,
+ * kb and vb the kv head's keys and values. */
+struct att_rows {
+    int h, q0, warp, g, t4, dq, r0, r1, qp0, qp1, klim, n_kt, wmin;
+    const __half *kb, *vb;
+};
+
+template <int HD, int BQ, int BK>
+__device__ __forceinline__ att_rows att_rows_of(const __half *kc, const __half *vc, int n,
+                                                int pos0, int n_head, int group, int n_ctx)
+{
+    att_rows a;
+    a.h = blockIdx.y;
+    a.q0 = (gridDim.x - 1 - blockIdx.x) * BQ;
+    a.warp = threadIdx.x >> 5;
+    a.g = (threadIdx.x & 31) >> 2;
+    a.t4 = threadIdx.x & 3;
+    a.dq = n_head * HD;
+    a.r0 = a.q0 + a.warp * 16 + a.g;
+    a.r1 = a.r0 + 8;
+    a.qp0 = pos0 + a.r0;
+    a.qp1 = pos0 + a.r1;
+    a.klim = pos0 + n - 1;
+    a.n_kt = (pos0 + min(n - 1, a.q0 + BQ - 1)) / BK + 1;
+    a.wmin = pos0 + a.q0 + a.warp * 16;
+    a.kb = kc + (size_t)(a.h / group) * n_ctx * HD;
+    a.vb = vc + (size_t)(a.h / group) * n_ctx * HD;
+    return a;
+}
+
 /* The pipelined tensor-core kernel (variant 2): the same per-warp algorithm as k_attn_mma,
  * with K/V tiles brought in by cp.async two stages deep (tile kt+1 loads while tile kt is
  * used), K fragments read with ldmatrix, and the query blocks taken heaviest first (the last
@@ -355,19 +387,11 @@ __global__ void __launch_bounds__(W * 32, 1)
     constexpr int TILE = BK * ST;
     extern __shared__ __align__(16) __half smem[]; /* [stage][K tile, V tile] */
 
-    const int h = blockIdx.y, hk = h / group;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    const int dq = n_head * HD;
-    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
-    const int qp0 = pos0 + r0, qp1 = pos0 + r1;
-    const int last_q = min(n - 1, q0 + BQ - 1);
-    const int kmax = pos0 + last_q;
-    const int klim = pos0 + n - 1;
-    const int n_kt = kmax / BK + 1;
-    const int wmin = pos0 + q0 + warp * 16, wmax = wmin + 15;
-    const __half *kb = kc + (size_t)hk * n_ctx * HD;
-    const __half *vb = vc + (size_t)hk * n_ctx * HD;
+    const att_rows a = att_rows_of<HD, BQ, BK>(kc, vc, n, pos0, n_head, group, n_ctx);
+    const int h = a.h, t4 = a.t4, dq = a.dq, r0 = a.r0, r1 = a.r1, qp0 = a.qp0, qp1 = a.qp1;
+    const int klim = a.klim, n_kt = a.n_kt;
+    const int wmin = a.wmin, wmax = wmin + 15, lane = threadIdx.x & 31;
+    const __half *kb = a.kb, *vb = a.vb;
 
     auto load_tile = [&](int kt, int stage) {
         __half *ks = smem + stage * 2 * TILE, *vs = ks + TILE;
@@ -472,8 +496,7 @@ __device__ __forceinline__ void wg_load(__half *dst, const __half *src, size_t l
 /* Variant 3 (Hopper, sm_90a): the online softmax of variant 2 with both products on
  * warpgroup MMAs. A block of two warpgroups takes 128 queries (64 rows each); Q (the block's
  * rows), K and V tiles of 128 keys sit in shared memory in wgmma's 128-byte swizzled layout, K/V
- * KRN_ATT_WG_STAGES deep by cp.async (one barrier per tile), the softmax of a tile overlapping
- * the previous tile's P V on the tensor cores. S = Q K^T is one m64n128k16 chain per warpgroup from shared
+ * KRN_ATT_WG_STAGES deep by cp.async (one barrier per tile). S = Q K^T is one m64n128k16 chain per warpgroup from shared
  * memory; P stays in registers as the A operand of O += P V, with V read N-major. Tiles past
  * a warpgroup's rows are skipped. */
 template <int HD, bool Q8>
@@ -487,21 +510,12 @@ __global__ void __launch_bounds__(256, 1)
     extern __shared__ __align__(1024) __half wsm[]; /* Q, then [stage][K, V] */
     __half *const smem = wsm, *qs = wsm;
 
-    const int h = blockIdx.y, hk = h / group;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    const int wg = warp >> 2;
-    const int dq = n_head * HD;
-    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
-    const int qp0 = pos0 + r0, qp1 = pos0 + r1;
-    const int last_q = min(n - 1, q0 + BQ - 1);
-    const int kmax = pos0 + last_q;
-    const int klim = pos0 + n - 1;
-    const int n_kt = kmax / BK + 1;
-    const int wmin = pos0 + q0 + warp * 16;
+    const att_rows a = att_rows_of<HD, BQ, BK>(kc, vc, n, pos0, n_head, group, n_ctx);
+    const int h = a.h, q0 = a.q0, t4 = a.t4, dq = a.dq, r0 = a.r0, r1 = a.r1, qp0 = a.qp0;
+    const int qp1 = a.qp1, klim = a.klim, n_kt = a.n_kt, wmin = a.wmin;
+    const int wg = a.warp >> 2;
     const int gmax = pos0 + q0 + wg * 64 + 63; /* the warpgroup's last row */
-    const __half *kb = kc + (size_t)hk * n_ctx * HD;
-    const __half *vb = vc + (size_t)hk * n_ctx * HD;
+    const __half *kb = a.kb, *vb = a.vb;
 
     auto stage = [&](int kt) { return smem + BQ * HD + (kt % KRN_ATT_WG_STAGES) * 2 * TILE; };
     auto load_tile = [&](int kt) {
@@ -510,68 +524,50 @@ __global__ void __launch_bounds__(256, 1)
         cp_async_commit();
     };
     const __half *qw = qs + wg * 64 * 64; /* the warpgroup's 8 row groups of each block */
-    /* S = Q K^T of tile kt into s (16 columns a step: 32 bytes into a 64-column block) */
-    auto issue_s = [&](float (&s)[NJ][4], int kt) {
-        const __half *ks = stage(kt);
-        krn_wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < NKK; kk++)
-            krn_wg_ss128(s, krn_wg_desc(qw + (kk >> 2) * BQ * 64 + (kk & 3) * 16, 16, 1024),
-                         krn_wg_desc(ks + (kk >> 2) * BK * 64 + (kk & 3) * 16, 16, 1024), kk > 0);
-        krn_wg_commit();
-    };
     wg_load<HD, BQ>(qs, q + (size_t)h * HD, dq, q0, n - 1);
     load_tile(0);
     if (n_kt > 1)
         load_tile(1);
 
-    float o[NNT][4], s[NJ][4];
+    float o[NNT][4];
 #pragma unroll
     for (int i = 0; i < NNT; i++)
         o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < NJ; j++)
-        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-    if (n_kt > 1)
-        cp_async_wait<1>();
-    else
-        cp_async_wait<0>();
-    krn_wg_proxy_fence();
-    __syncthreads();
-    issue_s(s, 0); /* tile 0 is never past a warpgroup's rows */
-    krn_wg_wait<0>();
-    krn_wg_fence_acc128(s);
 
-    /* Tile kt's softmax runs while the tensor cores finish P V of tile kt - 1; S of tile
-       kt + 1 is issued before P V of tile kt and waited for first. Tile kt + 2 loads into the
-       stage of tile kt - 1 once every thread is done with it (the barrier). */
+    /* Each product is waited for before its result is read: reading S while P V of the
+       previous tile runs (the softmax overlapping it) made ptxas serialize the wgmmas, and
+       the kernel took 164 us instead of 159 for the 8B heads. */
     for (int kt = 0; kt < n_kt; kt++) {
-        const int kbase = kt * BK;
-        const bool live = kbase <= gmax, next = kt + 1 < n_kt && kbase + BK <= gmax;
-        uint32_t pf[NPK][4];
-        float a0 = 1.0f, a1 = 1.0f;
-        if (live)
-            tile_probs<NJ>(s, pf, kbase, kbase + BK - 1 > wmin, qp0, qp1, t4, sl2, m0, m1, l0,
-                           l1, a0, a1);
-        krn_wg_wait<0>(); /* P V of tile kt - 1 */
-        if constexpr (HD == 128)
-            krn_wg_fence_acc128(o);
+        if (kt + 1 < n_kt)
+            cp_async_wait<1>();
         else
-            krn_wg_fence_acc64(o);
-        if (live)
-            rescale_rows<NNT>(o, a0, a1);
-        if (kt + 1 < n_kt) {
             cp_async_wait<0>();
-            krn_wg_proxy_fence();
-            __syncthreads();
-            if (kt + 2 < n_kt)
-                load_tile(kt + 2);
-        }
-        if (next)
-            issue_s(s, kt + 1);
-        if (live) {
-            const __half *vs = stage(kt) + TILE;
+        krn_wg_proxy_fence();
+        /* tile kt is in for every thread, and every thread is done with tile kt - 1, whose
+           stage the load of tile kt + 2 refills */
+        __syncthreads();
+        if (kt + 2 < n_kt)
+            load_tile(kt + 2);
+        const int kbase = kt * BK;
+        const __half *ks = stage(kt), *vs = ks + TILE;
+        if (kbase <= gmax) {
+            float s[NJ][4];
+#pragma unroll
+            for (int j = 0; j < NJ; j++)
+                s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+            krn_wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < NKK; kk++) /* 16 columns: 32 bytes into a 64-column block */
+                krn_wg_ss128(s, krn_wg_desc(qw + (kk >> 2) * BQ * 64 + (kk & 3) * 16, 16, 1024),
+                             krn_wg_desc(ks + (kk >> 2) * BK * 64 + (kk & 3) * 16, 16, 1024),
+                             kk > 0);
+            krn_wg_commit();
+            krn_wg_wait<0>();
+            krn_wg_fence_acc128(s);
+            uint32_t pf[NPK][4];
+            tile_softmax<NJ, NNT>(s, o, pf, kbase, kbase + BK - 1 > wmin, qp0, qp1, t4, sl2, m0,
+                                  m1, l0, l1);
             krn_wg_fence();
 #pragma unroll
             for (int kk = 0; kk < NPK; kk++) {
@@ -583,20 +579,13 @@ __global__ void __launch_bounds__(256, 1)
                     krn_wg_rs64(o, pf[kk], dv);
             }
             krn_wg_commit();
-        }
-        if (next) {
-            if (live)
-                krn_wg_wait<1>(); /* S of tile kt + 1; P V of tile kt may still run */
+            krn_wg_wait<0>();
+            if constexpr (HD == 128)
+                krn_wg_fence_acc128(o);
             else
-                krn_wg_wait<0>();
-            krn_wg_fence_acc128(s);
+                krn_wg_fence_acc64(o);
         }
     }
-    krn_wg_wait<0>();
-    if constexpr (HD == 128)
-        krn_wg_fence_acc128(o);
-    else
-        krn_wg_fence_acc64(o);
     store_rows<NNT, Q8>(o, l0, l1, out, r0, r1, n, dq, h * HD + 2 * t4);
 #endif
 }
@@ -925,7 +914,7 @@ extern "C" int krn_cuda_attn_block(struct krn_cuda_dev *dev, int bq)
 }
 
 /* 3 where the Hopper kernel runs and the head size is 128 (hd 0: any), else 2. H200, causal
- * chunk of 2048: 8B heads (hd 128) 159-164 us against 183; 135M heads (hd 64) 44 us against
+ * chunk of 2048: 8B heads (hd 128) 153 us against 183; 135M heads (hd 64) 52 us against
  * 42-43, so they stay on 2. */
 static int default_variant(const struct krn_cuda_dev *dev, int hd)
 {

@@ -17,8 +17,8 @@
  *
  * Variant 3 (Hopper, sm_90a builds; the default for head size 128 there) does the same online
  * softmax with both products on warpgroup MMAs (wgmma): two warpgroups of 64 query rows, Q, K
- * and V in shared memory in the 128-byte swizzled layout, three K/V stages, P from registers,
- * a tile's softmax overlapping the previous tile's P V (kernels/cuda/wgmma.cuh).
+ * and V in shared memory in the 128-byte swizzled layout, three K/V stages, P from registers
+ * (kernels/cuda/wgmma.cuh).
  *
  * Split-KV path (n <= KRN_ATT_SPLIT_MAX_N, decode): keys split over blocks, partial softmax
  * states combined by a second kernel; partials live in a device scratch owned by the device
