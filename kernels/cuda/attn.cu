@@ -864,14 +864,25 @@ static int launch_mma2(struct krn_cuda_dev *dev, int hd, const __half *q, const 
                                               n_ctx, sl2);
 }
 
+/* Dynamic shared memory of k_attn_wg: Q and the K/V stages (hd 128: 224 KiB). */
+template <int HD> static constexpr int wg_smem()
+{
+    return (128 * HD + KRN_ATT_WG_STAGES * 2 * 128 * HD) * (int)sizeof(__half);
+}
+
+template <int HD, bool Q8> static cudaError_t wg_allow_smem()
+{
+    return cudaFuncSetAttribute(k_attn_wg<HD, Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                wg_smem<HD>());
+}
+
 template <int HD, bool Q8>
 static int launch_wg_hd(struct krn_cuda_dev *dev, const __half *q, const __half *kc,
                         const __half *vc, __half *out, int n, int pos0, int n_head, int group,
                         int n_ctx, float sl2)
 {
-    const int smem = (128 * HD + KRN_ATT_WG_STAGES * 2 * 128 * HD) * (int)sizeof(__half);
-    KRN_CHECK(dev, cudaFuncSetAttribute(k_attn_wg<HD, Q8>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    const int smem = wg_smem<HD>();
+    KRN_CHECK(dev, (wg_allow_smem<HD, Q8>()));
     dim3 grid(krn_cuda__blocks(n, 128), n_head);
     k_attn_wg<HD, Q8><<<grid, 256, smem, dev->stream>>>(q, kc, vc, out, n, pos0, n_head, group,
                                                         n_ctx, sl2);
@@ -901,6 +912,14 @@ int krn_cuda__attn_probe(struct krn_cuda_dev *dev)
         e = cudaStreamSynchronize(dev->stream);
     cudaFree(d);
     KRN_CHECK(dev, e);
+    /* a Hopper part with less shared memory per block than the kernel takes keeps variant 2 */
+    if (h == 1 && (wg_allow_smem<128, false>() != cudaSuccess ||
+                   wg_allow_smem<128, true>() != cudaSuccess ||
+                   wg_allow_smem<64, false>() != cudaSuccess ||
+                   wg_allow_smem<64, true>() != cudaSuccess)) {
+        (void)cudaGetLastError(); /* not sticky */
+        h = 0;
+    }
     dev->attn_wg = h == 1;
     return 0;
 }
