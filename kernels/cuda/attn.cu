@@ -214,14 +214,13 @@ __device__ __forceinline__ float ex2(float x)
 
 /* One key tile of the online softmax on the m16n8 accumulator layout (rows r0 = g and r1 =
  * g + 8 of a warp's 16; columns 8j + 2 t4 + {0, 1} of the tile): the causal mask where the
- * tile meets the diagonal, the running maxima and sums, the factors a0, a1 the output
- * accumulators are to be scaled by (rescale_rows), and the probabilities as fp16 A fragments
- * pf for P V. */
-template <int NJ>
-__device__ __forceinline__ void tile_probs(float (&s)[NJ][4], uint32_t (&pf)[NJ / 2][4],
-                                           int kbase, bool diag, int qp0, int qp1, int t4,
-                                           float sl2, float &m0, float &m1, float &l0, float &l1,
-                                           float &a0, float &a1)
+ * tile meets the diagonal, the running maxima and sums, the output accumulators rescaled
+ * where a row's maximum rose, and the probabilities as fp16 A fragments pf for P V. */
+template <int NJ, int NNT>
+__device__ __forceinline__ void tile_softmax(float (&s)[NJ][4], float (&o)[NNT][4],
+                                             uint32_t (&pf)[NJ / 2][4], int kbase, bool diag,
+                                             int qp0, int qp1, int t4, float sl2, float &m0,
+                                             float &m1, float &l0, float &l1)
 {
     if (diag) { /* a tile on this warp's diagonal */
 #pragma unroll
@@ -250,12 +249,21 @@ __device__ __forceinline__ void tile_probs(float (&s)[NJ][4], uint32_t (&pf)[NJ 
     const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
     const float ref0 = mn0 == -INFINITY ? 0.0f : mn0;
     const float ref1 = mn1 == -INFINITY ? 0.0f : mn1;
-    a0 = m0 == ref0 ? 1.0f : ex2(m0 - ref0);
-    a1 = m1 == ref1 ? 1.0f : ex2(m1 - ref1);
+    const float a0 = m0 == ref0 ? 1.0f : ex2(m0 - ref0);
+    const float a1 = m1 == ref1 ? 1.0f : ex2(m1 - ref1);
     m0 = mn0;
     m1 = mn1;
     l0 *= a0;
     l1 *= a1;
+    if (__any_sync(0xffffffffu, a0 != 1.0f || a1 != 1.0f)) { /* some row's max rose */
+#pragma unroll
+        for (int i = 0; i < NNT; i++) {
+            o[i][0] *= a0;
+            o[i][1] *= a0;
+            o[i][2] *= a1;
+            o[i][3] *= a1;
+        }
+    }
 #pragma unroll
     for (int j = 0; j < NJ; j++) {
         const __half2 h0 = __floats2half2_rn(ex2(fmaf(s[j][0], sl2, -ref0)),
@@ -267,32 +275,6 @@ __device__ __forceinline__ void tile_probs(float (&s)[NJ][4], uint32_t (&pf)[NJ 
         pf[j >> 1][(j & 1) * 2 + 0] = *(const uint32_t *)&h0;
         pf[j >> 1][(j & 1) * 2 + 1] = *(const uint32_t *)&h1;
     }
-}
-
-/* The output accumulators times the rows' factors, where some row's maximum rose. */
-template <int NNT>
-__device__ __forceinline__ void rescale_rows(float (&o)[NNT][4], float a0, float a1)
-{
-    if (__any_sync(0xffffffffu, a0 != 1.0f || a1 != 1.0f)) { /* some row's max rose */
-#pragma unroll
-        for (int i = 0; i < NNT; i++) {
-            o[i][0] *= a0;
-            o[i][1] *= a0;
-            o[i][2] *= a1;
-            o[i][3] *= a1;
-        }
-    }
-}
-
-template <int NJ, int NNT>
-__device__ __forceinline__ void tile_softmax(float (&s)[NJ][4], float (&o)[NNT][4],
-                                             uint32_t (&pf)[NJ / 2][4], int kbase, bool diag,
-                                             int qp0, int qp1, int t4, float sl2, float &m0,
-                                             float &m1, float &l0, float &l1)
-{
-    float a0, a1;
-    tile_probs<NJ>(s, pf, kbase, diag, qp0, qp1, t4, sl2, m0, m1, l0, l1, a0, a1);
-    rescale_rows<NNT>(o, a0, a1);
 }
 
 /* The rows' outputs o / l as fp16 (Q8: rounded as krn_cuda_q8_round does) into out at row
@@ -537,7 +519,7 @@ __global__ void __launch_bounds__(256, 1)
 
     /* Each product is waited for before its result is read: reading S while P V of the
        previous tile runs (the softmax overlapping it) made ptxas serialize the wgmmas, and
-       the kernel took 164 us instead of 159 for the 8B heads. */
+       the kernel took 164 us instead of 153 for the 8B heads. */
     for (int kt = 0; kt < n_kt; kt++) {
         if (kt + 1 < n_kt)
             cp_async_wait<1>();
@@ -559,12 +541,12 @@ __global__ void __launch_bounds__(256, 1)
             krn_wg_fence();
 #pragma unroll
             for (int kk = 0; kk < NKK; kk++) /* 16 columns: 32 bytes into a 64-column block */
-                krn_wg_ss128(s, krn_wg_desc(qw + (kk >> 2) * BQ * 64 + (kk & 3) * 16, 16, 1024),
+                krn_wg_ss(s, krn_wg_desc(qw + (kk >> 2) * BQ * 64 + (kk & 3) * 16, 16, 1024),
                              krn_wg_desc(ks + (kk >> 2) * BK * 64 + (kk & 3) * 16, 16, 1024),
                              kk > 0);
             krn_wg_commit();
             krn_wg_wait<0>();
-            krn_wg_fence_acc128(s);
+            krn_wg_fence_acc(s);
             uint32_t pf[NPK][4];
             tile_softmax<NJ, NNT>(s, o, pf, kbase, kbase + BK - 1 > wmin, qp0, qp1, t4, sl2, m0,
                                   m1, l0, l1);
@@ -573,17 +555,11 @@ __global__ void __launch_bounds__(256, 1)
             for (int kk = 0; kk < NPK; kk++) {
                 /* keys 16 kk..: two groups of 8 rows; N-major, column blocks of 64 at LBO */
                 const uint64_t dv = krn_wg_desc(vs + kk * 1024, BK * 128, 1024);
-                if constexpr (HD == 128)
-                    krn_wg_rs128(o, pf[kk], dv);
-                else
-                    krn_wg_rs64(o, pf[kk], dv);
+                krn_wg_rs(o, pf[kk], dv);
             }
             krn_wg_commit();
             krn_wg_wait<0>();
-            if constexpr (HD == 128)
-                krn_wg_fence_acc128(o);
-            else
-                krn_wg_fence_acc64(o);
+            krn_wg_fence_acc(o);
         }
     }
     store_rows<NNT, Q8>(o, l0, l1, out, r0, r1, n, dq, h * HD + 2 * t4);
@@ -881,8 +857,7 @@ static int launch_wg_hd(struct krn_cuda_dev *dev, const __half *q, const __half 
                         const __half *vc, __half *out, int n, int pos0, int n_head, int group,
                         int n_ctx, float sl2)
 {
-    const int smem = wg_smem<HD>();
-    KRN_CHECK(dev, (wg_allow_smem<HD, Q8>()));
+    const int smem = wg_smem<HD>(); /* allowed by krn_cuda__attn_probe (attn_wg) */
     dim3 grid(krn_cuda__blocks(n, 128), n_head);
     k_attn_wg<HD, Q8><<<grid, 256, smem, dev->stream>>>(q, kc, vc, out, n, pos0, n_head, group,
                                                         n_ctx, sl2);
